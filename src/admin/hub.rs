@@ -1,0 +1,280 @@
+//! A hub's admin routes: dumpster statistics, resubmission, queue summary, metrics.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use chrono::DateTime;
+use serde::{Deserialize, Serialize};
+use store::hub::ResubmitRequest;
+
+use super::node::rfc3339;
+use super::{rejection, ApiError};
+use crate::hub::Hub;
+use crate::runtime::now_ms;
+
+/// One hub's dumpster statistics for one storage group (`GET /api/dumpster`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct HubDumpsterStats {
+    /// The hub.
+    pub hub: String,
+    /// The storage group.
+    pub storage_group: String,
+    /// Hub receive time of the oldest entry (RFC 3339), as Exchange reports it.
+    pub oldest: Option<String>,
+    /// Delivery time of the oldest entry.
+    pub oldest_delivered: Option<String>,
+    /// Entries held.
+    pub items: u64,
+    /// Bytes held.
+    pub bytes: u64,
+    /// Entries evicted by MaxDumpsterSizePerStorageGroup.
+    pub evicted: u64,
+    /// Entries removed by MaxDumpsterTime.
+    pub expired: u64,
+    /// Messages larger than the bound, never kept.
+    pub too_large: u64,
+}
+
+/// Query of `GET /api/dumpster`.
+#[derive(Debug, Deserialize)]
+pub struct StatsQuery {
+    /// One storage group; all of the site's when absent.
+    pub storage_group: Option<String>,
+}
+
+/// Body of `POST /api/resubmit`.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResubmitBody {
+    /// Request id: the same id again redelivers nothing more.
+    pub id: String,
+    /// The storage group.
+    pub storage_group: String,
+    /// Window start (RFC 3339), on delivery time.
+    pub low: String,
+    /// Window end (RFC 3339).
+    pub high: String,
+}
+
+/// A resubmission request's state, as the API reports it.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ResubmitState {
+    /// The hub.
+    pub hub: String,
+    /// The request id.
+    pub id: String,
+    /// The storage group.
+    pub storage_group: String,
+    /// Window start.
+    pub low: String,
+    /// Window end.
+    pub high: String,
+    /// Whether every entry of the window has been queued.
+    pub done: bool,
+    /// Entries queued again so far.
+    pub messages: u64,
+}
+
+/// Queue summary (`GET /api/queue`).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct QueueSummary {
+    /// The hub.
+    pub hub: String,
+    /// Messages waiting for at least one recipient.
+    pub messages: usize,
+}
+
+/// The routes of a hub.
+pub fn hub_router(hub: Arc<Hub>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/metrics", get(metrics))
+        .route("/api/queue", get(queue))
+        .route("/api/dumpster", get(dumpster))
+        .route("/api/resubmit", post(resubmit))
+        .route("/api/resubmit/:id", get(resubmit_state))
+        .with_state(hub)
+}
+
+fn stats_of(hub: &Hub, sg: &str) -> Result<HubDumpsterStats, ApiError> {
+    let s = hub
+        .store
+        .dumpster_stats(sg, now_ms(), hub.limits())
+        .map_err(ApiError::internal)?;
+    Ok(HubDumpsterStats {
+        hub: hub.name.clone(),
+        storage_group: sg.to_string(),
+        oldest: s.oldest_received_ms.map(rfc3339),
+        oldest_delivered: s.oldest_delivered_ms.map(rfc3339),
+        items: s.items,
+        bytes: s.bytes,
+        evicted: s.evicted,
+        expired: s.expired,
+        too_large: s.too_large,
+    })
+}
+
+fn known_sg(hub: &Hub, sg: &str) -> Result<(), ApiError> {
+    if hub.site.cms_of_storage_group(sg).is_some() {
+        Ok(())
+    } else {
+        Err(ApiError(
+            StatusCode::NOT_FOUND,
+            format!("no storage group named `{sg}` in site {}", hub.site.name),
+        ))
+    }
+}
+
+async fn dumpster(
+    State(hub): State<Arc<Hub>>,
+    q: Result<Query<StatsQuery>, QueryRejection>,
+) -> Result<Json<Vec<HubDumpsterStats>>, ApiError> {
+    let Query(q) = q.map_err(rejection)?;
+    let sgs = match q.storage_group {
+        Some(sg) => {
+            known_sg(&hub, &sg)?;
+            vec![sg]
+        }
+        None => hub.site.storage_group_names(),
+    };
+    let stats = sgs
+        .iter()
+        .map(|sg| stats_of(&hub, sg))
+        .collect::<Result<_, _>>()?;
+    Ok(Json(stats))
+}
+
+fn parse_time(field: &str, value: &str) -> Result<u64, ApiError> {
+    DateTime::parse_from_rfc3339(value)
+        .map(|t| t.timestamp_millis().max(0) as u64)
+        .map_err(|e| {
+            ApiError::bad_request(format!("`{field}`: `{value}` is not an RFC 3339 time: {e}"))
+        })
+}
+
+fn state(hub: &Hub, r: ResubmitRequest) -> ResubmitState {
+    ResubmitState {
+        hub: hub.name.clone(),
+        id: r.id,
+        storage_group: r.storage_group,
+        low: rfc3339(r.low_ms),
+        high: rfc3339(r.high_ms),
+        done: r.done,
+        messages: r.messages,
+    }
+}
+
+async fn resubmit(
+    State(hub): State<Arc<Hub>>,
+    body: Result<Json<ResubmitBody>, JsonRejection>,
+) -> Result<Json<ResubmitState>, ApiError> {
+    let Json(b) = body.map_err(rejection)?;
+    if b.id.trim().is_empty() || b.id.len() > 200 {
+        return Err(ApiError::bad_request("`id` must be 1 to 200 characters"));
+    }
+    known_sg(&hub, &b.storage_group)?;
+    let low = parse_time("low", &b.low)?;
+    let high = parse_time("high", &b.high)?;
+    if low > high {
+        return Err(ApiError::bad_request("`low` is after `high`"));
+    }
+    let r = hub
+        .resubmit(&b.id, &b.storage_group, low, high)
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(Json(state(&hub, r)))
+}
+
+async fn resubmit_state(
+    State(hub): State<Arc<Hub>>,
+    Path(id): Path<String>,
+) -> Result<Json<ResubmitState>, ApiError> {
+    let found = hub
+        .store
+        .resubmit_requests()
+        .map_err(ApiError::internal)?
+        .into_iter()
+        .find(|r| r.id == id);
+    match found {
+        Some(r) => Ok(Json(state(&hub, r))),
+        None => Err(ApiError(
+            StatusCode::NOT_FOUND,
+            format!("no resubmission request `{id}`"),
+        )),
+    }
+}
+
+async fn queue(State(hub): State<Arc<Hub>>) -> Json<QueueSummary> {
+    Json(QueueSummary {
+        hub: hub.name.clone(),
+        messages: hub.store.queue_len(),
+    })
+}
+
+async fn metrics(State(hub): State<Arc<Hub>>) -> Result<impl IntoResponse, ApiError> {
+    let m = hub.metrics.snapshot();
+    let mut out = String::new();
+    let h = &hub.name;
+    let mut counter = |name: &str, help: &str, v: u64| {
+        let _ = writeln!(out, "# HELP hubrelay_{name} {help}\n# TYPE hubrelay_{name} counter\nhubrelay_{name}{{hub=\"{h}\"}} {v}");
+    };
+    counter(
+        "messages_received_total",
+        "Messages accepted with 250.",
+        m.received,
+    );
+    counter(
+        "recipients_delivered_total",
+        "Recipient deliveries accepted by a node.",
+        m.delivered,
+    );
+    counter(
+        "recipients_deferred_total",
+        "Recipient attempts that failed temporarily.",
+        m.deferred,
+    );
+    counter(
+        "recipients_failed_total",
+        "Recipients that failed permanently or expired.",
+        m.failed,
+    );
+    counter("dsn_total", "Delivery status notifications queued.", m.dsn);
+    let _ = writeln!(out, "# HELP hubrelay_queue_messages Messages in the delivery queue.\n# TYPE hubrelay_queue_messages gauge\nhubrelay_queue_messages{{hub=\"{h}\"}} {}", hub.store.queue_len());
+    let _ = writeln!(out, "# HELP hubrelay_dumpster_items Dumpster entries per storage group.\n# TYPE hubrelay_dumpster_items gauge");
+    let stats = hub
+        .site
+        .storage_group_names()
+        .iter()
+        .map(|sg| stats_of(&hub, sg))
+        .collect::<Result<Vec<_>, _>>()?;
+    for s in &stats {
+        let _ = writeln!(
+            out,
+            "hubrelay_dumpster_items{{hub=\"{h}\",storage_group=\"{}\"}} {}",
+            s.storage_group, s.items
+        );
+    }
+    let _ = writeln!(out, "# HELP hubrelay_dumpster_bytes Dumpster bytes per storage group.\n# TYPE hubrelay_dumpster_bytes gauge");
+    for s in &stats {
+        let _ = writeln!(
+            out,
+            "hubrelay_dumpster_bytes{{hub=\"{h}\",storage_group=\"{}\"}} {}",
+            s.storage_group, s.bytes
+        );
+    }
+    let _ = writeln!(out, "# HELP hubrelay_dumpster_evictions_total Entries evicted by the size bound.\n# TYPE hubrelay_dumpster_evictions_total counter");
+    for s in &stats {
+        let _ = writeln!(
+            out,
+            "hubrelay_dumpster_evictions_total{{hub=\"{h}\",storage_group=\"{}\"}} {}",
+            s.storage_group, s.evicted
+        );
+    }
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out))
+}

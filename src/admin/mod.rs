@@ -1,0 +1,89 @@
+//! The admin API of every role (axum, JSON): what the CLI talks to.
+//!
+//! Every call carries `Authorization: Bearer <admin_token>`; anything else is a 401 before any
+//! handler runs. Malformed requests get a 400 whose body says what is wrong.
+
+pub mod client;
+pub mod hub;
+pub mod node;
+
+use axum::extract::{Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::{Json, Router};
+use serde::Serialize;
+
+pub use hub::hub_router;
+pub use node::node_router;
+
+/// The JSON body of every error reply: `{"error": "..."}`.
+#[derive(Debug, Serialize, serde::Deserialize)]
+pub struct ErrorBody {
+    /// What went wrong, for a person.
+    pub error: String,
+}
+
+/// An error reply with its status.
+#[derive(Debug)]
+pub struct ApiError(pub StatusCode, pub String);
+
+impl ApiError {
+    /// 400 with a reason.
+    pub fn bad_request(reason: impl Into<String>) -> ApiError {
+        ApiError(StatusCode::BAD_REQUEST, reason.into())
+    }
+    /// 500 with a reason (logged by the caller).
+    pub fn internal(reason: impl std::fmt::Display) -> ApiError {
+        ApiError(StatusCode::INTERNAL_SERVER_ERROR, reason.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(ErrorBody { error: self.1 })).into_response()
+    }
+}
+
+/// Wraps a role's router with bearer-token authentication.
+pub fn with_auth(router: Router, token: String) -> Router {
+    router.layer(middleware::from_fn_with_state(token, require_token))
+}
+
+async fn require_token(State(token): State<String>, req: Request, next: Next) -> Response {
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match given {
+        Some(t) if constant_time_eq(t.trim().as_bytes(), token.as_bytes()) => next.run(req).await,
+        _ => ApiError(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong admin token (Authorization: Bearer ...)".into(),
+        )
+        .into_response(),
+    }
+}
+
+/// Compares without an early exit, so the token cannot be guessed byte by byte from timings.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Turns a query/JSON extraction failure into our 400 body.
+pub fn rejection(e: impl std::fmt::Display) -> ApiError {
+    ApiError::bad_request(e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_comparison() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"abcd"));
+    }
+}

@@ -1,0 +1,172 @@
+//! The command line (SPEC §4): clap definitions and dispatch. Each admin command is a thin client of
+//! the admin API; exit status 0 on success, 1 on a failed check or request, 2 on bad usage or config.
+
+pub mod mailbox;
+pub mod resubmit;
+pub mod run;
+pub mod stats;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::Site;
+
+/// hubrelay: an SMTP relay with a transport dumpster, for clustered mailbox servers with automatic
+/// failover.
+#[derive(Debug, Parser)]
+#[command(name = "hubrelay", version, about, long_about = None)]
+pub struct Cli {
+    /// The site file describing every hub and clustered mailbox server.
+    #[arg(
+        long,
+        global = true,
+        default_value = "config/site.toml",
+        value_name = "FILE"
+    )]
+    pub config: PathBuf,
+    /// Print one JSON document instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run every hub and node of the site in this process (an embedded site) and print where each listens.
+    Site {
+        /// Where each role keeps its state, in DIR/<role name>/.
+        #[arg(long, default_value = "data", value_name = "DIR")]
+        data: PathBuf,
+    },
+    /// Run one hub transport server.
+    Hub {
+        /// The hub's name in the site file.
+        #[arg(long)]
+        name: String,
+        /// Where the hub keeps its state, in DIR/<name>/.
+        #[arg(long, default_value = "data", value_name = "DIR")]
+        data: PathBuf,
+    },
+    /// Run one mailbox node of a clustered mailbox server.
+    Node {
+        /// The node's name in the site file.
+        #[arg(long)]
+        name: String,
+        /// Where the node keeps its state, in DIR/<name>/.
+        #[arg(long, default_value = "data", value_name = "DIR")]
+        data: PathBuf,
+    },
+    /// List the messages of a mailbox on its CMS's active node: Message-ID, size, delivery time.
+    Mailbox {
+        /// The mailbox address.
+        #[arg(long)]
+        address: String,
+        /// Print this message (its Message-ID, with angle brackets) as stored, instead of the listing.
+        #[arg(long = "message-id", value_name = "ID")]
+        message_id: Option<String>,
+    },
+    /// Dumpster statistics per hub and storage group (Get-StorageGroupCopyStatus -DumpsterStatistics).
+    Stats {
+        /// Only this storage group.
+        #[arg(long = "storage-group", value_name = "SG")]
+        storage_group: Option<String>,
+    },
+    /// Ask every hub to redeliver what it delivered for a storage group in a time window.
+    Resubmit {
+        /// The storage group.
+        #[arg(long = "storage-group", value_name = "SG")]
+        storage_group: String,
+        /// Window start: RFC 3339, or a duration back from now ("30m"). Default: now - MaxDumpsterTime.
+        #[arg(long, value_name = "T")]
+        since: Option<String>,
+        /// Window end: RFC 3339, or a duration back from now. Default: now.
+        #[arg(long, value_name = "T")]
+        until: Option<String>,
+    },
+}
+
+/// A failure with the exit status it maps to.
+#[derive(Debug)]
+pub enum Failure {
+    /// Bad usage or configuration: exit 2.
+    Usage(String),
+    /// A failed check or request: exit 1.
+    Failed(String),
+}
+
+/// Parses the command line, runs it, and maps the outcome to an exit status.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("hubrelay: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(dispatch(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Usage(m)) => {
+            eprintln!("hubrelay: {m}");
+            ExitCode::from(2)
+        }
+        Err(Failure::Failed(m)) => {
+            eprintln!("hubrelay: {m}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn dispatch(cli: Cli) -> Result<(), Failure> {
+    let site = Arc::new(Site::load(&cli.config).map_err(|e| Failure::Usage(e.to_string()))?);
+    match cli.command {
+        Command::Site { data } => run::site(site, &data).await,
+        Command::Hub { name, data } => run::hub(site, &name, &data).await,
+        Command::Node { name, data } => run::node(site, &name, &data).await,
+        Command::Mailbox {
+            address,
+            message_id,
+        } => mailbox::run(&site, &address, message_id.as_deref(), cli.json).await,
+        Command::Stats { storage_group } => {
+            stats::run(&site, storage_group.as_deref(), cli.json).await
+        }
+        Command::Resubmit {
+            storage_group,
+            since,
+            until,
+        } => {
+            resubmit::run(
+                &site,
+                &storage_group,
+                since.as_deref(),
+                until.as_deref(),
+                cli.json,
+            )
+            .await
+        }
+    }
+}
+
+/// Prints `value` as one JSON document.
+pub fn print_json<T: serde::Serialize>(value: &T) -> Result<(), Failure> {
+    let text = serde_json::to_string_pretty(value).map_err(|e| Failure::Failed(e.to_string()))?;
+    println!("{text}");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,98 @@
+//! `site`, `hub` and `node`: run roles until Ctrl-C or SIGTERM.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use super::Failure;
+use crate::config::Site;
+use crate::runtime::{self, Endpoint, StartError};
+
+fn tracing_init() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("HUBRELAY_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+}
+
+fn start_failed(e: StartError) -> Failure {
+    match e {
+        StartError::UnknownRole { .. } => Failure::Usage(e.to_string()),
+        _ => Failure::Failed(e.to_string()),
+    }
+}
+
+/// Prints the endpoints, one line each, so scripts and tests can wait for them.
+fn banner(endpoints: &[Endpoint]) {
+    for e in endpoints {
+        println!("{} {} listening on {}", e.role, e.what, e.addr);
+    }
+    println!("ready");
+}
+
+async fn serve(
+    endpoints: Vec<Endpoint>,
+    shutdown: CancellationToken,
+    mut tasks: JoinSet<()>,
+) -> Result<(), Failure> {
+    banner(&endpoints);
+    tokio::select! {
+        _ = runtime::shutdown_signal() => {}
+        _ = shutdown.cancelled() => {}
+    }
+    shutdown.cancel();
+    while tasks.join_next().await.is_some() {}
+    Ok(())
+}
+
+/// Runs every hub and node of the site in this process.
+pub async fn site(site: Arc<Site>, data: &Path) -> Result<(), Failure> {
+    tracing_init();
+    let shutdown = CancellationToken::new();
+    let mut tasks = JoinSet::new();
+    let mut endpoints = Vec::new();
+    for c in &site.cms {
+        for n in &c.nodes {
+            endpoints.extend(
+                runtime::start_node(&site, &n.name, data, &shutdown, &mut tasks)
+                    .await
+                    .map_err(start_failed)?,
+            );
+        }
+    }
+    for h in &site.hubs {
+        endpoints.extend(
+            runtime::start_hub(&site, &h.name, data, &shutdown, &mut tasks)
+                .await
+                .map_err(start_failed)?,
+        );
+    }
+    serve(endpoints, shutdown, tasks).await
+}
+
+/// Runs one hub.
+pub async fn hub(site: Arc<Site>, name: &str, data: &Path) -> Result<(), Failure> {
+    tracing_init();
+    let shutdown = CancellationToken::new();
+    let mut tasks = JoinSet::new();
+    let endpoints = runtime::start_hub(&site, name, data, &shutdown, &mut tasks)
+        .await
+        .map_err(start_failed)?;
+    serve(endpoints, shutdown, tasks).await
+}
+
+/// Runs one mailbox node.
+pub async fn node(site: Arc<Site>, name: &str, data: &Path) -> Result<(), Failure> {
+    tracing_init();
+    let shutdown = CancellationToken::new();
+    let mut tasks = JoinSet::new();
+    let endpoints = runtime::start_node(&site, name, data, &shutdown, &mut tasks)
+        .await
+        .map_err(start_failed)?;
+    serve(endpoints, shutdown, tasks).await
+}

@@ -1,0 +1,777 @@
+//! The site configuration: one TOML file describes every hub and clustered mailbox server (SPEC §3).
+//!
+//! Parsing never opens a socket or a file other than the config (and an `admin_token_file`). Every error
+//! names the file, the line and the key, because an operator fixing a typo at 3 a.m. needs exactly that.
+//! Defaults live in one place: the `default_*` functions below, mirrored in `config/site.toml`.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+use toml::Spanned;
+
+/// A configuration error, already located in the file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{file}: cannot read: {source}")]
+    Read {
+        /// The config file.
+        file: PathBuf,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// Bad TOML, an unknown key, a wrong type or an invalid value.
+    #[error("{file}:{line}: {key}: {message}")]
+    Invalid {
+        /// The config file.
+        file: PathBuf,
+        /// 1-based line of the offending value (0 when TOML gave no position).
+        line: usize,
+        /// Dotted key path, e.g. `cms.storage_group.mailboxes`.
+        key: String,
+        /// What is wrong and what to do about it.
+        message: String,
+    },
+}
+
+/// How many transaction logs a passive copy may be missing and still mount after a failover.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+pub enum AutoDatabaseMountDial {
+    /// No log may be missing.
+    Lossless,
+    /// Up to 3 logs missing (the default, as in Exchange 2007).
+    GoodAvailability,
+    /// Up to 6 logs missing.
+    BestAvailability,
+}
+
+impl AutoDatabaseMountDial {
+    /// The number of missing logs this dial tolerates (Exchange 2007 values).
+    pub fn max_lost_logs(self) -> u64 {
+        match self {
+            Self::Lossless => 0,
+            Self::GoodAvailability => 3,
+            Self::BestAvailability => 6,
+        }
+    }
+}
+
+/// A byte size written as `"18MB"`, `"1MiB"` or a plain integer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Size(pub u64);
+
+impl<'de> Deserialize<'de> for Size {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Int(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Int(n) => Ok(Size(n)),
+            Raw::Text(s) => s
+                .trim()
+                .parse::<bytesize::ByteSize>()
+                .map(|b| Size(b.as_u64()))
+                .map_err(|_| {
+                    serde::de::Error::custom(format!(
+                        "`{s}` is not a size (write e.g. \"18MB\", \"1MiB\" or a number of bytes)"
+                    ))
+                }),
+        }
+    }
+}
+
+/// A duration written as `"7d"`, `"90s"` or `"250ms"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dur(pub Duration);
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(s.trim()).map(Dur).map_err(|_| {
+            serde::de::Error::custom(format!(
+                "`{s}` is not a duration (write e.g. \"7d\", \"90s\" or \"250ms\")"
+            ))
+        })
+    }
+}
+
+fn default_max_message_size() -> Size {
+    Size(10_000_000)
+}
+fn default_max_dumpster_size() -> Size {
+    Size(18_000_000)
+}
+fn default_max_dumpster_time() -> Dur {
+    Dur(Duration::from_secs(7 * 86_400))
+}
+fn default_message_expiry() -> Dur {
+    Dur(Duration::from_secs(2 * 86_400))
+}
+fn default_retry_min() -> Dur {
+    Dur(Duration::from_secs(1))
+}
+fn default_retry_max() -> Dur {
+    Dur(Duration::from_secs(300))
+}
+fn default_max_recipients() -> usize {
+    100
+}
+fn default_max_connections() -> usize {
+    500
+}
+fn default_idle_timeout() -> Dur {
+    Dur(Duration::from_secs(300))
+}
+fn default_dial() -> AutoDatabaseMountDial {
+    AutoDatabaseMountDial::GoodAvailability
+}
+fn default_log_file_size() -> Size {
+    Size(1 << 20)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    site: RawSite,
+    #[serde(default)]
+    hub: Vec<RawHub>,
+    #[serde(default)]
+    cms: Vec<RawCms>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSite {
+    name: String,
+    accepted_domains: Vec<Spanned<String>>,
+    #[serde(default = "default_max_message_size")]
+    max_message_size: Size,
+    #[serde(default = "default_max_dumpster_size")]
+    max_dumpster_size_per_storage_group: Size,
+    #[serde(default = "default_max_dumpster_time")]
+    max_dumpster_time: Dur,
+    #[serde(default = "default_message_expiry")]
+    message_expiry: Dur,
+    #[serde(default = "default_retry_min")]
+    retry_min: Dur,
+    #[serde(default = "default_retry_max")]
+    retry_max: Dur,
+    #[serde(default = "default_max_recipients")]
+    max_recipients: usize,
+    #[serde(default = "default_max_connections")]
+    max_connections: usize,
+    #[serde(default = "default_idle_timeout")]
+    idle_timeout: Dur,
+    admin_token: Option<Spanned<String>>,
+    admin_token_file: Option<Spanned<PathBuf>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHub {
+    name: Spanned<String>,
+    smtp: SocketAddr,
+    admin: SocketAddr,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCms {
+    name: Spanned<String>,
+    #[serde(default = "default_dial")]
+    auto_database_mount_dial: AutoDatabaseMountDial,
+    witness: PathBuf,
+    #[serde(default = "default_log_file_size")]
+    log_file_size: Size,
+    #[serde(default)]
+    node: Vec<RawNode>,
+    #[serde(default)]
+    storage_group: Vec<RawSg>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNode {
+    name: Spanned<String>,
+    smtp: SocketAddr,
+    admin: SocketAddr,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSg {
+    name: Spanned<String>,
+    #[serde(default)]
+    mailboxes: Vec<Spanned<String>>,
+    #[serde(default)]
+    domains: Vec<Spanned<String>>,
+}
+
+/// The validated site: what every role runs from.
+#[derive(Debug, Clone)]
+pub struct Site {
+    /// The file it came from (shown in messages).
+    pub file: PathBuf,
+    /// The site's name.
+    pub name: String,
+    /// Domains the hubs accept mail for; anything else is relaying and refused.
+    pub accepted_domains: Vec<String>,
+    /// Largest message accepted (SMTP SIZE).
+    pub max_message_size: u64,
+    /// MaxDumpsterSizePerStorageGroup, per hub.
+    pub max_dumpster_size_per_storage_group: u64,
+    /// MaxDumpsterTime.
+    pub max_dumpster_time: Duration,
+    /// How long a hub keeps trying before it returns a message to its sender.
+    pub message_expiry: Duration,
+    /// First retry interval; each later one doubles, up to `retry_max`.
+    pub retry_min: Duration,
+    /// Longest retry interval.
+    pub retry_max: Duration,
+    /// Recipients per message before 452.
+    pub max_recipients: usize,
+    /// Concurrent SMTP connections per listener before 421.
+    pub max_connections: usize,
+    /// How long an SMTP session may stay silent.
+    pub idle_timeout: Duration,
+    /// The bearer token every admin call must carry.
+    pub admin_token: String,
+    /// Every hub of the site.
+    pub hubs: Vec<Hub>,
+    /// Every clustered mailbox server of the site.
+    pub cms: Vec<Cms>,
+}
+
+/// One hub transport server.
+#[derive(Debug, Clone)]
+pub struct Hub {
+    /// Its name (`--name`).
+    pub name: String,
+    /// SMTP listener.
+    pub smtp: SocketAddr,
+    /// Admin API listener.
+    pub admin: SocketAddr,
+}
+
+/// One clustered mailbox server: two nodes hosting storage groups.
+#[derive(Debug, Clone)]
+pub struct Cms {
+    /// Its name.
+    pub name: String,
+    /// How lossy an automatic mount may be.
+    pub auto_database_mount_dial: AutoDatabaseMountDial,
+    /// The file share witness directory (absolute, or relative to the data directory).
+    pub witness: PathBuf,
+    /// Size at which a transaction log generation is closed.
+    pub log_file_size: u64,
+    /// Its nodes, in config order (the first is active on a fresh start).
+    pub nodes: Vec<Node>,
+    /// The storage groups it hosts.
+    pub storage_groups: Vec<StorageGroup>,
+}
+
+/// One node of a CMS.
+#[derive(Debug, Clone)]
+pub struct Node {
+    /// Its name (`--name`).
+    pub name: String,
+    /// SMTP listener for deliveries from hubs.
+    pub smtp: SocketAddr,
+    /// Admin API listener (status, log shipping, mailbox listing).
+    pub admin: SocketAddr,
+}
+
+/// A storage group: the unit of dumpster accounting and of resubmission.
+#[derive(Debug, Clone)]
+pub struct StorageGroup {
+    /// Its name.
+    pub name: String,
+    /// Mailbox addresses, lower-cased.
+    pub mailboxes: Vec<String>,
+    /// Hosted domains, lower-cased: every address in them is a mailbox of this SG.
+    pub domains: Vec<String>,
+}
+
+/// Where a recipient lives: its CMS (index into `Site::cms`) and storage group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    /// Index of the CMS in `Site::cms`.
+    pub cms: usize,
+    /// The storage group's name.
+    pub storage_group: String,
+}
+
+impl Site {
+    /// Reads and validates a site file.
+    pub fn load(path: &Path) -> Result<Site, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            file: path.to_path_buf(),
+            source,
+        })?;
+        Site::parse(path, &text)
+    }
+
+    /// Validates a site from its text; `path` is used in messages and for `admin_token_file`.
+    pub fn parse(path: &Path, text: &str) -> Result<Site, ConfigError> {
+        let at = Locator { file: path, text };
+        let raw: RawConfig = toml::from_str(text).map_err(|e| at.toml(&e))?;
+        build(&at, raw)
+    }
+
+    /// Finds the CMS and storage group hosting `address` (case-insensitive), if any.
+    pub fn route(&self, address: &str) -> Option<Route> {
+        let address = address.to_ascii_lowercase();
+        let domain = address.rsplit_once('@').map(|(_, d)| d)?;
+        for (i, cms) in self.cms.iter().enumerate() {
+            for sg in &cms.storage_groups {
+                if sg.mailboxes.contains(&address) || sg.domains.iter().any(|d| d == domain) {
+                    return Some(Route {
+                        cms: i,
+                        storage_group: sg.name.clone(),
+                    });
+                }
+            }
+        }
+        None
+    }
+
+    /// True if `address` is in one of the site's accepted domains (or a hosted SG domain).
+    pub fn is_accepted_domain(&self, address: &str) -> bool {
+        let Some((_, domain)) = address.rsplit_once('@') else {
+            return false;
+        };
+        let domain = domain.to_ascii_lowercase();
+        self.accepted_domains.contains(&domain)
+            || self.cms.iter().any(|c| {
+                c.storage_groups
+                    .iter()
+                    .any(|sg| sg.domains.contains(&domain))
+            })
+    }
+
+    /// The hub called `name`.
+    pub fn hub(&self, name: &str) -> Option<&Hub> {
+        self.hubs.iter().find(|h| h.name == name)
+    }
+
+    /// The node called `name` and the index of its CMS.
+    pub fn node(&self, name: &str) -> Option<(usize, &Node)> {
+        self.cms
+            .iter()
+            .enumerate()
+            .find_map(|(i, c)| c.nodes.iter().find(|n| n.name == name).map(|n| (i, n)))
+    }
+
+    /// The CMS called `name`.
+    pub fn cms_named(&self, name: &str) -> Option<&Cms> {
+        self.cms.iter().find(|c| c.name == name)
+    }
+
+    /// The CMS hosting storage group `sg`.
+    pub fn cms_of_storage_group(&self, sg: &str) -> Option<&Cms> {
+        self.cms
+            .iter()
+            .find(|c| c.storage_groups.iter().any(|s| s.name == sg))
+    }
+
+    /// Every storage group name of the site, in config order.
+    pub fn storage_group_names(&self) -> Vec<String> {
+        self.cms
+            .iter()
+            .flat_map(|c| c.storage_groups.iter().map(|s| s.name.clone()))
+            .collect()
+    }
+}
+
+/// Turns byte offsets into `file:line: key:` messages.
+struct Locator<'a> {
+    file: &'a Path,
+    text: &'a str,
+}
+
+impl Locator<'_> {
+    fn line(&self, span: &Range<usize>) -> usize {
+        let end = span.start.min(self.text.len());
+        self.text[..end].bytes().filter(|&b| b == b'\n').count() + 1
+    }
+
+    fn err(&self, span: &Range<usize>, key: &str, message: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            file: self.file.to_path_buf(),
+            line: self.line(span),
+            key: key.to_string(),
+            message: message.into(),
+        }
+    }
+
+    fn toml(&self, e: &toml::de::Error) -> ConfigError {
+        let line = e.span().map(|s| self.line(&s)).unwrap_or(0);
+        // toml's message can span lines; the first is the one that says what is wrong.
+        let message = e
+            .message()
+            .lines()
+            .next()
+            .unwrap_or("invalid TOML")
+            .to_string();
+        let key = key_from_toml_message(e.message()).unwrap_or_else(|| "(document)".to_string());
+        ConfigError::Invalid {
+            file: self.file.to_path_buf(),
+            line,
+            key,
+            message,
+        }
+    }
+}
+
+/// toml reports unknown and missing keys as "unknown field `x`" / "missing field `x`"; the key is the
+/// backquoted name.
+fn key_from_toml_message(message: &str) -> Option<String> {
+    let start = message.find('`')? + 1;
+    let len = message[start..].find('`')?;
+    Some(message[start..start + len].to_string())
+}
+
+/// Remembers where each name was first seen so a duplicate can point at both.
+struct Seen<'a> {
+    at: &'a Locator<'a>,
+    key: &'static str,
+    what: &'static str,
+    first: HashMap<String, (usize, String)>,
+}
+
+impl<'a> Seen<'a> {
+    fn new(at: &'a Locator<'a>, key: &'static str, what: &'static str) -> Self {
+        Seen {
+            at,
+            key,
+            what,
+            first: HashMap::new(),
+        }
+    }
+
+    /// Records `name` (owned by `owner`), failing if it was already recorded.
+    fn add(&mut self, name: &Spanned<String>, owner: &str) -> Result<(), ConfigError> {
+        let line = self.at.line(&name.span());
+        let folded = name.get_ref().to_ascii_lowercase();
+        if let Some((first_line, first_owner)) = self.first.get(&folded) {
+            let whose = if first_owner.is_empty() {
+                String::new()
+            } else {
+                format!(" in {first_owner}")
+            };
+            return Err(self.at.err(
+                &name.span(),
+                self.key,
+                format!(
+                    "{} `{}` is already defined{whose} at line {first_line}; names must be unique",
+                    self.what,
+                    name.get_ref()
+                ),
+            ));
+        }
+        self.first.insert(folded, (line, owner.to_string()));
+        Ok(())
+    }
+}
+
+fn build(at: &Locator, raw: RawConfig) -> Result<Site, ConfigError> {
+    let site = raw.site;
+    let whole = 0..0;
+    let admin_token = admin_token(at, &site)?;
+    let accepted_domains = site
+        .accepted_domains
+        .iter()
+        .map(|d| checked_domain(at, d, "site.accepted_domains"))
+        .collect::<Result<Vec<_>, _>>()?;
+    if site.max_recipients == 0 || site.max_connections == 0 {
+        return Err(at.err(
+            &whole,
+            "site",
+            "max_recipients and max_connections must be at least 1",
+        ));
+    }
+
+    let mut roles = Seen::new(at, "name", "role");
+    let mut hubs = Vec::new();
+    for h in raw.hub {
+        roles.add(&h.name, "")?;
+        hubs.push(Hub {
+            name: h.name.into_inner(),
+            smtp: h.smtp,
+            admin: h.admin,
+        });
+    }
+
+    let mut sgs = Seen::new(at, "cms.storage_group.name", "storage group");
+    let mut mailboxes = Seen::new(at, "cms.storage_group.mailboxes", "mailbox");
+    let mut domains = Seen::new(at, "cms.storage_group.domains", "hosted domain");
+    let mut cms_list = Vec::new();
+    for c in raw.cms {
+        roles.add(&c.name, "")?;
+        if c.node.len() != 2 {
+            return Err(at.err(
+                &c.name.span(),
+                "cms.node",
+                format!(
+                    "CMS `{}` has {} node(s); a clustered mailbox server has exactly two ([[cms.node]])",
+                    c.name.get_ref(),
+                    c.node.len()
+                ),
+            ));
+        }
+        if c.log_file_size.0 < 4096 {
+            return Err(at.err(&c.name.span(), "cms.log_file_size", "must be at least 4KiB"));
+        }
+        let mut nodes = Vec::new();
+        for n in c.node {
+            roles.add(&n.name, c.name.get_ref())?;
+            nodes.push(Node {
+                name: n.name.into_inner(),
+                smtp: n.smtp,
+                admin: n.admin,
+            });
+        }
+        let mut storage_groups = Vec::new();
+        for sg in c.storage_group {
+            sgs.add(&sg.name, c.name.get_ref())?;
+            let mut mbx = Vec::new();
+            for m in &sg.mailboxes {
+                let addr = checked_address(at, m)?;
+                mailboxes.add(m, sg.name.get_ref())?;
+                mbx.push(addr);
+            }
+            let mut doms = Vec::new();
+            for d in &sg.domains {
+                let dom = checked_domain(at, d, "cms.storage_group.domains")?;
+                domains.add(d, sg.name.get_ref())?;
+                doms.push(dom);
+            }
+            storage_groups.push(StorageGroup {
+                name: sg.name.into_inner(),
+                mailboxes: mbx,
+                domains: doms,
+            });
+        }
+        cms_list.push(Cms {
+            name: c.name.into_inner(),
+            auto_database_mount_dial: c.auto_database_mount_dial,
+            witness: c.witness,
+            log_file_size: c.log_file_size.0,
+            nodes,
+            storage_groups,
+        });
+    }
+
+    Ok(Site {
+        file: at.file.to_path_buf(),
+        name: site.name,
+        accepted_domains,
+        max_message_size: site.max_message_size.0,
+        max_dumpster_size_per_storage_group: site.max_dumpster_size_per_storage_group.0,
+        max_dumpster_time: site.max_dumpster_time.0,
+        message_expiry: site.message_expiry.0,
+        retry_min: site.retry_min.0,
+        retry_max: site.retry_max.0.max(site.retry_min.0),
+        max_recipients: site.max_recipients,
+        max_connections: site.max_connections,
+        idle_timeout: site.idle_timeout.0,
+        admin_token,
+        hubs,
+        cms: cms_list,
+    })
+}
+
+fn admin_token(at: &Locator, site: &RawSite) -> Result<String, ConfigError> {
+    match (&site.admin_token, &site.admin_token_file) {
+        (Some(t), None) if !t.get_ref().trim().is_empty() => Ok(t.get_ref().trim().to_string()),
+        (Some(t), None) => Err(at.err(&t.span(), "site.admin_token", "must not be empty")),
+        (None, Some(f)) => {
+            let path = match at.file.parent() {
+                Some(dir) if f.get_ref().is_relative() => dir.join(f.get_ref()),
+                _ => f.get_ref().clone(),
+            };
+            let token = std::fs::read_to_string(&path).map_err(|e| {
+                at.err(
+                    &f.span(),
+                    "site.admin_token_file",
+                    format!("cannot read {}: {e}", path.display()),
+                )
+            })?;
+            let token = token.trim().to_string();
+            if token.is_empty() {
+                return Err(at.err(
+                    &f.span(),
+                    "site.admin_token_file",
+                    format!("{} is empty", path.display()),
+                ));
+            }
+            Ok(token)
+        }
+        (Some(t), Some(_)) => Err(at.err(
+            &t.span(),
+            "site.admin_token",
+            "give either admin_token or admin_token_file, not both",
+        )),
+        (None, None) => Err(at.err(
+            &(0..0),
+            "site.admin_token",
+            "missing: every admin call is authenticated; set admin_token or admin_token_file",
+        )),
+    }
+}
+
+fn checked_domain(at: &Locator, d: &Spanned<String>, key: &str) -> Result<String, ConfigError> {
+    let dom = d.get_ref().trim().to_ascii_lowercase();
+    if dom.is_empty() || dom.contains('@') || dom.contains(char::is_whitespace) {
+        return Err(at.err(
+            &d.span(),
+            key,
+            format!("`{}` is not a domain name", d.get_ref()),
+        ));
+    }
+    Ok(dom)
+}
+
+fn checked_address(at: &Locator, m: &Spanned<String>) -> Result<String, ConfigError> {
+    let addr = m.get_ref().trim().to_ascii_lowercase();
+    match addr.split_once('@') {
+        Some((local, domain))
+            if !local.is_empty() && !domain.is_empty() && !domain.contains('@') =>
+        {
+            Ok(addr)
+        }
+        _ => Err(at.err(
+            &m.span(),
+            "cms.storage_group.mailboxes",
+            format!("`{}` is not a mailbox address (local@domain)", m.get_ref()),
+        )),
+    }
+}
+
+impl fmt::Display for AutoDatabaseMountDial {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = match self {
+            Self::Lossless => "Lossless",
+            Self::GoodAvailability => "GoodAvailability",
+            Self::BestAvailability => "BestAvailability",
+        };
+        f.write_str(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = include_str!("../config/site.toml");
+
+    fn parse(text: &str) -> Result<Site, ConfigError> {
+        Site::parse(Path::new("site.toml"), text)
+    }
+
+    fn err(text: &str) -> String {
+        parse(text)
+            .expect_err("config should be refused")
+            .to_string()
+    }
+
+    #[test]
+    fn example_site_loads_with_units() {
+        let site = parse(GOOD).expect("config/site.toml is valid");
+        assert_eq!(site.hubs.len(), 2);
+        assert_eq!(site.cms[0].nodes.len(), 2);
+        assert_eq!(site.max_message_size, 10_000_000);
+        assert_eq!(site.max_dumpster_size_per_storage_group, 18_000_000);
+        assert_eq!(site.max_dumpster_time, Duration::from_secs(7 * 86_400));
+        assert_eq!(site.cms[0].log_file_size, 1 << 20);
+        assert_eq!(
+            site.cms[0].auto_database_mount_dial,
+            AutoDatabaseMountDial::GoodAvailability
+        );
+        let r = site
+            .route("Alice@Example.TEST")
+            .expect("alice is a mailbox");
+        assert_eq!(r.storage_group, "SG1");
+        assert!(site.route("nobody@example.test").is_none());
+        assert!(site.is_accepted_domain("nobody@EXAMPLE.test"));
+        assert!(!site.is_accepted_domain("x@elsewhere.test"));
+    }
+
+    #[test]
+    fn hosted_domain_routes_every_address() {
+        let text = GOOD.replace(
+            "mailboxes = [\"alice@example.test\", \"bob@example.test\"]",
+            "mailboxes = [\"alice@example.test\", \"bob@example.test\"]\ndomains = [\"hosted.test\"]",
+        );
+        let site = parse(&text).unwrap();
+        assert_eq!(
+            site.route("anyone@hosted.test").unwrap().storage_group,
+            "SG1"
+        );
+        assert!(site.is_accepted_domain("anyone@hosted.test"));
+    }
+
+    #[test]
+    fn unknown_key_names_key_and_line() {
+        let text = GOOD.replacen("[site]\n", "[site]\nmax_dumpster_tme = \"1d\"\n", 1);
+        let e = err(&text);
+        assert!(e.contains("max_dumpster_tme"), "{e}");
+        let line = text
+            .lines()
+            .position(|l| l.starts_with("max_dumpster_tme"))
+            .unwrap()
+            + 1;
+        assert!(e.starts_with(&format!("site.toml:{line}:")), "{e}");
+    }
+
+    #[test]
+    fn bad_units_are_explained() {
+        let e = err(&GOOD.replace(
+            "max_dumpster_time = \"7d\"",
+            "max_dumpster_time = \"7 fortnights\"",
+        ));
+        assert!(e.contains("not a duration"), "{e}");
+        let e = err(&GOOD.replace(
+            "max_dumpster_size_per_storage_group = \"18MB\"",
+            "max_dumpster_size_per_storage_group = \"lots\"",
+        ));
+        assert!(e.contains("not a size"), "{e}");
+    }
+
+    #[test]
+    fn duplicate_names_and_double_homed_mailboxes_are_refused() {
+        let e = err(&GOOD.replace("name = \"hub2\"", "name = \"hub1\""));
+        assert!(e.contains("`hub1` is already defined"), "{e}");
+        let two_sgs = format!(
+            "{GOOD}\n[[cms.storage_group]]\nname = \"SG2\"\nmailboxes = [\"ALICE@example.test\"]\n"
+        );
+        let e = err(&two_sgs);
+        assert!(e.contains("cms.storage_group.mailboxes"), "{e}");
+        assert!(e.contains("already defined in SG1"), "{e}");
+        let line = two_sgs.lines().count();
+        assert!(e.starts_with(&format!("site.toml:{line}:")), "{e}");
+    }
+
+    #[test]
+    fn node_in_two_cms_is_refused() {
+        let second = "\n[[cms]]\nname = \"cms2\"\nwitness = \"w2\"\n[[cms.node]]\nname = \"node1\"\nsmtp = \"127.0.0.1:1\"\nadmin = \"127.0.0.1:2\"\n[[cms.node]]\nname = \"node9\"\nsmtp = \"127.0.0.1:3\"\nadmin = \"127.0.0.1:4\"\n";
+        let e = err(&format!("{GOOD}{second}"));
+        assert!(e.contains("`node1` is already defined in cms1"), "{e}");
+    }
+
+    #[test]
+    fn missing_token_and_bad_address() {
+        let e = err(&GOOD.replace("admin_token = \"change-me\"", ""));
+        assert!(e.contains("site.admin_token"), "{e}");
+        let e = err(&GOOD.replace("\"bob@example.test\"", "\"bob\""));
+        assert!(e.contains("not a mailbox address"), "{e}");
+    }
+}

@@ -1,0 +1,73 @@
+//! The hub's side of an inbound SMTP session: who may receive mail here, and queueing what arrives.
+
+use std::sync::Arc;
+
+use store::hub::{RcptStatus, Recipient};
+use tracing::{error, info};
+
+use super::Hub;
+use crate::smtp::{Backend, Incoming, Reply};
+
+/// Plugs a [`Hub`] into the SMTP server.
+pub struct HubInbound(pub Arc<Hub>);
+
+impl Backend for HubInbound {
+    fn check_mail(&self, _sender: &str) -> Result<(), Reply> {
+        Ok(())
+    }
+
+    fn check_rcpt(&self, rcpt: &str) -> Result<(), Reply> {
+        let site = &self.0.site;
+        if site.route(rcpt).is_some() {
+            Ok(())
+        } else if site.is_accepted_domain(rcpt) {
+            Err(Reply::new(
+                550,
+                "5.1.1",
+                format!("<{rcpt}>: no such mailbox here"),
+            ))
+        } else {
+            Err(Reply::new(
+                550,
+                "5.7.1",
+                format!("<{rcpt}>: relaying denied"),
+            ))
+        }
+    }
+
+    async fn deliver(&self, msg: Incoming) -> Reply {
+        let hub = &self.0;
+        let mut recipients: Vec<Recipient> = Vec::with_capacity(msg.recipients.len());
+        for addr in &msg.recipients {
+            let Some(route) = hub.site.route(addr) else {
+                return Reply::new(550, "5.1.1", format!("<{addr}>: no such mailbox here"));
+            };
+            if recipients
+                .iter()
+                .any(|r| r.address.eq_ignore_ascii_case(addr))
+            {
+                continue;
+            }
+            recipients.push(Recipient {
+                address: addr.clone(),
+                cms: hub.site.cms[route.cms].name.clone(),
+                storage_group: route.storage_group,
+                status: RcptStatus::Pending,
+            });
+        }
+        let message_id = msg.message_id.clone();
+        match hub
+            .submit(msg.message_id, msg.sender, recipients, msg.data)
+            .await
+        {
+            Ok(id) => {
+                info!(message_id = %message_id, queue_id = id, "queued");
+                Reply::new(250, "2.0.0", format!("queued as {id:x}"))
+            }
+            Err(e) => {
+                error!(message_id = %message_id, error = %e, "could not queue");
+                Reply::new(451, "4.3.0", "message not stored, try again later")
+            }
+        }
+    }
+}

@@ -1,0 +1,444 @@
+//! The hub transport role: SMTP in → durable queue → delivery to the active node of each recipient's
+//! CMS → dumpster copy per storage group.
+//!
+//! A message's life: [`inbound`] accepts it and writes it to the store; [`commit`] makes the write
+//! durable (shared fsync) before the 250; a delivery task sends it ([`delivery`]); the outcome of every
+//! attempt is recorded atomically with the dumpster entries it creates; temporary failures go to the
+//! retry [`scheduler`]; permanent ones to a [`dsn`] for the sender.
+
+pub mod commit;
+pub mod delivery;
+pub mod dsn;
+pub mod inbound;
+pub mod metrics;
+pub mod resubmit;
+pub mod scheduler;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{TimeZone, Utc};
+use store::hub::{
+    DumpsterEntry, DumpsterLimits, HubStore, HubStoreError, Millis, NewMessage, QueuedMessage,
+    RcptStatus, Recipient,
+};
+use tokio::sync::Semaphore;
+use tracing::{info, info_span, warn, Instrument};
+
+use crate::config::Site;
+use crate::runtime::now_ms;
+use commit::GroupCommit;
+use delivery::{CmsLink, Outcome};
+use dsn::FailedRecipient;
+use metrics::HubMetrics;
+use scheduler::Scheduler;
+
+/// Deliveries in flight at once per hub; bounds memory and connections to the nodes.
+const MAX_INFLIGHT: usize = 64;
+
+/// Why a hub operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum HubError {
+    /// The store refused a read or write.
+    #[error(transparent)]
+    Store(#[from] HubStoreError),
+    /// The fsync behind a 250 failed.
+    #[error(transparent)]
+    Commit(#[from] commit::CommitError),
+    /// A blocking store task died.
+    #[error("store task failed: {0}")]
+    Task(String),
+}
+
+/// One running hub: its store, links to the CMSs and delivery machinery.
+pub struct Hub {
+    /// This hub's name in the site.
+    pub name: String,
+    /// The site it serves.
+    pub site: Arc<Site>,
+    /// Host name used in greetings, Received headers and generated Message-IDs.
+    pub hostname: String,
+    /// The queue and dumpster.
+    pub store: Arc<HubStore>,
+    /// Counters served at /metrics.
+    pub metrics: HubMetrics,
+    commit: GroupCommit,
+    links: Vec<CmsLink>,
+    scheduler: Scheduler,
+    inflight: Arc<Semaphore>,
+}
+
+impl Hub {
+    /// Opens the hub's store under `dir` and starts its flusher and retry scheduler; queued messages
+    /// from a previous run are scheduled again.
+    pub fn open(site: Arc<Site>, name: &str, dir: &Path) -> Result<Arc<Hub>, HubError> {
+        let store = Arc::new(HubStore::open(dir)?);
+        let flusher = store.clone();
+        let commit = GroupCommit::start(move || flusher.flush().map_err(|e| e.to_string()));
+        let hostname = format!("{name}.{}", site.name);
+        let links = site
+            .cms
+            .iter()
+            .map(|c| CmsLink::new(c, &hostname))
+            .collect();
+        let (scheduler, due) = Scheduler::new();
+        let hub = Arc::new(Hub {
+            name: name.to_string(),
+            site,
+            hostname,
+            store,
+            metrics: HubMetrics::default(),
+            commit,
+            links,
+            scheduler,
+            inflight: Arc::new(Semaphore::new(MAX_INFLIGHT)),
+        });
+        let queued = hub.store.queued()?;
+        if !queued.is_empty() {
+            info!(hub = %hub.name, messages = queued.len(), "resuming queued deliveries");
+        }
+        for m in queued {
+            hub.scheduler.at(m.next_attempt_ms, m.id);
+        }
+        let runner = hub.clone();
+        tokio::spawn(scheduler::run(due, move |id| {
+            runner.clone().spawn_delivery(id)
+        }));
+        hub.resume_resubmissions()?;
+        Ok(hub)
+    }
+
+    /// The dumpster bounds of this site.
+    pub fn limits(&self) -> DumpsterLimits {
+        DumpsterLimits {
+            max_bytes_per_sg: self.site.max_dumpster_size_per_storage_group,
+            max_age_ms: self.site.max_dumpster_time.as_millis() as u64,
+        }
+    }
+
+    /// Stores a new message durably and starts its delivery; returns its queue id only once the
+    /// message is on disk.
+    pub async fn submit(
+        self: &Arc<Self>,
+        message_id: String,
+        sender: String,
+        recipients: Vec<Recipient>,
+        body: Vec<u8>,
+    ) -> Result<u64, HubError> {
+        let now = now_ms();
+        let new = NewMessage {
+            message_id,
+            sender,
+            received_ms: now,
+            expires_ms: now + self.site.message_expiry.as_millis() as u64,
+            recipients,
+        };
+        let store = self.store.clone();
+        let queued = tokio::task::spawn_blocking(move || store.enqueue(new, &body, now))
+            .await
+            .map_err(|e| HubError::Task(e.to_string()))??;
+        self.commit.durable().await?;
+        self.metrics.received();
+        self.clone().spawn_delivery(queued.id);
+        Ok(queued.id)
+    }
+
+    /// Makes everything written so far durable (shutdown, resubmission bookkeeping).
+    pub async fn durable(&self) -> Result<(), HubError> {
+        Ok(self.commit.durable().await?)
+    }
+
+    /// Schedules a message id for an attempt at `due_ms` (resubmission re-queues through this).
+    pub fn schedule(&self, due_ms: Millis, id: u64) {
+        self.scheduler.at(due_ms, id);
+    }
+
+    fn spawn_delivery(self: Arc<Self>, id: u64) {
+        tokio::spawn(async move {
+            let Ok(_permit) = self.inflight.clone().acquire_owned().await else {
+                return;
+            };
+            if let Err(e) = self.attempt(id).await {
+                warn!(queue_id = id, error = %e, "delivery attempt could not be recorded; retrying");
+                self.scheduler
+                    .at(now_ms() + self.site.retry_min.as_millis() as u64, id);
+            }
+        });
+    }
+
+    /// One delivery attempt of every pending recipient of queued message `id`.
+    async fn attempt(self: &Arc<Self>, id: u64) -> Result<(), HubError> {
+        let Some(mut msg) = self.store.get(id)? else {
+            return Ok(());
+        };
+        let span =
+            info_span!("deliver", queue_id = id, message_id = %msg.message_id, hub = %self.name);
+        async move {
+            let body = self.store.body(msg.blob)?.unwrap_or_default();
+            let now = now_ms();
+            let mut failed = Vec::new();
+            let delivered_now = if now >= msg.expires_ms {
+                expire(&mut msg, now, &mut failed);
+                Vec::new()
+            } else {
+                self.deliver_pending(&mut msg, &body, &mut failed).await
+            };
+            let delivered = self.dumpster_entries(&msg, &delivered_now, now_ms());
+            msg.attempts += 1;
+            let pending = msg.recipients.iter().any(|r| is_pending(&r.status));
+            if pending {
+                msg.next_attempt_ms = now_ms() + self.backoff(msg.attempts);
+            }
+            let store = self.store.clone();
+            let limits = self.limits();
+            let record = msg.clone();
+            tokio::task::spawn_blocking(move || store.record_attempt(&record, delivered, limits))
+                .await
+                .map_err(|e| HubError::Task(e.to_string()))??;
+            if pending {
+                self.scheduler.at(msg.next_attempt_ms, msg.id);
+            }
+            if !failed.is_empty() {
+                self.return_to_sender(&msg, &body, &failed).await;
+            }
+            Ok(())
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Tries every pending recipient, grouped per CMS; returns the indices delivered now.
+    async fn deliver_pending(
+        &self,
+        msg: &mut QueuedMessage,
+        body: &[u8],
+        failed: &mut Vec<FailedRecipient>,
+    ) -> Vec<usize> {
+        let mut delivered = Vec::new();
+        let mut by_cms: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+        for (i, r) in msg.recipients.iter().enumerate() {
+            if is_pending(&r.status) {
+                by_cms.entry(r.cms.clone()).or_default().push(i);
+            }
+        }
+        for (cms, idxs) in by_cms {
+            let Some(link) = self.links.iter().find(|l| l.name() == cms) else {
+                for &i in &idxs {
+                    set_outcome(
+                        msg,
+                        i,
+                        Outcome::Permanent {
+                            code: 550,
+                            reason: format!("CMS {cms} is no longer in the site configuration"),
+                        },
+                        failed,
+                    );
+                }
+                continue;
+            };
+            let addrs: Vec<String> = idxs
+                .iter()
+                .map(|&i| msg.recipients[i].address.clone())
+                .collect();
+            let (outcomes, node) = link.deliver(&msg.sender, &addrs, body).await;
+            for (&i, outcome) in idxs.iter().zip(outcomes) {
+                match &outcome {
+                    Outcome::Delivered => {
+                        delivered.push(i);
+                        self.metrics.delivered();
+                        info!(rcpt = %msg.recipients[i].address, storage_group = %msg.recipients[i].storage_group, node = node.as_deref().unwrap_or(""), "delivered");
+                    }
+                    Outcome::Transient(e) => {
+                        self.metrics.deferred();
+                        info!(rcpt = %msg.recipients[i].address, error = %e, "deferred");
+                    }
+                    Outcome::Permanent { code, reason } => {
+                        self.metrics.failed();
+                        warn!(rcpt = %msg.recipients[i].address, code, reason = %reason, "failed");
+                    }
+                }
+                set_outcome(msg, i, outcome, failed);
+            }
+        }
+        delivered
+    }
+
+    /// The dumpster entries for the recipients this attempt delivered: one per storage group. A
+    /// resubmitted copy makes none, since its original entry is still in the dumpster.
+    fn dumpster_entries(
+        &self,
+        msg: &QueuedMessage,
+        delivered: &[usize],
+        now: Millis,
+    ) -> Vec<DumpsterEntry> {
+        if msg.resubmission.is_some() {
+            return Vec::new();
+        }
+        let mut by_sg: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
+        for r in delivered.iter().map(|&i| &msg.recipients[i]) {
+            by_sg
+                .entry((r.storage_group.clone(), r.cms.clone()))
+                .or_default()
+                .push(r.address.clone());
+        }
+        by_sg
+            .into_iter()
+            .map(|((storage_group, cms), recipients)| DumpsterEntry {
+                storage_group,
+                message_id: msg.message_id.clone(),
+                sender: msg.sender.clone(),
+                recipients,
+                cms,
+                received_ms: msg.received_ms,
+                delivered_ms: now,
+                size: msg.size,
+                blob: msg.blob,
+            })
+            .collect()
+    }
+
+    fn backoff(&self, attempts: u32) -> Millis {
+        let min = self.site.retry_min.as_millis() as u64;
+        let max = self.site.retry_max.as_millis() as u64;
+        min.saturating_mul(1u64 << attempts.saturating_sub(1).min(32))
+            .min(max)
+    }
+
+    /// Queues a DSN for the sender, if it can be routed inside the site (a hub relays only to its
+    /// CMSs) and is not the null sender (RFC 5321: never bounce a bounce).
+    async fn return_to_sender(
+        self: &Arc<Self>,
+        msg: &QueuedMessage,
+        body: &[u8],
+        failed: &[FailedRecipient],
+    ) {
+        if msg.sender.is_empty() {
+            return;
+        }
+        let Some(route) = self.site.route(&msg.sender) else {
+            warn!(sender = %msg.sender, "no route to the sender inside the site; the DSN is dropped");
+            return;
+        };
+        let now = Utc::now();
+        let dsn_id = format!(
+            "<dsn.{}.{}@{}>",
+            msg.id,
+            now.timestamp_millis(),
+            self.hostname
+        );
+        let report = dsn::Report {
+            reporting_mta: &self.hostname,
+            original_message_id: &msg.message_id,
+            to: &msg.sender,
+            arrival: Utc
+                .timestamp_millis_opt(msg.received_ms as i64)
+                .single()
+                .unwrap_or(now),
+            failed,
+            original: body,
+        };
+        let rcpt = Recipient {
+            address: msg.sender.clone(),
+            cms: self.site.cms[route.cms].name.clone(),
+            storage_group: route.storage_group,
+            status: RcptStatus::Pending,
+        };
+        let rendered = report.render(&dsn_id, now);
+        match Box::pin(self.submit(dsn_id.clone(), String::new(), vec![rcpt], rendered)).await {
+            Ok(_) => {
+                self.metrics.dsn();
+                info!(dsn = %dsn_id, to = %msg.sender, "delivery status notification queued");
+            }
+            Err(e) => warn!(error = %e, "could not queue the DSN"),
+        }
+    }
+}
+
+fn is_pending(s: &RcptStatus) -> bool {
+    matches!(s, RcptStatus::Pending | RcptStatus::Deferred { .. })
+}
+
+fn set_outcome(
+    msg: &mut QueuedMessage,
+    i: usize,
+    outcome: Outcome,
+    failed: &mut Vec<FailedRecipient>,
+) {
+    let now = now_ms();
+    let r = &mut msg.recipients[i];
+    r.status = match outcome {
+        Outcome::Delivered => RcptStatus::Delivered { at_ms: now },
+        Outcome::Transient(reason) => RcptStatus::Deferred { reason },
+        Outcome::Permanent { code, reason } => {
+            failed.push(FailedRecipient {
+                address: r.address.clone(),
+                code,
+                reason: reason.clone(),
+            });
+            RcptStatus::Failed {
+                code,
+                reason,
+                at_ms: now,
+            }
+        }
+    };
+}
+
+fn expire(msg: &mut QueuedMessage, now: Millis, failed: &mut Vec<FailedRecipient>) {
+    for r in msg.recipients.iter_mut().filter(|r| is_pending(&r.status)) {
+        let last = match &r.status {
+            RcptStatus::Deferred { reason } => reason.clone(),
+            _ => "never attempted".to_string(),
+        };
+        let reason = format!(
+            "4.4.7 message expired after {}; last error: {last}",
+            humantime::format_duration(
+                Duration::from_millis(now.saturating_sub(msg.received_ms)) / 1000 * 1000
+            )
+        );
+        failed.push(FailedRecipient {
+            address: r.address.clone(),
+            code: 554,
+            reason: reason.clone(),
+        });
+        r.status = RcptStatus::Failed {
+            code: 554,
+            reason,
+            at_ms: now,
+        };
+    }
+}
+
+impl Hub {
+    /// Starts the dumpster sweeper (MaxDumpsterTime) and the final flush at shutdown.
+    pub fn spawn_housekeeping(self: &Arc<Self>, shutdown: tokio_util::sync::CancellationToken) {
+        let hub = self.clone();
+        let every = (self.site.max_dumpster_time / 10)
+            .clamp(Duration::from_millis(100), Duration::from_secs(60));
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {
+                        let store = hub.store.clone();
+                        let limits = hub.limits();
+                        match tokio::task::spawn_blocking(move || store.sweep_expired(now_ms(), limits)).await {
+                            Ok(Ok(0)) => {}
+                            Ok(Ok(n)) => info!(hub = %hub.name, entries = n, "dumpster entries expired"),
+                            Ok(Err(e)) => warn!(hub = %hub.name, error = %e, "dumpster sweep failed"),
+                            Err(e) => warn!(hub = %hub.name, error = %e, "dumpster sweep task failed"),
+                        }
+                    }
+                    _ = shutdown.cancelled() => {
+                        if let Err(e) = hub.store.flush() {
+                            warn!(hub = %hub.name, error = %e, "final flush failed");
+                        }
+                        return;
+                    }
+                }
+            }
+        });
+    }
+}

@@ -1,0 +1,98 @@
+//! The node's side of an SMTP session from a hub: only the active node takes mail, only for this
+//! CMS's mailboxes, and a Message-ID a mailbox already holds is dropped.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use store::txlog::LogRecord;
+use tracing::{error, info};
+
+use super::MailboxNode;
+use crate::runtime::now_ms;
+use crate::smtp::{Backend, Incoming, Reply};
+
+/// Plugs a [`MailboxNode`] into the SMTP server.
+pub struct NodeInbound(pub Arc<MailboxNode>);
+
+impl NodeInbound {
+    fn passive_reply(&self) -> Reply {
+        Reply::new(
+            451,
+            "4.3.2",
+            format!(
+                "{} is the passive node; deliver to the active node",
+                self.0.name
+            ),
+        )
+    }
+}
+
+impl Backend for NodeInbound {
+    fn check_mail(&self, _sender: &str) -> Result<(), Reply> {
+        if self.0.is_active() {
+            Ok(())
+        } else {
+            Err(self.passive_reply())
+        }
+    }
+
+    fn check_rcpt(&self, rcpt: &str) -> Result<(), Reply> {
+        match self.0.site.route(rcpt) {
+            Some(r) if r.cms == self.0.cms => Ok(()),
+            _ => Err(Reply::new(
+                550,
+                "5.1.1",
+                format!("<{rcpt}>: no such mailbox on this server"),
+            )),
+        }
+    }
+
+    async fn deliver(&self, msg: Incoming) -> Reply {
+        let node = &self.0;
+        if !node.is_active() {
+            return self.passive_reply();
+        }
+        let mut by_sg: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for rcpt in &msg.recipients {
+            let addr = rcpt.to_ascii_lowercase();
+            let Some(route) = node.site.route(&addr) else {
+                continue;
+            };
+            match node.store.contains(&addr, &msg.message_id) {
+                Ok(true) => {}
+                Ok(false) => by_sg.entry(route.storage_group).or_default().push(addr),
+                Err(e) => {
+                    error!(error = %e, "mailbox store lookup failed");
+                    return Reply::new(451, "4.3.0", "mailbox store unavailable, try again later");
+                }
+            }
+        }
+        let mut added = 0;
+        for (sg, recipients) in by_sg {
+            let Some(writer) = node.writer(&sg) else {
+                continue;
+            };
+            let rec = LogRecord {
+                message_id: msg.message_id.clone(),
+                recipients,
+                sender: msg.sender.clone(),
+                time_ms: now_ms(),
+                body: msg.data.clone(),
+            };
+            match writer.write(rec).await {
+                Ok(n) => added += n,
+                Err(e) => {
+                    error!(storage_group = %sg, error = %e, "could not store");
+                    return Reply::new(451, "4.3.0", "message not stored, try again later");
+                }
+            }
+        }
+        if added == 0 {
+            info!(message_id = %msg.message_id, node = %node.name, "duplicate Message-ID dropped");
+            Reply::new(250, "2.0.0", "already delivered; duplicate dropped")
+        } else {
+            info!(message_id = %msg.message_id, node = %node.name, copies = added, "stored");
+            Reply::new(250, "2.0.0", "stored")
+        }
+    }
+}

@@ -1,0 +1,276 @@
+//! Starting roles: bind every listener first (so a port clash is reported before anything runs),
+//! then serve until the shutdown token is cancelled.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info};
+
+use crate::admin;
+use crate::config::Site;
+use crate::hub::{inbound::HubInbound, Hub, HubError};
+use crate::node::{inbound::NodeInbound, MailboxNode, NodeError};
+use crate::smtp::{self, SmtpConfig};
+
+/// Milliseconds since the Unix epoch: the store's clock.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Why a role could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// No such hub or node in the config.
+    #[error("{file}: there is no {kind} named `{name}` (known: {known})")]
+    UnknownRole {
+        /// The config file.
+        file: String,
+        /// "hub" or "node".
+        kind: &'static str,
+        /// The name asked for.
+        name: String,
+        /// The names the config has.
+        known: String,
+    },
+    /// A listener could not be bound.
+    #[error("{role}: cannot listen on {addr} ({what}): {source}")]
+    Bind {
+        /// The role.
+        role: String,
+        /// "smtp" or "admin".
+        what: &'static str,
+        /// The address from the config.
+        addr: SocketAddr,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// The hub's store could not be opened.
+    #[error("{role}: {source}")]
+    Hub {
+        /// The role.
+        role: String,
+        /// The cause.
+        source: HubError,
+    },
+    /// The node's store or logs could not be opened.
+    #[error("{role}: {source}")]
+    Node {
+        /// The role.
+        role: String,
+        /// The cause.
+        source: NodeError,
+    },
+}
+
+/// A listener a role is serving on, for the start-up banner.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    /// The role's name.
+    pub role: String,
+    /// "smtp" or "admin".
+    pub what: &'static str,
+    /// Where it listens.
+    pub addr: SocketAddr,
+}
+
+async fn bind(
+    role: &str,
+    what: &'static str,
+    addr: SocketAddr,
+) -> Result<(TcpListener, Endpoint), StartError> {
+    let l = TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind {
+            role: role.to_string(),
+            what,
+            addr,
+            source,
+        })?;
+    let addr = l.local_addr().unwrap_or(addr);
+    Ok((
+        l,
+        Endpoint {
+            role: role.to_string(),
+            what,
+            addr,
+        },
+    ))
+}
+
+fn smtp_config(site: &Site, hostname: &str) -> SmtpConfig {
+    let mut c = SmtpConfig::new(hostname, site.max_message_size);
+    c.max_recipients = site.max_recipients;
+    c.max_connections = site.max_connections;
+    c.idle_timeout = site.idle_timeout;
+    c
+}
+
+/// Opens hub `name` under `data/<name>` and starts its SMTP and admin listeners in `tasks`.
+pub async fn start_hub(
+    site: &Arc<Site>,
+    name: &str,
+    data: &Path,
+    shutdown: &CancellationToken,
+    tasks: &mut JoinSet<()>,
+) -> Result<Vec<Endpoint>, StartError> {
+    let cfg = site
+        .hub(name)
+        .ok_or_else(|| unknown(site, "hub", name))?
+        .clone();
+    let (smtp_l, smtp_e) = bind(name, "smtp", cfg.smtp).await?;
+    let (admin_l, admin_e) = bind(name, "admin", cfg.admin).await?;
+    let hub =
+        Hub::open(site.clone(), name, &data.join(name)).map_err(|source| StartError::Hub {
+            role: name.to_string(),
+            source,
+        })?;
+    let smtp_cfg = smtp_config(site, &hub.hostname);
+    spawn_smtp(
+        tasks,
+        name,
+        smtp_l,
+        Arc::new(HubInbound(hub.clone())),
+        smtp_cfg,
+        shutdown,
+    );
+    spawn_admin(
+        tasks,
+        name,
+        admin_l,
+        admin::hub_router(hub.clone()),
+        site,
+        shutdown,
+    );
+    hub.spawn_housekeeping(shutdown.clone());
+    Ok(vec![smtp_e, admin_e])
+}
+
+/// Opens node `name` under `data/<name>` and starts its SMTP and admin listeners in `tasks`.
+pub async fn start_node(
+    site: &Arc<Site>,
+    name: &str,
+    data: &Path,
+    shutdown: &CancellationToken,
+    tasks: &mut JoinSet<()>,
+) -> Result<Vec<Endpoint>, StartError> {
+    let (cms, cfg) = site.node(name).ok_or_else(|| unknown(site, "node", name))?;
+    let cfg = cfg.clone();
+    let (smtp_l, smtp_e) = bind(name, "smtp", cfg.smtp).await?;
+    let (admin_l, admin_e) = bind(name, "admin", cfg.admin).await?;
+    let node = MailboxNode::open(site.clone(), name, cms, &data.join(name)).map_err(|source| {
+        StartError::Node {
+            role: name.to_string(),
+            source,
+        }
+    })?;
+    let smtp_cfg = smtp_config(site, &node.hostname);
+    spawn_smtp(
+        tasks,
+        name,
+        smtp_l,
+        Arc::new(NodeInbound(node.clone())),
+        smtp_cfg,
+        shutdown,
+    );
+    spawn_admin(
+        tasks,
+        name,
+        admin_l,
+        admin::node_router(node),
+        site,
+        shutdown,
+    );
+    Ok(vec![smtp_e, admin_e])
+}
+
+fn unknown(site: &Site, kind: &'static str, name: &str) -> StartError {
+    let known: Vec<String> = match kind {
+        "hub" => site.hubs.iter().map(|h| h.name.clone()).collect(),
+        _ => site
+            .cms
+            .iter()
+            .flat_map(|c| c.nodes.iter().map(|n| n.name.clone()))
+            .collect(),
+    };
+    StartError::UnknownRole {
+        file: site.file.display().to_string(),
+        kind,
+        name: name.to_string(),
+        known: known.join(", "),
+    }
+}
+
+fn spawn_smtp<B: smtp::Backend>(
+    tasks: &mut JoinSet<()>,
+    role: &str,
+    listener: TcpListener,
+    backend: Arc<B>,
+    cfg: SmtpConfig,
+    shutdown: &CancellationToken,
+) {
+    let role = role.to_string();
+    let stop = shutdown.clone().cancelled_owned();
+    let on_error = shutdown.clone();
+    tasks.spawn(async move {
+        if let Err(e) = smtp::serve(listener, backend, cfg, stop).await {
+            error!(role = %role, error = %e, "SMTP listener failed; shutting down");
+            on_error.cancel();
+        }
+    });
+}
+
+fn spawn_admin(
+    tasks: &mut JoinSet<()>,
+    role: &str,
+    listener: TcpListener,
+    router: axum::Router,
+    site: &Site,
+    shutdown: &CancellationToken,
+) {
+    let role = role.to_string();
+    let app = admin::with_auth(router, site.admin_token.clone());
+    let stop = shutdown.clone().cancelled_owned();
+    let on_error = shutdown.clone();
+    tasks.spawn(async move {
+        if let Err(e) = axum::serve(listener, app)
+            .with_graceful_shutdown(stop)
+            .await
+        {
+            error!(role = %role, error = %e, "admin listener failed; shutting down");
+            on_error.cancel();
+        }
+    });
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+    info!("shutting down");
+}

@@ -1,0 +1,283 @@
+//! The SMTP command state machine (RFC 5321 §4.1), without I/O: a command line in, a reply
+//! and what to do next out. Keeping it synchronous keeps every sequencing rule in one place
+//! and lets the session own all reading, writing and timing.
+
+use smtp_proto::{
+    Error as ParseError, MailFrom, RcptTo, Request, MAIL_BODY_7BIT, MAIL_BODY_8BITMIME,
+};
+
+use super::{Backend, Reply, SmtpConfig};
+
+/// Verbs we recognise but do not offer; RFC 5321 §4.2.4 wants 502 for them, not 500.
+const NOT_IMPLEMENTED: &[&str] = &[
+    "AUTH", "BDAT", "STARTTLS", "EXPN", "ETRN", "ATRN", "BURL", "LHLO", "TURN", "SEND", "SOML",
+    "SAML",
+];
+
+/// The client's EHLO/HELO, remembered for the `Received:` header.
+#[derive(Debug, Clone)]
+pub(crate) struct Helo {
+    /// The name the client announced.
+    pub name: String,
+    /// EHLO (true) or HELO (false).
+    pub esmtp: bool,
+}
+
+/// One mail transaction, handed over to the session when DATA is accepted.
+#[derive(Debug)]
+pub(crate) struct Envelope {
+    /// The greeting in force when the transaction started.
+    pub helo: Helo,
+    /// MAIL FROM address; `""` is the null sender.
+    pub sender: String,
+    /// The recipients the backend accepted.
+    pub recipients: Vec<String>,
+}
+
+/// What the session does after sending a reply.
+#[derive(Debug)]
+pub(crate) enum Next {
+    /// Read the next command.
+    Command,
+    /// Flush the 354 and receive the message for this envelope.
+    Data(Envelope),
+    /// Close the connection (QUIT, or too many errors).
+    Close,
+}
+
+/// The outcome of one command line.
+#[derive(Debug)]
+pub(crate) struct Step {
+    /// Sent to the client.
+    pub reply: Reply,
+    /// What happens afterwards.
+    pub next: Next,
+}
+
+impl Step {
+    fn reply(reply: Reply) -> Step {
+        Step {
+            reply,
+            next: Next::Command,
+        }
+    }
+}
+
+/// Per-connection protocol state.
+#[derive(Debug, Default)]
+pub(crate) struct Commands {
+    helo: Option<Helo>,
+    envelope: Option<Envelope>,
+    errors: usize,
+}
+
+impl Commands {
+    /// Handles one complete command line (LF included).
+    pub(crate) fn handle<B: Backend>(
+        &mut self,
+        line: &[u8],
+        backend: &B,
+        config: &SmtpConfig,
+    ) -> Step {
+        let verb = line
+            .split(|&b| b == b' ' || b == b'\r' || b == b'\n')
+            .next()
+            .unwrap_or_default();
+        if NOT_IMPLEMENTED
+            .iter()
+            .any(|v| verb.eq_ignore_ascii_case(v.as_bytes()))
+        {
+            return self.error(Reply::new(502, "5.5.1", "command not implemented"), config);
+        }
+        match Request::parse(&mut line.iter()) {
+            Ok(request) => self.request(request, backend, config),
+            Err(e) => self.error(parse_error(e), config),
+        }
+    }
+
+    /// Answers a command line longer than `max_line_length` (already discarded).
+    pub(crate) fn line_too_long(&mut self, config: &SmtpConfig) -> Step {
+        self.error(Reply::new(500, "5.5.6", "line too long"), config)
+    }
+
+    fn request<B: Backend>(
+        &mut self,
+        request: Request<String>,
+        backend: &B,
+        config: &SmtpConfig,
+    ) -> Step {
+        match request {
+            Request::Ehlo { host } => {
+                self.greet(host, true);
+                let text = format!(
+                    "{}\nSIZE {}\nPIPELINING\n8BITMIME\nENHANCEDSTATUSCODES",
+                    config.hostname, config.max_message_size
+                );
+                Step::reply(Reply::new(250, "", text))
+            }
+            Request::Helo { host } => {
+                self.greet(host, false);
+                Step::reply(Reply::new(250, "", config.hostname.clone()))
+            }
+            Request::Mail { from } => self.mail(from, backend, config),
+            Request::Rcpt { to } => self.rcpt(to, backend, config),
+            Request::Data => self.data(config),
+            Request::Rset => {
+                self.envelope = None;
+                Step::reply(Reply::new(250, "2.0.0", "ok"))
+            }
+            Request::Noop { .. } => Step::reply(Reply::new(250, "2.0.0", "ok")),
+            Request::Vrfy { .. } => Step::reply(Reply::new(
+                252,
+                "2.1.5",
+                "cannot VRFY user, but will accept message and attempt delivery",
+            )),
+            Request::Help { .. } => Step::reply(Reply::new(
+                214,
+                "2.0.0",
+                "commands: EHLO HELO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP",
+            )),
+            Request::Quit => Step {
+                reply: Reply::new(
+                    221,
+                    "2.0.0",
+                    format!("{} closing connection", config.hostname),
+                ),
+                next: Next::Close,
+            },
+            Request::Lhlo { .. }
+            | Request::Auth { .. }
+            | Request::Expn { .. }
+            | Request::Etrn { .. }
+            | Request::Atrn { .. }
+            | Request::Burl { .. }
+            | Request::Bdat { .. }
+            | Request::StartTls => {
+                self.error(Reply::new(502, "5.5.1", "command not implemented"), config)
+            }
+        }
+    }
+
+    /// EHLO and HELO start over, like RSET (RFC 5321 §4.1.4).
+    fn greet(&mut self, name: String, esmtp: bool) {
+        self.helo = Some(Helo { name, esmtp });
+        self.envelope = None;
+    }
+
+    fn mail<B: Backend>(
+        &mut self,
+        from: MailFrom<String>,
+        backend: &B,
+        config: &SmtpConfig,
+    ) -> Step {
+        let Some(helo) = &self.helo else {
+            return self.error(Reply::new(503, "5.5.1", "send EHLO or HELO first"), config);
+        };
+        if self.envelope.is_some() {
+            return self.error(Reply::new(503, "5.5.1", "sender already specified"), config);
+        }
+        if has_unsupported_mail_params(&from) {
+            return self.error(unsupported_params(), config);
+        }
+        if from.size as u64 > config.max_message_size {
+            return Step::reply(Reply::new(
+                552,
+                "5.3.4",
+                "message size exceeds fixed maximum message size",
+            ));
+        }
+        if let Err(reply) = backend.check_mail(&from.address) {
+            return Step::reply(reply);
+        }
+        self.envelope = Some(Envelope {
+            helo: helo.clone(),
+            sender: from.address,
+            recipients: Vec::new(),
+        });
+        Step::reply(Reply::new(250, "2.1.0", "sender ok"))
+    }
+
+    fn rcpt<B: Backend>(&mut self, to: RcptTo<String>, backend: &B, config: &SmtpConfig) -> Step {
+        let Some(envelope) = &mut self.envelope else {
+            return self.error(Reply::new(503, "5.5.1", "need MAIL before RCPT"), config);
+        };
+        if to.orcpt.is_some() || to.rrvs != 0 || to.flags != 0 {
+            return self.error(unsupported_params(), config);
+        }
+        if to.address.is_empty() {
+            return self.error(Reply::new(501, "5.1.3", "empty recipient address"), config);
+        }
+        if envelope.recipients.len() >= config.max_recipients {
+            return Step::reply(Reply::new(452, "4.5.3", "too many recipients"));
+        }
+        if let Err(reply) = backend.check_rcpt(&to.address) {
+            return Step::reply(reply);
+        }
+        envelope.recipients.push(to.address);
+        Step::reply(Reply::new(250, "2.1.5", "recipient ok"))
+    }
+
+    fn data(&mut self, config: &SmtpConfig) -> Step {
+        match self.envelope.take() {
+            None => self.error(Reply::new(503, "5.5.1", "need MAIL before DATA"), config),
+            Some(envelope) if envelope.recipients.is_empty() => {
+                self.envelope = Some(envelope);
+                self.error(Reply::new(503, "5.5.1", "need RCPT before DATA"), config)
+            }
+            Some(envelope) => Step {
+                reply: Reply::new(354, "", "end data with <CR><LF>.<CR><LF>"),
+                next: Next::Data(envelope),
+            },
+        }
+    }
+
+    /// Counts a protocol error; the last one allowed is answered with 421 and a close, so a
+    /// client that cannot speak SMTP does not hold a connection slot until the idle timeout.
+    fn error(&mut self, reply: Reply, config: &SmtpConfig) -> Step {
+        self.errors += 1;
+        if self.errors >= config.max_errors {
+            Step {
+                reply: Reply::new(421, "4.7.0", "too many errors, closing connection"),
+                next: Next::Close,
+            }
+        } else {
+            Step::reply(reply)
+        }
+    }
+}
+
+/// smtp-proto parses every MAIL extension it knows; we accept only what we advertise.
+fn has_unsupported_mail_params(from: &MailFrom<String>) -> bool {
+    from.flags & !(MAIL_BODY_7BIT | MAIL_BODY_8BITMIME) != 0
+        || from.trans_id.is_some()
+        || from.by != 0
+        || from.env_id.is_some()
+        || from.solicit.is_some()
+        || from.mtrk.is_some()
+        || from.auth.is_some()
+        || from.hold_for != 0
+        || from.hold_until != 0
+        || from.mt_priority != 0
+}
+
+fn unsupported_params() -> Reply {
+    Reply::new(555, "5.5.4", "parameters not recognized or not implemented")
+}
+
+fn parse_error(error: ParseError) -> Reply {
+    match error {
+        ParseError::UnknownCommand => Reply::new(500, "5.5.1", "command not recognized"),
+        ParseError::InvalidSenderAddress => Reply::new(501, "5.1.7", "bad sender address syntax"),
+        ParseError::InvalidRecipientAddress => {
+            Reply::new(501, "5.1.3", "bad recipient address syntax")
+        }
+        ParseError::SyntaxError { syntax } => Reply::new(501, "5.5.4", format!("syntax: {syntax}")),
+        ParseError::InvalidParameter { param } => {
+            Reply::new(501, "5.5.4", format!("invalid {param} parameter"))
+        }
+        ParseError::UnsupportedParameter { .. } => unsupported_params(),
+        ParseError::NeedsMoreData { .. }
+        | ParseError::ResponseTooLong
+        | ParseError::InvalidResponse { .. } => Reply::new(501, "5.5.4", "syntax error"),
+    }
+}

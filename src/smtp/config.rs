@@ -1,0 +1,48 @@
+//! Limits and identity of one SMTP listener.
+
+use std::time::Duration;
+
+/// Server limits and identity.
+///
+/// Every limit exists so that one client cannot exhaust the relay: each is enforced with
+/// its RFC reply code and the session (or server) goes on.
+#[derive(Debug, Clone)]
+pub struct SmtpConfig {
+    /// Name in the greeting, the EHLO reply, `Received:` and generated Message-IDs.
+    pub hostname: String,
+    /// Largest message accepted, in bytes of (dot-unstuffed) DATA; advertised as `SIZE`.
+    pub max_message_size: u64,
+    /// RCPTs accepted per transaction; more get `452 4.5.3` (RFC 5321 §4.5.3.1.8). Default 100.
+    pub max_recipients: usize,
+    /// Concurrent sessions; a connection beyond this gets `421 4.7.0`. Default 500.
+    pub max_connections: usize,
+    /// Time allowed without a complete command (or, during DATA, without any bytes). Default 300 s.
+    pub idle_timeout: Duration,
+    /// Longest command line, CRLF included (RFC 5321 §4.5.3.1.4). Default 512.
+    pub max_line_length: usize,
+    /// Longest DATA line, CRLF included and the stuffing dot not (RFC 5321 §4.5.3.1.6). Default 1000.
+    pub max_data_line_length: usize,
+    /// Protocol errors (unknown, malformed or out-of-sequence commands) before `421 4.7.0`
+    /// and close, so a confused or hostile client cannot hold a slot forever. Default 20.
+    pub max_errors: usize,
+    /// After shutdown, how long [`serve`](super::serve) waits for sessions (e.g. one in the
+    /// middle of DATA) before aborting them. Default 30 s.
+    pub shutdown_grace: Duration,
+}
+
+impl SmtpConfig {
+    /// A config with the given identity and size limit and the documented defaults.
+    pub fn new(hostname: impl Into<String>, max_message_size: u64) -> Self {
+        SmtpConfig {
+            hostname: hostname.into(),
+            max_message_size,
+            max_recipients: 100,
+            max_connections: 500,
+            idle_timeout: Duration::from_secs(300),
+            max_line_length: 512,
+            max_data_line_length: 1000,
+            max_errors: 20,
+            shutdown_grace: Duration::from_secs(30),
+        }
+    }
+}

@@ -1,0 +1,62 @@
+//! Inbound SMTP (RFC 5321) shared by the hub and the mailbox node.
+//!
+//! The server speaks ESMTP with SIZE, PIPELINING, 8BITMIME and ENHANCEDSTATUSCODES, enforces
+//! every limit with its RFC reply and goes on, and hands each complete, stamped message to
+//! a role-specific [`Backend`], whose reply is what the client sees — so a `250` means
+//! whatever the backend promises (durable on disk).
+//!
+//! # Layout
+//! - `server.rs`: accept loop, connection cap, shutdown and drain.
+//! - `session.rs`: one connection: line framing, pipelined replies, timeouts, delivery.
+//! - `command.rs`: the command state machine (EHLO to QUIT), free of I/O.
+//! - `data.rs`: the DATA receiver: terminator, dot-unstuffing, size and line limits.
+//! - `stamp.rs`: the `Received:` and `Message-ID:` headers.
+//! - `reply.rs`, `config.rs`: [`Reply`] and [`SmtpConfig`].
+
+mod command;
+mod config;
+mod data;
+mod reply;
+mod server;
+mod session;
+mod stamp;
+#[cfg(test)]
+mod tests;
+
+use std::future::Future;
+use std::net::SocketAddr;
+
+pub use config::SmtpConfig;
+pub use reply::Reply;
+pub use server::serve;
+
+/// A complete inbound message, after DATA, stamped.
+#[derive(Debug, Clone)]
+pub struct Incoming {
+    /// The reverse-path of MAIL FROM; `""` is the null sender (bounces).
+    pub sender: String,
+    /// The accepted RCPT TO addresses, as given (address only, no parameters), in order.
+    pub recipients: Vec<String>,
+    /// With `<>`: the message's own Message-ID (trimmed), or the one generated for it.
+    pub message_id: String,
+    /// The message: `Received:` prepended, `Message-ID:` added if missing, otherwise the
+    /// bytes as received with dot-stuffing removed (CRLF line ends; bare CR/LF kept as sent).
+    pub data: Vec<u8>,
+    /// The client's address, for logs and policy.
+    pub peer: SocketAddr,
+}
+
+/// What a role (hub or mailbox node) plugs into the server.
+///
+/// The checks are synchronous because they are lookups in memory (routing table, role
+/// state); only delivery touches the disk.
+pub trait Backend: Send + Sync + 'static {
+    /// Called at MAIL FROM; a passive mailbox node answers 451 4.3.2 here.
+    fn check_mail(&self, sender: &str) -> Result<(), Reply>;
+    /// Called per RCPT TO: 550 5.1.1 unknown mailbox, 550 5.7.1 relaying denied, etc.
+    fn check_rcpt(&self, rcpt: &str) -> Result<(), Reply>;
+    /// Called after DATA; must only return 250 once the message is durable.
+    ///
+    /// The reply is sent as-is; after any reply the session takes a new transaction.
+    fn deliver(&self, msg: Incoming) -> impl Future<Output = Reply> + Send;
+}

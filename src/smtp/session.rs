@@ -1,0 +1,319 @@
+//! One SMTP connection: framing, pipelined replies, timeouts and delivery.
+//!
+//! Generic over the stream so tests drive it through `tokio::io::duplex` and the server
+//! through TCP. Replies are queued and written when the input holds no further complete
+//! command (RFC 2920 pipelining), and always before the session waits for the client — so
+//! the 354 the client must wait for (RFC 2920 §3.1) is out before the message is awaited.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::watch;
+use tokio::time::{timeout, timeout_at, Instant};
+use tracing::{debug, info, Instrument};
+
+use super::command::{Commands, Envelope, Next};
+use super::data::DataReceiver;
+use super::stamp::{stamp, Trace};
+use super::{Backend, Incoming, Reply, SmtpConfig};
+
+/// How much to ask the stream for per read; also bounds the input buffer during DATA.
+const READ_CHUNK: usize = 8 * 1024;
+
+/// Runs one session to its end, inside a tracing span naming the peer and a session id.
+///
+/// `shutdown` turning `true` makes the session answer `421 4.3.2` as soon as it waits for a
+/// command (a message being received is finished first). Errors are I/O errors of the
+/// stream; protocol problems are answered, not returned.
+pub(crate) async fn run_session<S, B>(
+    stream: S,
+    peer: SocketAddr,
+    backend: Arc<B>,
+    config: Arc<SmtpConfig>,
+    shutdown: watch::Receiver<bool>,
+) -> io::Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    B: Backend,
+{
+    let id = format!("{:016x}", rand::random::<u64>());
+    let span = tracing::info_span!("smtp", %peer, session = %id);
+    let session = Session {
+        deadline: Instant::now() + config.idle_timeout,
+        stream,
+        backend,
+        config,
+        peer,
+        id,
+        shutdown,
+        input: Vec::new(),
+        output: Vec::new(),
+        discarding: false,
+        phase: Phase::Command,
+        commands: Commands::default(),
+        messages: 0,
+    };
+    session.run().instrument(span).await
+}
+
+/// What the bytes in the input buffer are.
+enum Phase {
+    /// Command lines.
+    Command,
+    /// A message for `envelope`, until its terminator.
+    Data {
+        receiver: DataReceiver,
+        envelope: Envelope,
+    },
+}
+
+/// Whether the session goes on after its buffered input has been handled.
+enum Flow {
+    Continue,
+    Close,
+}
+
+/// What waiting for the client produced.
+enum Event {
+    Bytes,
+    Eof,
+    Idle,
+    Shutdown,
+}
+
+/// A complete command line, or the fact that one was too long (its bytes discarded).
+enum Line {
+    Command(Vec<u8>),
+    TooLong,
+}
+
+/// The state of one connection; consumed by [`Session::run`].
+struct Session<S, B> {
+    stream: S,
+    backend: Arc<B>,
+    config: Arc<SmtpConfig>,
+    peer: SocketAddr,
+    /// Names the session in logs and prefixes the ids of its messages.
+    id: String,
+    shutdown: watch::Receiver<bool>,
+    /// Received, not yet handled: at most a partial command line, or one read during DATA.
+    input: Vec<u8>,
+    /// Replies not yet written.
+    output: Vec<u8>,
+    /// Dropping the rest of an over-long command line; it is answered once its LF arrives.
+    discarding: bool,
+    /// When the client has been silent too long: moved on by each complete command line,
+    /// and by any bytes during DATA.
+    deadline: Instant,
+    phase: Phase,
+    commands: Commands,
+    /// Messages received so far, for their ids.
+    messages: u64,
+}
+
+impl<S, B> Session<S, B>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    B: Backend,
+{
+    async fn run(mut self) -> io::Result<()> {
+        debug!("connected");
+        self.queue(&Reply::new(
+            220,
+            "",
+            format!("{} ESMTP hubrelay", self.config.hostname),
+        ));
+        loop {
+            if let Flow::Close = self.process_input().await? {
+                return self.flush().await;
+            }
+            self.flush().await?;
+            if matches!(self.phase, Phase::Command) && *self.shutdown.borrow() {
+                return self.close(shutting_down()).await;
+            }
+            match self.read().await? {
+                Event::Bytes => {}
+                Event::Eof => {
+                    debug!(
+                        in_data = matches!(self.phase, Phase::Data { .. }),
+                        "client closed"
+                    );
+                    return Ok(());
+                }
+                Event::Idle => {
+                    info!("idle timeout");
+                    return self
+                        .close(Reply::new(421, "4.4.2", "idle timeout, closing connection"))
+                        .await;
+                }
+                Event::Shutdown => return self.close(shutting_down()).await,
+            }
+        }
+    }
+
+    /// Handles everything complete in the input buffer.
+    async fn process_input(&mut self) -> io::Result<Flow> {
+        loop {
+            if let Phase::Data { receiver, .. } = &mut self.phase {
+                let Some(consumed) = receiver.feed(&self.input) else {
+                    self.input.clear();
+                    return Ok(Flow::Continue);
+                };
+                self.input.drain(..consumed);
+                if let Phase::Data { receiver, envelope } =
+                    std::mem::replace(&mut self.phase, Phase::Command)
+                {
+                    let reply = self.finish_message(receiver, envelope).await;
+                    self.queue(&reply);
+                }
+                continue;
+            }
+            let Some(line) = self.next_line() else {
+                return Ok(Flow::Continue);
+            };
+            self.deadline = Instant::now() + self.config.idle_timeout;
+            if *self.shutdown.borrow() {
+                self.queue(&shutting_down());
+                return Ok(Flow::Close);
+            }
+            let step = match line {
+                Line::Command(line) => self.commands.handle(&line, &*self.backend, &self.config),
+                Line::TooLong => self.commands.line_too_long(&self.config),
+            };
+            self.queue(&step.reply);
+            match step.next {
+                Next::Command => {}
+                Next::Data(envelope) => {
+                    let receiver = DataReceiver::new(
+                        self.config.max_message_size,
+                        self.config.max_data_line_length,
+                    );
+                    self.phase = Phase::Data { receiver, envelope };
+                }
+                Next::Close => return Ok(Flow::Close),
+            }
+        }
+    }
+
+    /// Takes the next complete command line out of the input, bounding memory: a line that
+    /// reaches `max_line_length` without an LF is dropped as it arrives.
+    fn next_line(&mut self) -> Option<Line> {
+        let lf = self.input.iter().position(|&b| b == b'\n');
+        match lf {
+            Some(end) if self.discarding => {
+                self.input.drain(..=end);
+                self.discarding = false;
+                Some(Line::TooLong)
+            }
+            Some(end) if end + 1 > self.config.max_line_length => {
+                self.input.drain(..=end);
+                Some(Line::TooLong)
+            }
+            Some(end) => Some(Line::Command(self.input.drain(..=end).collect())),
+            None => {
+                if self.discarding || self.input.len() >= self.config.max_line_length {
+                    self.discarding = true;
+                    self.input.clear();
+                }
+                None
+            }
+        }
+    }
+
+    /// Stamps a received message and hands it to the backend; the reply goes to the client.
+    async fn finish_message(&mut self, receiver: DataReceiver, envelope: Envelope) -> Reply {
+        self.messages += 1;
+        let id = format!("{}.{}", self.id, self.messages);
+        let body = match receiver.finish() {
+            Ok(body) => body,
+            Err(error) => {
+                info!(id, %error, "message refused");
+                return Reply::new(552, "5.3.4", error.to_string());
+            }
+        };
+        let stamped = stamp(
+            body,
+            &Trace {
+                helo: &envelope.helo.name,
+                esmtp: envelope.helo.esmtp,
+                peer: self.peer.ip(),
+                hostname: &self.config.hostname,
+                id: &id,
+                recipients: &envelope.recipients,
+                date: chrono::Utc::now(),
+            },
+        );
+        let message_id = stamped.message_id.clone();
+        let size = stamped.data.len();
+        let recipients = envelope.recipients.len();
+        let incoming = Incoming {
+            sender: envelope.sender,
+            recipients: envelope.recipients,
+            message_id: stamped.message_id,
+            data: stamped.data,
+            peer: self.peer,
+        };
+        let reply = self.backend.deliver(incoming).await;
+        info!(id, message_id, size, recipients, %reply, "message received");
+        reply
+    }
+
+    /// Waits for bytes, the idle deadline, or (between commands) shutdown.
+    async fn read(&mut self) -> io::Result<Event> {
+        self.input.reserve(READ_CHUNK);
+        let between_commands = matches!(self.phase, Phase::Command);
+        let event = tokio::select! {
+            read = timeout_at(self.deadline, self.stream.read_buf(&mut self.input)) => match read {
+                Err(_) => Event::Idle,
+                Ok(Ok(0)) => Event::Eof,
+                Ok(Ok(_)) => Event::Bytes,
+                Ok(Err(e)) => return Err(e),
+            },
+            () = shutdown_signalled(&mut self.shutdown), if between_commands => Event::Shutdown,
+        };
+        if matches!(event, Event::Bytes) && !between_commands {
+            self.deadline = Instant::now() + self.config.idle_timeout;
+        }
+        Ok(event)
+    }
+
+    fn queue(&mut self, reply: &Reply) {
+        reply.write_to(&mut self.output);
+    }
+
+    /// Writes the queued replies. A client that does not read them for `idle_timeout`
+    /// would otherwise hold the session (and a connection slot) forever.
+    async fn flush(&mut self) -> io::Result<()> {
+        if self.output.is_empty() {
+            return Ok(());
+        }
+        let limit = self.config.idle_timeout;
+        timeout(limit, self.stream.write_all(&self.output))
+            .await
+            .map_err(|_| {
+                io::Error::new(io::ErrorKind::TimedOut, "client is not reading replies")
+            })??;
+        self.output.clear();
+        self.stream.flush().await
+    }
+
+    /// Sends a last reply and ends the session.
+    async fn close(&mut self, reply: Reply) -> io::Result<()> {
+        self.queue(&reply);
+        self.flush().await
+    }
+}
+
+fn shutting_down() -> Reply {
+    Reply::new(421, "4.3.2", "shutting down, try again later")
+}
+
+/// Resolves once shutdown is requested; never, if the sender is gone without requesting it.
+async fn shutdown_signalled(shutdown: &mut watch::Receiver<bool>) {
+    let requested = shutdown.wait_for(|&stop| stop).await.is_ok();
+    if !requested {
+        std::future::pending::<()>().await;
+    }
+}

@@ -1,0 +1,315 @@
+//! The hub's persistent state on sled: the delivery queue, message bodies, the transport dumpster
+//! and resubmission requests.
+//!
+//! Everything that must stay consistent (a message and its body, dumpster entries and their
+//! statistics, blob reference counts) changes in one sled transaction, so a crash or restart can
+//! never show half an operation. sled transactions cannot scan, so operations that must find
+//! entries by order (eviction, expiry, resubmission) plan with range scans first and then commit
+//! the plan in a transaction; a mutex over those planners keeps the plan valid until it commits.
+
+mod dumpster;
+mod keys;
+mod queue;
+mod resubmit;
+mod tx;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicUsize;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use serde::{Deserialize, Serialize};
+
+/// Milliseconds since the Unix epoch; callers pass the time so the store is deterministic.
+pub type Millis = u64;
+
+/// Per-recipient delivery state kept with a queued message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RcptStatus {
+    /// Not tried yet.
+    Pending,
+    /// Accepted by the recipient's mailbox server.
+    Delivered {
+        /// When it was accepted.
+        at_ms: Millis,
+    },
+    /// Permanently rejected (or expired); the sender gets a DSN.
+    Failed {
+        /// SMTP reply code.
+        code: u16,
+        /// Reply text or local reason.
+        reason: String,
+        /// When it failed.
+        at_ms: Millis,
+    },
+    /// Temporarily failed; will be retried.
+    Deferred {
+        /// Why the last attempt did not succeed.
+        reason: String,
+    },
+}
+
+impl RcptStatus {
+    /// True while the recipient still needs a delivery attempt (Pending or Deferred), which is
+    /// what keeps a message in the queue.
+    pub fn is_open(&self) -> bool {
+        matches!(self, RcptStatus::Pending | RcptStatus::Deferred { .. })
+    }
+}
+
+/// One recipient of a queued message, with the routing facts delivery needs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Recipient {
+    /// The mailbox address.
+    pub address: String,
+    /// The clustered mailbox server hosting the mailbox.
+    pub cms: String,
+    /// The storage group holding the mailbox: the dumpster's unit of accounting.
+    pub storage_group: String,
+    /// Delivery state.
+    pub status: RcptStatus,
+}
+
+/// A message in the hub's delivery queue. The body lives in a shared, reference-counted blob.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueuedMessage {
+    /// Queue id (assigned by the store).
+    pub id: u64,
+    /// Body blob id (assigned by the store).
+    pub blob: u64,
+    /// RFC 5322 Message-ID, with the angle brackets.
+    pub message_id: String,
+    /// Reverse path ("" = null sender).
+    pub sender: String,
+    /// Hub receive time, kept through resubmission: it is the dumpster's "oldest".
+    pub received_ms: Millis,
+    /// When undelivered recipients fail.
+    pub expires_ms: Millis,
+    /// Body bytes.
+    pub size: u64,
+    /// Recipients with their delivery state.
+    pub recipients: Vec<Recipient>,
+    /// Delivery attempts made so far.
+    pub attempts: u32,
+    /// When the next attempt is due (the due index is keyed on it).
+    pub next_attempt_ms: Millis,
+    /// Id of the resubmission request that queued this copy.
+    pub resubmission: Option<String>,
+}
+
+impl QueuedMessage {
+    /// True when no recipient needs another attempt, so the message leaves the queue.
+    pub fn is_finished(&self) -> bool {
+        !self.recipients.iter().any(|r| r.status.is_open())
+    }
+}
+
+/// What the caller gives to enqueue; the store assigns id and blob.
+#[derive(Debug, Clone)]
+pub struct NewMessage {
+    /// RFC 5322 Message-ID, with the angle brackets.
+    pub message_id: String,
+    /// Reverse path ("" = null sender).
+    pub sender: String,
+    /// Hub receive time.
+    pub received_ms: Millis,
+    /// When undelivered recipients fail.
+    pub expires_ms: Millis,
+    /// Recipients, normally all Pending.
+    pub recipients: Vec<Recipient>,
+}
+
+/// Dumpster bounds for one hub (per storage group): MaxDumpsterSizePerStorageGroup and
+/// MaxDumpsterTime.
+#[derive(Debug, Clone, Copy)]
+pub struct DumpsterLimits {
+    /// Total body bytes one SG's dumpster may hold.
+    pub max_bytes_per_sg: u64,
+    /// How long after delivery an entry is kept.
+    pub max_age_ms: Millis,
+}
+
+impl DumpsterLimits {
+    /// Entries delivered before this instant are expired at `now_ms`.
+    fn cutoff(&self, now_ms: Millis) -> Millis {
+        now_ms.saturating_sub(self.max_age_ms)
+    }
+}
+
+/// One dumpster entry: one message delivered for one storage group.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DumpsterEntry {
+    /// The storage group the recipients belong to.
+    pub storage_group: String,
+    /// RFC 5322 Message-ID: the mailbox drops resubmitted duplicates by it.
+    pub message_id: String,
+    /// Reverse path.
+    pub sender: String,
+    /// The recipients of this SG just delivered; a resubmission goes to them only.
+    pub recipients: Vec<String>,
+    /// The CMS hosting the SG.
+    pub cms: String,
+    /// Hub receive time (reported as the dumpster's "oldest").
+    pub received_ms: Millis,
+    /// Delivery time: the order of eviction, expiry and resubmission windows.
+    pub delivered_ms: Millis,
+    /// Body bytes, counted against MaxDumpsterSizePerStorageGroup.
+    pub size: u64,
+    /// Body blob, shared with the queue and other SGs' entries.
+    pub blob: u64,
+}
+
+/// Incrementally maintained statistics of one SG's dumpster on this hub.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DumpsterStats {
+    /// Entries held.
+    pub items: u64,
+    /// Body bytes held.
+    pub bytes: u64,
+    /// Hub receive time of the oldest-received entry held (DumpsterStatistics "oldest").
+    pub oldest_received_ms: Option<Millis>,
+    /// Delivery time of the oldest-delivered entry held (the next to be evicted).
+    pub oldest_delivered_ms: Option<Millis>,
+    /// Entries removed to respect the size bound, since the store was created.
+    pub evicted: u64,
+    /// Entries removed for age, since the store was created.
+    pub expired: u64,
+    /// Deliveries not kept because one message alone exceeded the size bound.
+    pub too_large: u64,
+}
+
+/// Where a resubmission request stopped: the dumpster entry it queued last.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResubmitCursor {
+    /// Delivery time of the last entry queued.
+    pub delivered_ms: Millis,
+    /// Its sequence number, which orders entries delivered in the same millisecond.
+    pub seq: u64,
+}
+
+/// A persisted resubmission request and its progress.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResubmitRequest {
+    /// Caller-chosen id; the same id twice is the same request (idempotency).
+    pub id: String,
+    /// Storage group to redeliver.
+    pub storage_group: String,
+    /// Window start (delivery time, inclusive).
+    pub low_ms: Millis,
+    /// Window end (delivery time, inclusive).
+    pub high_ms: Millis,
+    /// When the request was first received.
+    pub created_ms: Millis,
+    /// True once every window entry has been queued.
+    pub done: bool,
+    /// How many entries have been queued so far.
+    pub messages: u64,
+    /// Resume point: entries up to and including it are already queued.
+    pub cursor: Option<ResubmitCursor>,
+}
+
+/// Errors of the hub store; each says what to look at.
+#[derive(Debug, thiserror::Error)]
+pub enum HubStoreError {
+    /// Another process (or another handle in this one) has the store open.
+    #[error("hub store {path} is locked by another process: {source}")]
+    Locked {
+        /// The store directory.
+        path: PathBuf,
+        /// sled's report.
+        source: sled::Error,
+    },
+    /// sled failed (I/O, disk full, corruption sled itself detected).
+    #[error("hub store: {0}")]
+    Sled(#[from] sled::Error),
+    /// A stored key or value could not be decoded.
+    #[error("corrupt record in tree `{tree}` at key \"{key}\": {reason}")]
+    Corrupt {
+        /// Tree name.
+        tree: &'static str,
+        /// The key, printable ASCII as is, other bytes escaped.
+        key: String,
+        /// What was wrong.
+        reason: String,
+    },
+    /// A record could not be encoded.
+    #[error("cannot encode record: {0}")]
+    Encode(#[from] serde_json::Error),
+    /// A dumpster entry or message references a blob the store does not hold.
+    #[error("unknown blob {0}")]
+    UnknownBlob(u64),
+    /// `record_attempt` for a message that is not (or no longer) queued.
+    #[error("message {0} is not in the queue")]
+    UnknownMessage(u64),
+    /// `record_attempt` with a message whose blob differs from the queued one.
+    #[error("message {id} names blob {given} but the queue holds blob {stored}")]
+    BlobMismatch {
+        /// Queue id.
+        id: u64,
+        /// The blob in the caller's message.
+        given: u64,
+        /// The blob in the queue.
+        stored: u64,
+    },
+    /// `resubmit_step` for a request that `resubmit_begin` never created.
+    #[error("unknown resubmission request `{0}`")]
+    UnknownRequest(String),
+}
+
+/// The hub's store: one sled database with a tree per kind of record.
+pub struct HubStore {
+    db: sled::Db,
+    trees: tx::Trees,
+    /// Held by every operation that plans dumpster or blob-refcount changes outside a transaction,
+    /// so the plan is still true when its transaction commits.
+    planner: Mutex<()>,
+    /// Queue length, counted at open and kept current after each commit (sled's `len` is a scan).
+    queue_len: AtomicUsize,
+}
+
+impl HubStore {
+    /// Opens (or creates) the hub's store under `path` (a directory). Errors clearly if it is
+    /// locked by another process.
+    pub fn open(path: &Path) -> Result<HubStore, HubStoreError> {
+        let db = sled::Config::new().path(path).open().map_err(|e| {
+            // sled 0.34 reports a held file lock only as this io::Error text (ErrorKind::Other).
+            if e.to_string().contains("could not acquire lock") {
+                HubStoreError::Locked {
+                    path: path.to_path_buf(),
+                    source: e,
+                }
+            } else {
+                HubStoreError::Sled(e)
+            }
+        })?;
+        let trees = tx::Trees::open(&db)?;
+        let queue_len = AtomicUsize::new(trees.queue.len());
+        Ok(HubStore {
+            db,
+            trees,
+            planner: Mutex::new(()),
+            queue_len,
+        })
+    }
+
+    /// fsyncs everything written so far. The caller does group commit around this (many writers,
+    /// one flush); it may be called from several threads at once.
+    pub fn flush(&self) -> Result<(), HubStoreError> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// Serialises planners. The mutex guards no data, so a panic elsewhere cannot leave anything
+    /// inconsistent behind it and poisoning is ignored.
+    fn lock_planner(&self) -> MutexGuard<'_, ()> {
+        self.planner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A fresh id for queue entries, blobs and dumpster sequence numbers. sled never hands out
+    /// the same id twice, even across crashes, and no transaction has to serialise on a counter.
+    fn next_id(&self) -> Result<u64, HubStoreError> {
+        Ok(self.db.generate_id()?)
+    }
+}
+
+#[cfg(test)]
+mod tests;

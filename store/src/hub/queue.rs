@@ -1,0 +1,141 @@
+//! The delivery queue: messages, their bodies and the due index.
+
+use std::sync::atomic::Ordering;
+
+use super::keys::{decode, due_key, id_key, parse_u64};
+use super::tx::{DUE, QUEUE};
+use super::{
+    DumpsterEntry, DumpsterLimits, HubStore, HubStoreError, Millis, NewMessage, QueuedMessage,
+};
+
+impl HubStore {
+    /// Stores body (blob refcount 1) + message + due index in ONE sled transaction. Not flushed:
+    /// the caller acknowledges the message after its group-commit `flush`.
+    /// `next_attempt_ms` is `now_ms` and `size` is `body.len()`.
+    pub fn enqueue(
+        &self,
+        msg: NewMessage,
+        body: &[u8],
+        now_ms: Millis,
+    ) -> Result<QueuedMessage, HubStoreError> {
+        let queued = QueuedMessage {
+            id: self.next_id()?,
+            blob: self.next_id()?,
+            message_id: msg.message_id,
+            sender: msg.sender,
+            received_ms: msg.received_ms,
+            expires_ms: msg.expires_ms,
+            size: body.len() as u64,
+            recipients: msg.recipients,
+            attempts: 0,
+            next_attempt_ms: now_ms,
+            resubmission: None,
+        };
+        self.transact(|tx| {
+            let blob = id_key(queued.blob);
+            tx.blobs.insert(&blob, body)?;
+            tx.refs.insert(&blob, &1u64.to_be_bytes())?;
+            tx.put_message(&queued)
+        })?;
+        self.queue_len.fetch_add(1, Ordering::Relaxed);
+        Ok(queued)
+    }
+
+    /// The queued message `id`, if it is still queued.
+    pub fn get(&self, id: u64) -> Result<Option<QueuedMessage>, HubStoreError> {
+        let key = id_key(id);
+        match self.trees.queue.get(key)? {
+            Some(raw) => Ok(Some(decode(QUEUE, &key, &raw)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The body stored as `blob`, while a queued message or dumpster entry references it.
+    pub fn body(&self, blob: u64) -> Result<Option<Vec<u8>>, HubStoreError> {
+        Ok(self.trees.blobs.get(id_key(blob))?.map(|b| b.to_vec()))
+    }
+
+    /// All queued messages in id order (used at start-up to resume deliveries; O(n)).
+    pub fn queued(&self) -> Result<Vec<QueuedMessage>, HubStoreError> {
+        self.trees
+            .queue
+            .iter()
+            .map(|item| {
+                let (key, raw) = item?;
+                decode(QUEUE, &key, &raw)
+            })
+            .collect()
+    }
+
+    /// How many messages are queued, without scanning.
+    pub fn queue_len(&self) -> usize {
+        self.queue_len.load(Ordering::Relaxed)
+    }
+
+    /// Up to `limit` queued messages whose `next_attempt_ms <= now_ms`, the earliest first: a
+    /// range scan of the due index, so a scheduler never reads the whole queue.
+    pub fn due(&self, now_ms: Millis, limit: usize) -> Result<Vec<QueuedMessage>, HubStoreError> {
+        let mut due = Vec::new();
+        for item in self.trees.due.range(..=due_key(now_ms, u64::MAX)) {
+            if due.len() == limit {
+                break;
+            }
+            let (key, _) = item?;
+            let id = parse_u64(DUE, &key, key.get(8..).unwrap_or_default())?;
+            // A message finished between the index read and this one is simply not due.
+            if let Some(msg) = self.get(id)? {
+                due.push(msg);
+            }
+        }
+        Ok(due)
+    }
+
+    /// Records the outcome of one delivery attempt, atomically: `msg` (with updated recipient
+    /// statuses, attempts, next_attempt_ms) replaces the stored one — or, if no recipient is
+    /// Pending/Deferred any more, the message is removed (blob ref dropped) — and `delivered`
+    /// entries are added to the dumpster (each takes a blob ref; the oldest-delivered entries of
+    /// that SG are evicted until bytes ≤ `max_bytes_per_sg`; an entry larger than the bound is
+    /// not kept and counts `too_large`; a blob nothing references any more is deleted).
+    /// Returns how many entries were evicted.
+    pub fn record_attempt(
+        &self,
+        msg: &QueuedMessage,
+        delivered: Vec<DumpsterEntry>,
+        limits: DumpsterLimits,
+    ) -> Result<u64, HubStoreError> {
+        let _planning = self.lock_planner();
+        let mut evicted = 0;
+        for sg in distinct_sgs(&delivered) {
+            evicted += self.trim_to(sg, limits.max_bytes_per_sg)?;
+        }
+        let mut plan = self.plan_deliveries(delivered, limits.max_bytes_per_sg)?;
+        let finished = msg.is_finished();
+        if finished {
+            plan.add_ref(msg.blob, -1);
+        }
+        self.transact(|tx| {
+            let stored = tx.take_message(msg.id)?;
+            if stored.blob != msg.blob {
+                return Err(HubStoreError::BlobMismatch {
+                    id: msg.id,
+                    given: msg.blob,
+                    stored: stored.blob,
+                }
+                .into());
+            }
+            if !finished {
+                tx.put_message(msg)?;
+            }
+            plan.apply(tx)
+        })?;
+        if finished {
+            self.queue_len.fetch_sub(1, Ordering::Relaxed);
+        }
+        Ok(evicted + plan.evicted())
+    }
+}
+
+/// The storage groups of `entries`, each once.
+fn distinct_sgs(entries: &[DumpsterEntry]) -> std::collections::BTreeSet<&str> {
+    entries.iter().map(|e| e.storage_group.as_str()).collect()
+}

@@ -1,0 +1,158 @@
+//! Resubmission: persisted requests that put dumpster entries of one SG and time window back in
+//! the queue, in batches, each batch committed together with the request's cursor.
+
+use std::sync::atomic::Ordering;
+
+use super::dumpster::Window;
+use super::keys::decode;
+use super::tx::{json, Plan, StoredEntry, RESUBMIT};
+use super::{
+    DumpsterLimits, HubStore, HubStoreError, Millis, QueuedMessage, RcptStatus, Recipient,
+    ResubmitCursor, ResubmitRequest,
+};
+
+impl HubStore {
+    /// Creates the request if `id` is new (returned with `done = false` and `true`); if it
+    /// exists, returns the stored one unchanged and `false`, so a repeated request redelivers
+    /// nothing twice.
+    pub fn resubmit_begin(
+        &self,
+        id: &str,
+        sg: &str,
+        low_ms: Millis,
+        high_ms: Millis,
+        now_ms: Millis,
+    ) -> Result<(ResubmitRequest, bool), HubStoreError> {
+        let fresh = ResubmitRequest {
+            id: id.to_string(),
+            storage_group: sg.to_string(),
+            low_ms,
+            high_ms,
+            created_ms: now_ms,
+            done: false,
+            messages: 0,
+            cursor: None,
+        };
+        self.transact(|tx| {
+            if let Some(raw) = tx.resubmit.get(id.as_bytes())? {
+                return Ok((decode(RESUBMIT, id.as_bytes(), &raw)?, false));
+            }
+            tx.resubmit.insert(id.as_bytes(), json(&fresh)?)?;
+            Ok((fresh.clone(), true))
+        })
+    }
+
+    /// Re-queues the next up-to-`batch` window entries after the request's cursor, each as a
+    /// new queued message (same message_id, sender, received_ms; the entry's recipients, Pending,
+    /// with the entry's CMS and SG; the SAME blob, +1 ref; `resubmission = Some(id)`;
+    /// `next_attempt_ms = now_ms`; `expires_ms` as given), advancing the cursor and message
+    /// count in the same transaction, and marks the request done when the window is exhausted.
+    /// A crash between batches resumes at the cursor and never queues an entry twice.
+    /// Entries that expired meanwhile are skipped. A done request queues nothing.
+    pub fn resubmit_step(
+        &self,
+        id: &str,
+        batch: usize,
+        now_ms: Millis,
+        expires_ms: Millis,
+        limits: DumpsterLimits,
+    ) -> Result<(ResubmitRequest, Vec<QueuedMessage>), HubStoreError> {
+        let _planning = self.lock_planner();
+        let mut request = self
+            .request(id)?
+            .ok_or_else(|| HubStoreError::UnknownRequest(id.to_string()))?;
+        if request.done {
+            return Ok((request, Vec::new()));
+        }
+        let window = Window {
+            low_ms: request.low_ms.max(limits.cutoff(now_ms)),
+            high_ms: request.high_ms,
+        };
+        let batch = batch.max(1);
+        let mut entries = self.window(
+            &request.storage_group,
+            window,
+            request.cursor,
+            batch.saturating_add(1),
+        )?;
+        request.done = entries.len() <= batch;
+        entries.truncate(batch);
+
+        let mut plan = Plan::default();
+        let mut queued = Vec::with_capacity(entries.len());
+        for e in &entries {
+            plan.add_ref(e.entry.blob, 1);
+            queued.push(self.requeued(e, id, now_ms, expires_ms)?);
+        }
+        if let Some(last) = entries.last() {
+            request.cursor = Some(ResubmitCursor {
+                delivered_ms: last.entry.delivered_ms,
+                seq: last.seq,
+            });
+        }
+        request.messages += queued.len() as u64;
+
+        self.transact(|tx| {
+            for msg in &queued {
+                tx.put_message(msg)?;
+            }
+            tx.resubmit.insert(id.as_bytes(), json(&request)?)?;
+            plan.apply(tx)
+        })?;
+        self.queue_len.fetch_add(queued.len(), Ordering::Relaxed);
+        Ok((request, queued))
+    }
+
+    /// All resubmission requests, done or not, in id order.
+    pub fn resubmit_requests(&self) -> Result<Vec<ResubmitRequest>, HubStoreError> {
+        self.trees
+            .resubmit
+            .iter()
+            .map(|item| {
+                let (key, raw) = item?;
+                decode(RESUBMIT, &key, &raw)
+            })
+            .collect()
+    }
+
+    fn request(&self, id: &str) -> Result<Option<ResubmitRequest>, HubStoreError> {
+        match self.trees.resubmit.get(id.as_bytes())? {
+            Some(raw) => Ok(Some(decode(RESUBMIT, id.as_bytes(), &raw)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The queued copy of a dumpster entry, addressed to that entry's recipients only.
+    fn requeued(
+        &self,
+        stored: &StoredEntry,
+        request: &str,
+        now_ms: Millis,
+        expires_ms: Millis,
+    ) -> Result<QueuedMessage, HubStoreError> {
+        let e = &stored.entry;
+        let recipients = e
+            .recipients
+            .iter()
+            .map(|address| Recipient {
+                address: address.clone(),
+                cms: e.cms.clone(),
+                storage_group: e.storage_group.clone(),
+                status: RcptStatus::Pending,
+            })
+            .collect();
+        Ok(QueuedMessage {
+            id: self.next_id()?,
+            blob: e.blob,
+            message_id: e.message_id.clone(),
+            sender: e.sender.clone(),
+            received_ms: e.received_ms,
+            expires_ms,
+            size: e.size,
+            recipients,
+            attempts: 0,
+            next_attempt_ms: now_ms,
+            resubmission: Some(request.to_string()),
+        })
+    }
+}

@@ -1,0 +1,384 @@
+//! The mailbox store of a mailbox node: messages per mailbox, deduplicated by Message-ID.
+//!
+//! It is only ever changed by applying transaction log records ([`MailboxStore::apply`]), on the
+//! active node right after the log sync and on the passive node when replaying shipped logs. Each
+//! apply is one sled transaction that also records the record's position, so the store always
+//! equals the log replayed up to some position, and that position is the replay checkpoint. Applies
+//! are not fsynced: after a crash sled recovers to an earlier consistent state and the node replays
+//! the durable log from the checkpoint; applying a position twice is a no-op, so replay is safe to
+//! repeat. Dedup by Message-ID is what lets the hubs' dumpster resubmissions after a lossy failover
+//! bring back exactly the messages that were lost.
+
+#[cfg(test)]
+mod tests;
+
+use std::path::{Path, PathBuf};
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+use sled::{Transactional, Tree};
+
+use crate::txlog::{LogPosition, LogRecord, Millis};
+
+/// How many applied records `discard_from` undoes per transaction (bounds its memory).
+const DISCARD_CHUNK: usize = 512;
+
+/// One message in one mailbox, as `hubrelay mailbox` lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredMessage {
+    /// The mailbox (lower-cased address).
+    pub address: String,
+    /// Message-ID, unique per mailbox.
+    pub message_id: String,
+    /// Body size in bytes.
+    pub size: u64,
+    /// When the active node accepted the delivery (the log record's time).
+    pub delivered_ms: Millis,
+    /// The log record that delivered it.
+    pub position: LogPosition,
+}
+
+/// Why a mailbox store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum MailboxError {
+    /// The sled database could not be opened.
+    #[error("cannot open mailbox store at {}: {source}", path.display())]
+    Open {
+        /// Database directory.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: sled::Error,
+    },
+    /// sled failed (I/O, or damage it detected).
+    #[error("mailbox store: {0}")]
+    Sled(#[from] sled::Error),
+    /// An entry that does not decode or points at nothing: the database is damaged.
+    #[error("mailbox store holds a damaged {what}: {reason}")]
+    Corrupt {
+        /// Kind of entry.
+        what: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A storage group name or address longer than a key can hold.
+    #[error("{what} is too long for a key ({len} bytes, at most 65535)")]
+    TooLong {
+        /// "storage group" or "address".
+        what: &'static str,
+        /// Its length in bytes.
+        len: usize,
+    },
+}
+
+/// The mailbox store, on its own sled database.
+pub struct MailboxStore {
+    db: sled::Db,
+    /// `address ++ seq` → [`Copy`]: each mailbox's messages in delivery order.
+    messages: Tree,
+    /// `address ++ message_id` → seq: the dedup index, and the way from a Message-ID to its copy.
+    ids: Tree,
+    /// `sg ++ generation ++ index` → [`Applied`]: every applied record in log order. The last key of
+    /// an SG is its replay checkpoint; the keys from a generation on are what `discard_from` undoes.
+    applied: Tree,
+    /// Same key as `applied` → body, stored once per record however many mailboxes share it.
+    bodies: Tree,
+}
+
+/// A mailbox's copy of a message, with the storage group whose log delivered it (to find the body).
+#[derive(Serialize, Deserialize)]
+struct Copy {
+    sg: String,
+    message: StoredMessage,
+}
+
+/// What applying one record did, so that it can be undone without a scan.
+#[derive(Serialize, Deserialize)]
+struct Applied {
+    position: LogPosition,
+    message_id: String,
+    time_ms: Millis,
+    /// Sequence number of the copies this record added (one per record, from sled's id generator).
+    seq: u64,
+    /// Mailboxes that received a copy (the others already held the Message-ID).
+    added: Vec<String>,
+}
+
+impl MailboxStore {
+    /// Opens (creating) the store in its own sled database directory.
+    pub fn open(path: &Path) -> Result<MailboxStore, MailboxError> {
+        let open_err = |source| MailboxError::Open {
+            path: path.to_owned(),
+            source,
+        };
+        let db = sled::open(path).map_err(open_err)?;
+        let tree = |name: &str| db.open_tree(name).map_err(open_err);
+        Ok(MailboxStore {
+            messages: tree("messages")?,
+            ids: tree("ids")?,
+            applied: tree("applied")?,
+            bodies: tree("bodies")?,
+            db,
+        })
+    }
+
+    /// True if `address` (lower-cased by the caller) already holds `message_id`.
+    pub fn contains(&self, address: &str, message_id: &str) -> Result<bool, MailboxError> {
+        let key = id_key(&address_key(address)?, message_id);
+        Ok(self.ids.contains_key(key)?)
+    }
+
+    /// Applies the record at `pos` of storage group `sg`'s log: every recipient not holding the
+    /// Message-ID yet gets a copy (the body is stored once for all of them), and `pos` becomes the
+    /// checkpoint, in one transaction. Returns how many copies were added (0: all duplicates, or the
+    /// position was applied before).
+    pub fn apply(
+        &self,
+        sg: &str,
+        pos: LogPosition,
+        rec: &LogRecord,
+    ) -> Result<usize, MailboxError> {
+        let key = record_key(&sg_key(sg)?, pos);
+        if self.applied.contains_key(&key)? {
+            return Ok(0);
+        }
+        let seq = self.db.generate_id()?;
+        let size = rec.body.len() as u64;
+        let mut copies = Vec::with_capacity(rec.recipients.len());
+        for address in &rec.recipients {
+            let addr = address_key(address)?;
+            let copy = encode(&Copy {
+                sg: sg.to_owned(),
+                message: StoredMessage {
+                    address: address.clone(),
+                    message_id: rec.message_id.clone(),
+                    size,
+                    delivered_ms: rec.time_ms,
+                    position: pos,
+                },
+            });
+            copies.push((
+                address,
+                id_key(&addr, &rec.message_id),
+                message_key(&addr, seq),
+                copy,
+            ));
+        }
+        let trees = (&self.messages, &self.ids, &self.applied, &self.bodies);
+        let result = trees.transaction(|(messages, ids, applied, bodies)| {
+            if applied.get(&key)?.is_some() {
+                return Ok(0);
+            }
+            let mut added = Vec::new();
+            for (address, id, message, copy) in &copies {
+                // Sees this transaction's own inserts, so a recipient listed twice gets one copy.
+                if ids.get(id)?.is_some() {
+                    continue;
+                }
+                ids.insert(id.as_slice(), &seq.to_be_bytes())?;
+                messages.insert(message.as_slice(), copy.as_slice())?;
+                added.push((*address).clone());
+            }
+            if !added.is_empty() {
+                bodies.insert(key.as_slice(), rec.body.as_slice())?;
+            }
+            let count = added.len();
+            let record = Applied {
+                position: pos,
+                message_id: rec.message_id.clone(),
+                time_ms: rec.time_ms,
+                seq,
+                added,
+            };
+            applied.insert(key.as_slice(), encode(&record))?;
+            Ok::<_, ConflictableTransactionError<MailboxError>>(count)
+        });
+        result.map_err(from_tx)
+    }
+
+    /// The mailbox's messages in delivery order.
+    pub fn list(&self, address: &str) -> Result<Vec<StoredMessage>, MailboxError> {
+        self.messages
+            .scan_prefix(address_key(address)?)
+            .map(|item| {
+                let (_, value) = item?;
+                Ok(decode::<Copy>(&value, "mailbox entry")?.message)
+            })
+            .collect()
+    }
+
+    /// The body of `message_id` in `address`, if the mailbox holds it.
+    pub fn body(&self, address: &str, message_id: &str) -> Result<Option<Vec<u8>>, MailboxError> {
+        let addr = address_key(address)?;
+        let Some(seq) = self.ids.get(id_key(&addr, message_id))? else {
+            return Ok(None);
+        };
+        let mut message = addr;
+        message.extend_from_slice(&seq);
+        let dangling = |what| MailboxError::Corrupt {
+            what,
+            reason: format!("{message_id} in {address} has no {what}"),
+        };
+        let copy = self
+            .messages
+            .get(&message)?
+            .ok_or_else(|| dangling("mailbox entry"))?;
+        let copy: Copy = decode(&copy, "mailbox entry")?;
+        let key = record_key(&sg_key(&copy.sg)?, copy.message.position);
+        let body = self.bodies.get(key)?.ok_or_else(|| dangling("body"))?;
+        Ok(Some(body.to_vec()))
+    }
+
+    /// The last applied position of `sg` (LastLogReplayed is its generation) and the time of that
+    /// record, from which a lossy failover asks the hubs to resubmit. `None` before any apply.
+    pub fn checkpoint(&self, sg: &str) -> Result<Option<(LogPosition, Millis)>, MailboxError> {
+        let Some(item) = self.applied.scan_prefix(sg_key(sg)?).next_back() else {
+            return Ok(None);
+        };
+        let (_, value) = item?;
+        let applied: Applied = decode(&value, "applied record")?;
+        Ok(Some((applied.position, applied.time_ms)))
+    }
+
+    /// Undoes everything `sg` applied from `generation` on (logs that diverged from the new active)
+    /// and so moves the checkpoint back to the last record before it. Walks the applied index
+    /// backwards in chunks, one transaction each, so a crash part-way still leaves the store equal to
+    /// a log prefix. Returns how many mailbox copies were removed.
+    pub fn discard_from(&self, sg: &str, generation: u64) -> Result<u64, MailboxError> {
+        let sg = sg_key(sg)?;
+        let first = record_key(
+            &sg,
+            LogPosition {
+                generation,
+                index: 0,
+            },
+        );
+        let mut last = record_key(
+            &sg,
+            LogPosition {
+                generation: u64::MAX,
+                index: u32::MAX,
+            },
+        );
+        let mut removed = 0u64;
+        loop {
+            let mut chunk = Vec::new();
+            for item in self
+                .applied
+                .range(first.clone()..=last.clone())
+                .rev()
+                .take(DISCARD_CHUNK)
+            {
+                let (key, value) = item?;
+                let applied: Applied = decode(&value, "applied record")?;
+                let mut copies = Vec::with_capacity(applied.added.len());
+                for address in &applied.added {
+                    let addr = address_key(address)?;
+                    copies.push((
+                        id_key(&addr, &applied.message_id),
+                        message_key(&addr, applied.seq),
+                    ));
+                }
+                chunk.push((key, applied.seq.to_be_bytes(), copies));
+            }
+            let Some((lowest, _, _)) = chunk.last() else {
+                return Ok(removed);
+            };
+            last = lowest.to_vec();
+            let trees = (&self.messages, &self.ids, &self.applied, &self.bodies);
+            trees
+                .transaction(|(messages, ids, applied, bodies)| {
+                    for (key, seq, copies) in &chunk {
+                        for (id, message) in copies {
+                            messages.remove(message.as_slice())?;
+                            // Only the dedup entry this record created (always, unless damaged).
+                            if ids.get(id)?.as_deref() == Some(seq.as_slice()) {
+                                ids.remove(id.as_slice())?;
+                            }
+                        }
+                        bodies.remove(key)?;
+                        applied.remove(key)?;
+                    }
+                    Ok::<_, ConflictableTransactionError<MailboxError>>(())
+                })
+                .map_err(from_tx)?;
+            removed += chunk
+                .iter()
+                .map(|(_, _, copies)| copies.len() as u64)
+                .sum::<u64>();
+            if chunk.len() < DISCARD_CHUNK {
+                return Ok(removed);
+            }
+        }
+    }
+
+    /// Drops all data of `sg` (before a full reseed of its copy).
+    pub fn clear(&self, sg: &str) -> Result<(), MailboxError> {
+        self.discard_from(sg, 0).map(|_| ())
+    }
+
+    /// Makes every apply so far durable (applies are not fsynced one by one; the log is).
+    pub fn flush(&self) -> Result<(), MailboxError> {
+        self.db.flush()?;
+        Ok(())
+    }
+}
+
+/// `len u16 ++ name`: the length prefix keeps one name's keys from being a prefix of another's.
+fn name_key(name: &str, what: &'static str) -> Result<Vec<u8>, MailboxError> {
+    let len = u16::try_from(name.len()).map_err(|_| MailboxError::TooLong {
+        what,
+        len: name.len(),
+    })?;
+    let mut key = Vec::with_capacity(2 + name.len() + 12);
+    key.extend_from_slice(&len.to_be_bytes());
+    key.extend_from_slice(name.as_bytes());
+    Ok(key)
+}
+
+fn sg_key(sg: &str) -> Result<Vec<u8>, MailboxError> {
+    name_key(sg, "storage group")
+}
+
+fn address_key(address: &str) -> Result<Vec<u8>, MailboxError> {
+    name_key(address, "address")
+}
+
+/// `sg ++ generation BE ++ index BE`, so an SG's records sort in log order.
+fn record_key(sg: &[u8], pos: LogPosition) -> Vec<u8> {
+    let mut key = sg.to_vec();
+    key.extend_from_slice(&pos.generation.to_be_bytes());
+    key.extend_from_slice(&pos.index.to_be_bytes());
+    key
+}
+
+fn message_key(address: &[u8], seq: u64) -> Vec<u8> {
+    let mut key = address.to_vec();
+    key.extend_from_slice(&seq.to_be_bytes());
+    key
+}
+
+fn id_key(address: &[u8], message_id: &str) -> Vec<u8> {
+    let mut key = address.to_vec();
+    key.extend_from_slice(message_id.as_bytes());
+    key
+}
+
+fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    serde_json::to_vec(value).expect("structs of strings and integers always serialize to JSON")
+}
+
+fn decode<T: DeserializeOwned>(bytes: &[u8], what: &'static str) -> Result<T, MailboxError> {
+    serde_json::from_slice(bytes).map_err(|e| MailboxError::Corrupt {
+        what,
+        reason: e.to_string(),
+    })
+}
+
+fn from_tx(e: TransactionError<MailboxError>) -> MailboxError {
+    match e {
+        TransactionError::Abort(e) => e,
+        TransactionError::Storage(e) => MailboxError::Sled(e),
+    }
+}

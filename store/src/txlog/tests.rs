@@ -1,0 +1,500 @@
+use std::fs;
+
+use super::*;
+
+fn rec(n: u64) -> LogRecord {
+    LogRecord {
+        message_id: format!("<m{n}@example.test>"),
+        recipients: vec!["alice@example.test".into(), "bob@example.test".into()],
+        sender: "carol@remote.test".into(),
+        time_ms: 1_000 + n,
+        body: format!("Subject: {n}\r\n\r\nbody {n}\r\n").into_bytes(),
+    }
+}
+
+fn names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .expect("test dir is readable")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// A log of small generations: every record is ~110 bytes, so 3 records pass 300 bytes.
+fn small_log(dir: &Path) -> TxLog {
+    TxLog::open(dir, "SG1", 300).expect("open log")
+}
+
+/// Bytes of closed generation 1 holding records 1..=3.
+fn closed_gen1(dir: &Path) -> Vec<u8> {
+    let mut log = small_log(dir);
+    for n in 1..=3 {
+        log.append(&rec(n)).expect("append");
+    }
+    assert_eq!(log.sync().expect("sync"), vec![1]);
+    log.read_closed(1).expect("read closed")
+}
+
+#[test]
+fn append_sync_closes_at_log_file_size_and_numbers_generations() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut log = small_log(tmp.path());
+    assert_eq!(
+        (
+            log.current_generation(),
+            log.last_closed(),
+            log.last_generated()
+        ),
+        (1, 0, 0)
+    );
+
+    let p0 = log.append(&rec(1)).expect("append");
+    let p1 = log.append(&rec(2)).expect("append");
+    assert_eq!(
+        p0,
+        LogPosition {
+            generation: 1,
+            index: 0
+        }
+    );
+    assert_eq!(
+        p1,
+        LogPosition {
+            generation: 1,
+            index: 1
+        }
+    );
+    assert_eq!(log.sync().expect("sync"), Vec::<u64>::new(), "not full yet");
+    assert_eq!(log.last_generated(), 1);
+    assert!(matches!(
+        log.read_closed(1),
+        Err(TxLogError::NotClosed { generation: 1 })
+    ));
+
+    log.append(&rec(3)).expect("append");
+    assert_eq!(log.sync().expect("sync"), vec![1]);
+    assert_eq!(
+        (
+            log.current_generation(),
+            log.last_closed(),
+            log.last_generated()
+        ),
+        (2, 1, 1)
+    );
+    assert_eq!(
+        names(tmp.path()),
+        ["E00-0000000001.log", "E00-0000000002.open"]
+    );
+
+    let p = log.append(&rec(4)).expect("append");
+    assert_eq!(
+        p,
+        LogPosition {
+            generation: 2,
+            index: 0
+        }
+    );
+    assert_eq!(log.last_generated(), 2);
+    let shipped = log.read_closed(1).expect("closed generation is readable");
+    assert_eq!(
+        verify(&shipped, "SG1", 1).expect("valid"),
+        vec![rec(1), rec(2), rec(3)]
+    );
+    assert_eq!(log.records(2).expect("open records"), vec![rec(4)]);
+}
+
+#[test]
+fn records_survive_reopen_and_appends_continue() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    {
+        let mut log = small_log(tmp.path());
+        for n in 1..=4 {
+            log.append(&rec(n)).expect("append");
+        }
+        assert_eq!(log.sync().expect("sync"), vec![1]);
+        log.append(&rec(5)).expect("append");
+        log.sync().expect("sync");
+    }
+    let mut log = small_log(tmp.path());
+    assert_eq!((log.current_generation(), log.last_closed()), (2, 1));
+    assert_eq!(
+        log.records(1).expect("gen 1"),
+        (1..=4).map(rec).collect::<Vec<_>>()
+    );
+    assert_eq!(log.records(2).expect("gen 2"), vec![rec(5)]);
+    let p = log.append(&rec(6)).expect("append");
+    assert_eq!(
+        p,
+        LogPosition {
+            generation: 2,
+            index: 1
+        }
+    );
+    assert_eq!(log.records(2).expect("gen 2"), vec![rec(5), rec(6)]);
+}
+
+#[test]
+fn torn_tail_is_cut_on_reopen_and_appends_continue() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let open = tmp.path().join("E00-0000000001.open");
+    let synced_len = {
+        let mut log = TxLog::open(tmp.path(), "SG1", 1 << 20).expect("open");
+        log.append(&rec(1)).expect("append");
+        log.append(&rec(2)).expect("append");
+        log.sync().expect("sync");
+        fs::metadata(&open).expect("open file").len()
+    };
+    // A crash mid-append: half of the next frame reached the disk.
+    let frame = format::encode_frame(&rec(3)).expect("frame");
+    let mut bytes = fs::read(&open).expect("read");
+    bytes.extend_from_slice(&frame[..frame.len() / 2]);
+    fs::write(&open, &bytes).expect("write torn tail");
+
+    let mut log = TxLog::open(tmp.path(), "SG1", 1 << 20).expect("reopen recovers");
+    assert_eq!(fs::metadata(&open).expect("open file").len(), synced_len);
+    assert_eq!(log.records(1).expect("records"), vec![rec(1), rec(2)]);
+    let p = log.append(&rec(3)).expect("append after recovery");
+    assert_eq!(
+        p,
+        LogPosition {
+            generation: 1,
+            index: 2
+        }
+    );
+    log.sync().expect("sync");
+    drop(log);
+    let log = TxLog::open(tmp.path(), "SG1", 1 << 20).expect("reopen");
+    assert_eq!(
+        log.records(1).expect("records"),
+        vec![rec(1), rec(2), rec(3)]
+    );
+}
+
+#[test]
+fn closed_generations_are_never_modified_by_recovery() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let closed = closed_gen1(tmp.path());
+    let path = tmp.path().join("E00-0000000001.log");
+    let mut damaged = closed.clone();
+    damaged.extend_from_slice(b"garbage");
+    fs::write(&path, &damaged).expect("damage closed log");
+    let log = small_log(tmp.path());
+    assert_eq!(
+        fs::read(&path).expect("read"),
+        damaged,
+        "closed log left as found"
+    );
+    assert!(matches!(
+        log.records(1),
+        Err(TxLogError::Corrupt { generation: 1, .. })
+    ));
+}
+
+#[test]
+fn verify_refuses_wrong_storage_group_and_generation() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let bytes = closed_gen1(tmp.path());
+    assert_eq!(verify(&bytes, "SG1", 1).expect("valid").len(), 3);
+    match verify(&bytes, "SG2", 1) {
+        Err(TxLogError::WrongStorageGroup {
+            generation: 1,
+            expected,
+            found,
+        }) => {
+            assert_eq!((expected.as_str(), found.as_str()), ("SG2", "SG1"));
+        }
+        other => panic!("expected WrongStorageGroup, got {other:?}"),
+    }
+    assert!(matches!(
+        verify(&bytes, "SG1", 2),
+        Err(TxLogError::OutOfSequence {
+            expected: 2,
+            found: 1
+        })
+    ));
+}
+
+#[test]
+fn verify_refuses_every_flipped_byte_truncation_and_trailing_garbage() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let bytes = closed_gen1(tmp.path());
+    for i in 0..bytes.len() {
+        for mask in [0x01, 0x80, 0xFF] {
+            let mut bad = bytes.clone();
+            bad[i] ^= mask;
+            assert!(
+                verify(&bad, "SG1", 1).is_err(),
+                "byte {i} ^ {mask:#x} was accepted"
+            );
+        }
+    }
+    for len in 0..bytes.len() {
+        match verify(&bytes[..len], "SG1", 1) {
+            Err(TxLogError::Corrupt { generation: 1, .. }) => {}
+            other => panic!("truncation to {len} bytes: {other:?}"),
+        }
+    }
+    let mut long = bytes.clone();
+    long.push(0);
+    assert!(matches!(
+        verify(&long, "SG1", 1),
+        Err(TxLogError::Corrupt { .. })
+    ));
+    assert!(verify(b"", "SG1", 1).is_err());
+}
+
+#[test]
+fn log_copy_keeps_verified_generations_in_sequence() {
+    let active_dir = tempfile::tempdir().expect("tempdir");
+    let copy_dir = tempfile::tempdir().expect("tempdir");
+    let mut log = small_log(active_dir.path());
+    for n in 1..=9 {
+        log.append(&rec(n)).expect("append");
+        log.sync().expect("sync");
+    }
+    assert_eq!(log.last_closed(), 3);
+    let gen = |g| log.read_closed(g).expect("closed");
+
+    let mut copy = LogCopy::open(copy_dir.path(), "SG1").expect("open copy");
+    assert_eq!(copy.last_copied(), 0);
+    assert_eq!(
+        copy.store(1, &gen(1)).expect("gen 1"),
+        vec![rec(1), rec(2), rec(3)]
+    );
+    assert!(matches!(
+        copy.store(3, &gen(3)),
+        Err(TxLogError::OutOfSequence {
+            expected: 2,
+            found: 3
+        })
+    ));
+    assert!(matches!(
+        copy.store(1, &gen(1)),
+        Err(TxLogError::OutOfSequence {
+            expected: 2,
+            found: 1
+        })
+    ));
+    let mut bad = gen(2);
+    let last = bad.len() - 20;
+    bad[last] ^= 0x40;
+    assert!(matches!(
+        copy.store(2, &bad),
+        Err(TxLogError::Corrupt { generation: 2, .. })
+    ));
+    assert!(matches!(
+        copy.store(2, &gen(3)),
+        Err(TxLogError::OutOfSequence {
+            expected: 2,
+            found: 3
+        })
+    ));
+    assert_eq!(copy.last_copied(), 1, "refused logs are not kept");
+    copy.store(2, &gen(2)).expect("gen 2");
+    drop(copy);
+
+    let copy = LogCopy::open(copy_dir.path(), "SG1").expect("reopen copy");
+    assert_eq!(copy.last_copied(), 2);
+    assert_eq!(
+        copy.records(2).expect("copied"),
+        vec![rec(4), rec(5), rec(6)]
+    );
+    assert!(matches!(
+        copy.records(3),
+        Err(TxLogError::Missing { generation: 3 })
+    ));
+    assert_eq!(
+        names(copy_dir.path()),
+        ["E00-0000000001.log", "E00-0000000002.log"]
+    );
+}
+
+#[test]
+fn roll_closes_a_partial_generation_and_is_a_noop_when_empty() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut log = TxLog::open(tmp.path(), "SG1", 1 << 20).expect("open");
+    assert_eq!(log.roll().expect("roll"), None);
+    log.append(&rec(1)).expect("append");
+    assert_eq!(log.roll().expect("roll"), Some(1));
+    assert_eq!(
+        (
+            log.current_generation(),
+            log.last_closed(),
+            log.last_generated()
+        ),
+        (2, 1, 1)
+    );
+    assert_eq!(log.roll().expect("roll"), None, "nothing new to close");
+    assert_eq!(
+        verify(&log.read_closed(1).expect("closed"), "SG1", 1).expect("valid"),
+        vec![rec(1)]
+    );
+}
+
+#[test]
+fn truncate_from_drops_later_generations_and_restarts_there() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut log = small_log(tmp.path());
+    for n in 1..=10 {
+        log.append(&rec(n)).expect("append");
+        log.sync().expect("sync");
+    }
+    assert_eq!((log.last_closed(), log.current_generation()), (3, 4));
+    log.truncate_from(2).expect("truncate");
+    assert_eq!(
+        (
+            log.last_closed(),
+            log.current_generation(),
+            log.last_generated()
+        ),
+        (1, 2, 1)
+    );
+    assert_eq!(
+        names(tmp.path()),
+        ["E00-0000000001.log", "E00-0000000002.open"]
+    );
+    assert_eq!(log.records(1).expect("kept"), vec![rec(1), rec(2), rec(3)]);
+    assert_eq!(
+        log.append(&rec(20)).expect("append"),
+        LogPosition {
+            generation: 2,
+            index: 0
+        }
+    );
+    log.truncate_from(9)
+        .expect("past the open generation: nothing to drop");
+    assert_eq!(log.current_generation(), 2);
+    assert!(matches!(
+        log.truncate_from(0),
+        Err(TxLogError::GenerationZero)
+    ));
+    log.sync().expect("sync");
+    drop(log);
+    let log = small_log(tmp.path());
+    assert_eq!(log.records(2).expect("records"), vec![rec(20)]);
+}
+
+#[test]
+fn roles_switch_over_the_same_directory() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    {
+        let mut log = small_log(tmp.path());
+        for n in 1..=4 {
+            log.append(&rec(n)).expect("append");
+            log.sync().expect("sync");
+        }
+        assert_eq!((log.last_closed(), log.last_generated()), (1, 2));
+    }
+    // The old active comes back as passive with generation 2 never shipped.
+    let mut copy = LogCopy::open(tmp.path(), "SG1").expect("open as copy");
+    assert_eq!((copy.last_copied(), copy.diverged()), (1, Some(2)));
+    let other = tempfile::tempdir().expect("tempdir");
+    let new_gen2 = {
+        let mut log = small_log(other.path());
+        log.append(&rec(1)).expect("append");
+        log.roll().expect("roll");
+        log.append(&rec(50)).expect("append");
+        log.roll().expect("roll");
+        log.read_closed(2).expect("closed")
+    };
+    assert!(matches!(
+        copy.store(2, &new_gen2),
+        Err(TxLogError::Diverged { generation: 2 })
+    ));
+    copy.truncate_from(2).expect("discard diverged");
+    assert_eq!(copy.diverged(), None);
+    assert_eq!(copy.store(2, &new_gen2).expect("store"), vec![rec(50)]);
+    drop(copy);
+
+    // Promoted again: the active log continues after the last copied generation.
+    let log = small_log(tmp.path());
+    assert_eq!((log.last_closed(), log.current_generation()), (2, 3));
+}
+
+#[test]
+fn copy_open_removes_an_empty_open_generation() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    drop(small_log(tmp.path()));
+    let copy = LogCopy::open(tmp.path(), "SG1").expect("open as copy");
+    assert_eq!((copy.last_copied(), copy.diverged()), (0, None));
+    assert!(names(tmp.path()).is_empty());
+}
+
+#[test]
+fn open_refuses_gaps_and_foreign_logs() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let gen1 = closed_gen1(tmp.path());
+    fs::remove_file(tmp.path().join("E00-0000000002.open")).expect("remove open");
+    fs::write(tmp.path().join("E00-0000000003.log"), &gen1).expect("plant gap");
+    assert!(matches!(
+        TxLog::open(tmp.path(), "SG1", 300),
+        Err(TxLogError::OutOfSequence {
+            expected: 2,
+            found: 3
+        })
+    ));
+    assert!(matches!(
+        LogCopy::open(tmp.path(), "SG1"),
+        Err(TxLogError::OutOfSequence {
+            expected: 2,
+            found: 3
+        })
+    ));
+
+    let other = tempfile::tempdir().expect("tempdir");
+    drop(small_log(other.path()));
+    assert!(matches!(
+        TxLog::open(other.path(), "SG2", 300),
+        Err(TxLogError::WrongStorageGroup { generation: 1, .. })
+    ));
+}
+
+#[test]
+fn an_interrupted_close_is_undone_on_reopen() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let open = tmp.path().join("E00-0000000001.open");
+    {
+        let mut log = TxLog::open(tmp.path(), "SG1", 1 << 20).expect("open");
+        log.append(&rec(1)).expect("append");
+        log.sync().expect("sync");
+    }
+    // Crash after the seal was written but before the rename.
+    let mut bytes = fs::read(&open).expect("read");
+    bytes.extend_from_slice(&format::encode_seal(1));
+    fs::write(&open, &bytes).expect("write seal");
+
+    let mut log = TxLog::open(tmp.path(), "SG1", 1 << 20).expect("reopen");
+    assert_eq!(
+        log.append(&rec(2)).expect("append"),
+        LogPosition {
+            generation: 1,
+            index: 1
+        }
+    );
+    assert_eq!(log.roll().expect("roll"), Some(1));
+    let shipped = log.read_closed(1).expect("closed");
+    assert_eq!(
+        verify(&shipped, "SG1", 1).expect("valid"),
+        vec![rec(1), rec(2)]
+    );
+}
+
+#[test]
+fn a_failed_close_poisons_the_log_until_reopened() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("sg1");
+    let mut log = TxLog::open(&dir, "SG1", 1 << 20).expect("open");
+    log.append(&rec(1)).expect("append");
+    fs::remove_dir_all(&dir).expect("pull the directory away");
+    assert!(matches!(log.roll(), Err(TxLogError::Io { .. })));
+    assert!(matches!(
+        log.append(&rec(2)),
+        Err(TxLogError::Poisoned { .. })
+    ));
+    assert!(matches!(log.sync(), Err(TxLogError::Poisoned { .. })));
+    assert!(matches!(
+        log.truncate_from(1),
+        Err(TxLogError::Poisoned { .. })
+    ));
+}

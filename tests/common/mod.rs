@@ -1,0 +1,403 @@
+//! Helpers for black-box tests: a site file on free 127.0.0.1 ports, `hubrelay` processes that are
+//! waited for by their `ready` line (never by sleeping), CLI calls, and a Python smtplib client (a
+//! client this project did not write).
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// The binary under test.
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_hubrelay")
+}
+
+/// A port nothing listens on right now (bound on port 0, then released).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind 127.0.0.1:0")
+        .local_addr()
+        .expect("local addr")
+        .port()
+}
+
+/// Ports of a two-hub, two-node site.
+#[derive(Debug, Clone)]
+pub struct Ports {
+    pub hub1: u16,
+    pub hub1_admin: u16,
+    pub hub2: u16,
+    pub hub2_admin: u16,
+    pub node1: u16,
+    pub node1_admin: u16,
+    pub node2: u16,
+    pub node2_admin: u16,
+}
+
+impl Ports {
+    pub fn new() -> Ports {
+        Ports {
+            hub1: free_port(),
+            hub1_admin: free_port(),
+            hub2: free_port(),
+            hub2_admin: free_port(),
+            node1: free_port(),
+            node1_admin: free_port(),
+            node2: free_port(),
+            node2_admin: free_port(),
+        }
+    }
+}
+
+/// A test site: a temp directory with `site.toml` and the data directory.
+pub struct TestSite {
+    pub dir: tempfile::TempDir,
+    pub ports: Ports,
+}
+
+impl TestSite {
+    /// A site with SG1 = alice, bob (+ `extra_mailboxes`) and the given extra `[site]` lines.
+    pub fn new(site_extra: &str, extra_mailboxes: &[&str]) -> TestSite {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ports = Ports::new();
+        let t = TestSite { dir, ports };
+        t.write_config("site.toml", site_extra, extra_mailboxes);
+        t
+    }
+
+    /// Writes a config file of this site's ports under `name`.
+    pub fn write_config(&self, name: &str, site_extra: &str, extra_mailboxes: &[&str]) -> PathBuf {
+        let p = &self.ports;
+        let mut mailboxes = vec!["alice@example.test", "bob@example.test"];
+        mailboxes.extend_from_slice(extra_mailboxes);
+        let mailboxes = mailboxes
+            .iter()
+            .map(|m| format!("\"{m}\""))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let text = format!(
+            r#"[site]
+name = "test"
+accepted_domains = ["example.test"]
+admin_token = "test-token"
+retry_min = "200ms"
+retry_max = "1s"
+{site_extra}
+
+[[hub]]
+name = "hub1"
+smtp = "127.0.0.1:{}"
+admin = "127.0.0.1:{}"
+
+[[hub]]
+name = "hub2"
+smtp = "127.0.0.1:{}"
+admin = "127.0.0.1:{}"
+
+[[cms]]
+name = "cms1"
+witness = "witness/cms1"
+
+[[cms.node]]
+name = "node1"
+smtp = "127.0.0.1:{}"
+admin = "127.0.0.1:{}"
+
+[[cms.node]]
+name = "node2"
+smtp = "127.0.0.1:{}"
+admin = "127.0.0.1:{}"
+
+[[cms.storage_group]]
+name = "SG1"
+mailboxes = [{mailboxes}]
+
+[[cms.storage_group]]
+name = "SG2"
+mailboxes = ["carol@example.test"]
+"#,
+            p.hub1,
+            p.hub1_admin,
+            p.hub2,
+            p.hub2_admin,
+            p.node1,
+            p.node1_admin,
+            p.node2,
+            p.node2_admin
+        );
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, text).expect("write config");
+        path
+    }
+
+    pub fn config(&self) -> PathBuf {
+        self.dir.path().join("site.toml")
+    }
+
+    pub fn data(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// Starts `hubrelay <args> --config site.toml --data data` and waits for `ready`.
+    pub fn start(&self, args: &[&str]) -> Proc {
+        self.start_with(&self.config(), args)
+    }
+
+    /// Like [`start`] with another config file.
+    pub fn start_with(&self, config: &Path, args: &[&str]) -> Proc {
+        Proc::start(config, &self.data(), args)
+    }
+
+    /// Runs a CLI command with `--json` and parses its output.
+    pub fn cli_json(&self, args: &[&str]) -> (i32, Value) {
+        let out = Command::new(bin())
+            .args(args)
+            .arg("--json")
+            .arg("--config")
+            .arg(self.config())
+            .output()
+            .expect("run hubrelay");
+        let code = out.status.code().unwrap_or(-1);
+        let v = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
+            Value::String(format!(
+                "stdout: {} stderr: {}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ))
+        });
+        (code, v)
+    }
+
+    /// Message-IDs listed in a mailbox (via `hubrelay mailbox --json`).
+    pub fn mailbox_ids(&self, address: &str) -> Vec<String> {
+        let (code, v) = self.cli_json(&["mailbox", "--address", address]);
+        assert_eq!(code, 0, "mailbox listing failed: {v}");
+        v["messages"]
+            .as_array()
+            .expect("messages array")
+            .iter()
+            .map(|m| m["message_id"].as_str().expect("message_id").to_string())
+            .collect()
+    }
+
+    /// Polls the mailbox listing until `pred` holds (deliveries are asynchronous); panics after `limit`.
+    pub fn wait_mailbox(
+        &self,
+        address: &str,
+        limit: Duration,
+        pred: impl Fn(&[String]) -> bool,
+    ) -> Vec<String> {
+        let start = Instant::now();
+        loop {
+            let (code, v) = self.cli_json(&["mailbox", "--address", address]);
+            if code == 0 {
+                let ids: Vec<String> = v["messages"]
+                    .as_array()
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|m| m["message_id"].as_str().map(String::from))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                if pred(&ids) {
+                    return ids;
+                }
+            }
+            assert!(
+                start.elapsed() < limit,
+                "mailbox {address} never reached the expected state: {v}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// A running `hubrelay` process; killed when dropped.
+pub struct Proc {
+    pub child: Child,
+    pub lines: Vec<String>,
+    pub stderr: PathBuf,
+}
+
+impl Proc {
+    pub fn start(config: &Path, data: &Path, args: &[&str]) -> Proc {
+        std::fs::create_dir_all(data).expect("data dir");
+        let stderr = data.join(format!(
+            "{}-{}.log",
+            args.join("-").replace(['/', ' '], "_"),
+            free_port()
+        ));
+        let mut child = Command::new(bin())
+            .args(args)
+            .arg("--config")
+            .arg(config)
+            .arg("--data")
+            .arg(data)
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&stderr).expect("log file"))
+            .spawn()
+            .expect("spawn hubrelay");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut lines = Vec::new();
+        loop {
+            match rx.recv_timeout(Duration::from_secs(30)) {
+                Ok(l) if l == "ready" => break,
+                Ok(l) => lines.push(l),
+                Err(_) => {
+                    let log = std::fs::read_to_string(&stderr).unwrap_or_default();
+                    panic!("hubrelay {args:?} did not become ready; output {lines:?}; log:\n{log}");
+                }
+            }
+        }
+        Proc {
+            child,
+            lines,
+            stderr,
+        }
+    }
+
+    /// `kill -9`.
+    pub fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM and wait for a clean exit; returns the exit status code.
+    pub fn terminate(mut self) -> Option<i32> {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        self.child.wait().ok().and_then(|s| s.code())
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Sends one message with Python's smtplib; returns (exit code, stdout+stderr).
+pub fn smtplib_send(port: u16, from: &str, to: &[&str], message: &str) -> (i32, String) {
+    let script = r#"
+import smtplib, sys, json
+port, sender, rcpts, msg = int(sys.argv[1]), sys.argv[2], json.loads(sys.argv[3]), sys.stdin.read()
+with smtplib.SMTP("127.0.0.1", port, timeout=20) as s:
+    s.ehlo("client.test")
+    refused = s.sendmail(sender, rcpts, msg.encode())
+    print("refused", json.dumps(refused))
+"#;
+    let mut child = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(port.to_string())
+        .arg(from)
+        .arg(serde_json::to_string(to).expect("json"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3 must be installed for the tests");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(message.as_bytes())
+        .expect("write");
+    let out = child.wait_with_output().expect("python3");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
+}
+
+/// A raw SMTP connection for dialogs smtplib cannot express (pipelining, smuggling, limits).
+pub struct Raw {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Raw {
+    pub fn connect(port: u16) -> Raw {
+        let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .expect("timeout");
+        let mut r = Raw {
+            stream,
+            buf: Vec::new(),
+        };
+        let greeting = r.reply();
+        assert!(greeting.starts_with("220"), "{greeting}");
+        r
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).expect("write");
+    }
+
+    /// Reads one (possibly multi-line) reply.
+    pub fn reply(&mut self) -> String {
+        let mut text = String::new();
+        loop {
+            let line = self.line();
+            let last = line.as_bytes().get(3) != Some(&b'-');
+            text.push_str(&line);
+            if last {
+                return text;
+            }
+        }
+    }
+
+    fn line(&mut self) -> String {
+        loop {
+            if let Some(i) = self.buf.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = self.buf.drain(..=i).collect();
+                return String::from_utf8_lossy(&line).into_owned();
+            }
+            let mut chunk = [0u8; 4096];
+            let n = self.stream.read(&mut chunk).expect("read reply");
+            assert!(
+                n > 0,
+                "connection closed; partial: {:?}",
+                String::from_utf8_lossy(&self.buf)
+            );
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    /// Sends a command line and returns its reply.
+    pub fn cmd(&mut self, line: &str) -> String {
+        self.send(format!("{line}\r\n").as_bytes());
+        self.reply()
+    }
+}
+
+/// A small RFC 5322 message with a given Message-ID.
+pub fn message(message_id: Option<&str>, subject: &str) -> String {
+    let mid = message_id
+        .map(|m| format!("Message-ID: {m}\r\n"))
+        .unwrap_or_default();
+    format!("From: bob@example.test\r\nTo: alice@example.test\r\nSubject: {subject}\r\n{mid}\r\nHello from {subject}.\r\n")
+}
