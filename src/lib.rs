@@ -15,6 +15,7 @@
 
 pub mod admin;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod hub;
 pub mod node;

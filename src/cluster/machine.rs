@@ -1,0 +1,498 @@
+//! The failover decisions of one node, as a state machine free of I/O.
+//!
+//! Inputs are what the driver observed (a tick of the clock, the peer's heartbeat, the outcome of a
+//! witness operation, the copy's progress); outputs are [`Action`]s for the driver to carry out. Time
+//! is passed in, so every schedule of faults can be replayed in a test.
+//!
+//! The rules (node and file share majority, as in Exchange 2007 CCR):
+//! - a node may be active only while it sees its peer *and the peer sees it*, or while it holds the
+//!   witness lease (with a safety margin before the lease's expiry, for clock skew and tick delay);
+//! - a passive node that has lost its peer takes the lease only once it is free or expired, then mounts
+//!   only if the logs it is missing (LastLogGenerated last reported by the lost node − LastLogCopied)
+//!   are within AutoDatabaseMountDial; otherwise it stays dismounted and says why;
+//! - when both nodes see each other and neither is active, the one that was active most recently
+//!   (highest epoch; then config order) becomes active;
+//! - an active node that sees an active peer of a higher epoch steps down.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Milliseconds since the epoch.
+pub type Millis = u64;
+
+/// Timings of the cluster; the defaults give detection-to-mount in about four seconds.
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    /// A peer not heard from for this long is lost.
+    pub peer_timeout: Millis,
+    /// Length of a witness lease.
+    pub lease_duration: Millis,
+    /// A holder stops counting on its lease this long before it expires.
+    pub lease_safety: Millis,
+    /// Renew the lease when less than this is left.
+    pub renew_before: Millis,
+}
+
+impl Default for Timing {
+    fn default() -> Timing {
+        Timing {
+            peer_timeout: 1_500,
+            lease_duration: 3_000,
+            lease_safety: 1_000,
+            renew_before: 2_500,
+        }
+    }
+}
+
+/// What a node is doing for its CMS.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Role {
+    /// Holds the databases and accepts deliveries.
+    Active,
+    /// Copies and replays the active node's logs.
+    Passive,
+    /// Lost its peer but may not mount (too many logs missing, or no quorum); the reason says which.
+    Dismounted(String),
+}
+
+/// What each node tells the other, several times a second.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    /// The sender.
+    pub node: String,
+    /// Its role.
+    pub role: Role,
+    /// The epoch of its most recent activity (bumped at every mount).
+    pub epoch: u64,
+    /// Whether it was the active node when it last held a role (decides who resumes).
+    pub was_active: bool,
+    /// Whether it currently sees the receiver.
+    pub sees_peer: bool,
+    /// Per storage group, its LastLogGenerated (meaningful while it is active).
+    pub last_log_generated: BTreeMap<String, u64>,
+}
+
+/// The witness lease as last read or written. Besides the vote, the lease is the "note board" of
+/// the CMS: its holder records its epoch and LastLogGenerated there, so a node that comes back after
+/// both were down still knows how far the lost node had got.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct LeaseView {
+    /// Who holds it.
+    pub holder: String,
+    /// Until when.
+    pub expires_ms: Millis,
+    /// The holder's epoch.
+    pub epoch: u64,
+    /// The holder's LastLogGenerated per storage group when it last wrote the lease.
+    pub generated: BTreeMap<String, u64>,
+}
+
+/// What the driver must do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Take or renew the witness lease. The witness records the highest of this epoch and the one
+    /// it holds; an active node also writes its LastLogGenerated as the note, anyone else carries
+    /// the previous note over.
+    AcquireLease(u64),
+    /// Give the lease up.
+    ReleaseLease,
+    /// Replay everything copied and mount the databases as active at `epoch`. `missing` holds the
+    /// logs lost per storage group; any non-zero count makes the mount lossy (ask hubs to resubmit).
+    Mount {
+        /// The new epoch.
+        epoch: u64,
+        /// Logs lost per storage group.
+        missing: BTreeMap<String, u64>,
+    },
+    /// Stop accepting deliveries and become passive (copy from the peer).
+    Demote,
+}
+
+/// The persisted part of a node's cluster state.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Persisted {
+    /// The epoch of this node's most recent activity (0: never active).
+    pub epoch: u64,
+    /// Whether the node was active when it stopped.
+    pub was_active: bool,
+    /// LastLogGenerated the peer last reported while active, so a restarted passive still knows how
+    /// many logs a failover would lose.
+    pub peer_generated: BTreeMap<String, u64>,
+}
+
+/// The state machine of one node.
+#[derive(Debug, Clone)]
+pub struct Machine {
+    me: String,
+    /// Whether this node is first in config order (wins ties).
+    first: bool,
+    timing: Timing,
+    max_lost_logs: u64,
+    role: Role,
+    epoch: u64,
+    was_active: bool,
+    started_ms: Millis,
+    peer: Option<(Millis, Heartbeat)>,
+    /// LastLogGenerated the peer reported the last time it was active.
+    peer_generated: BTreeMap<String, u64>,
+    lease: Option<LeaseView>,
+    witness_ok: bool,
+    copied: BTreeMap<String, u64>,
+    /// This node's own LastLogGenerated while active (written to the lease note).
+    generated: BTreeMap<String, u64>,
+    /// A later epoch than ours was active while we were away: our logs may have diverged.
+    superseded: Option<u64>,
+    /// Set by a scheduled move: do not take over by preference until the peer is active.
+    yielding: bool,
+}
+
+impl Machine {
+    /// A node starting (or restarting) with its persisted state; it starts passive and earns the
+    /// active role through the rules.
+    pub fn new(
+        me: &str,
+        first: bool,
+        persisted: Persisted,
+        timing: Timing,
+        max_lost_logs: u64,
+        now: Millis,
+    ) -> Machine {
+        Machine {
+            me: me.to_string(),
+            first,
+            timing,
+            max_lost_logs,
+            role: Role::Passive,
+            epoch: persisted.epoch,
+            was_active: persisted.was_active,
+            started_ms: now,
+            peer: None,
+            peer_generated: persisted.peer_generated,
+            lease: None,
+            witness_ok: true,
+            copied: BTreeMap::new(),
+            generated: BTreeMap::new(),
+            superseded: None,
+            yielding: false,
+        }
+    }
+
+    /// The current role.
+    pub fn role(&self) -> &Role {
+        &self.role
+    }
+
+    /// The current epoch.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// What to persist.
+    pub fn persisted(&self) -> Persisted {
+        Persisted {
+            epoch: self.epoch,
+            was_active: self.was_active,
+            peer_generated: self.peer_generated.clone(),
+        }
+    }
+
+    /// Whether the witness answered the last operation.
+    pub fn witness_ok(&self) -> bool {
+        self.witness_ok
+    }
+
+    /// The lease as last seen.
+    pub fn lease(&self) -> Option<&LeaseView> {
+        self.lease.as_ref()
+    }
+
+    /// Whether the peer's heartbeat is fresh at `now`.
+    pub fn sees_peer(&self, now: Millis) -> bool {
+        self.peer
+            .as_ref()
+            .is_some_and(|(at, _)| now.saturating_sub(*at) < self.timing.peer_timeout)
+    }
+
+    fn mutual(&self, now: Millis) -> bool {
+        self.sees_peer(now) && self.peer.as_ref().is_some_and(|(_, hb)| hb.sees_peer)
+    }
+
+    fn holds_lease(&self, now: Millis) -> bool {
+        self.lease
+            .as_ref()
+            .is_some_and(|l| l.holder == self.me && now + self.timing.lease_safety < l.expires_ms)
+    }
+
+    /// The authority to be active right now: quorum with the peer, or the witness lease. The SMTP
+    /// path asks this on every message, so a node frozen and resumed refuses at once.
+    pub fn may_serve(&self, now: Millis) -> bool {
+        self.role == Role::Active && (self.mutual(now) || self.holds_lease(now))
+    }
+
+    /// What this node tells its peer.
+    pub fn heartbeat(&self, now: Millis, last_log_generated: BTreeMap<String, u64>) -> Heartbeat {
+        Heartbeat {
+            node: self.me.clone(),
+            role: self.role.clone(),
+            epoch: self.epoch,
+            was_active: self.was_active,
+            sees_peer: self.sees_peer(now),
+            last_log_generated,
+        }
+    }
+
+    /// The peer's heartbeat arrived.
+    pub fn on_heartbeat(&mut self, now: Millis, hb: Heartbeat) -> Vec<Action> {
+        if hb.role == Role::Active {
+            self.peer_generated = hb.last_log_generated.clone();
+            self.yielding = false;
+            self.superseded = None;
+        }
+        self.peer = Some((now, hb));
+        self.step(now)
+    }
+
+    /// The outcome of an [`Action::AcquireLease`] or a read of the witness: `Some` lease in force,
+    /// or `None` when the witness could not be reached.
+    pub fn on_lease(&mut self, now: Millis, lease: Option<LeaseView>) -> Vec<Action> {
+        self.witness_ok = lease.is_some();
+        if let Some(l) = lease {
+            // The lease keeps the highest epoch ever active and that node's note: a later epoch
+            // than ours tells how far the other node got, and that our own logs may have diverged.
+            if l.epoch > self.epoch {
+                for (sg, n) in &l.generated {
+                    let e = self.peer_generated.entry(sg.clone()).or_insert(0);
+                    *e = (*e).max(*n);
+                }
+                if self.was_active {
+                    self.superseded = Some(l.epoch);
+                }
+            }
+            self.lease = Some(l);
+        }
+        self.step(now)
+    }
+
+    /// The lease was released (the driver did it).
+    pub fn on_released(&mut self) {
+        if self.lease.as_ref().is_some_and(|l| l.holder == self.me) {
+            self.lease = None;
+        }
+    }
+
+    /// The local copy's LastLogCopied per storage group.
+    pub fn on_copied(&mut self, copied: BTreeMap<String, u64>) {
+        self.copied = copied;
+    }
+
+    /// This node's own LastLogGenerated (while active); a change is noted on the witness.
+    pub fn on_generated(&mut self, generated: BTreeMap<String, u64>) {
+        self.generated = generated;
+    }
+
+    /// The generated counts to write into the lease note.
+    pub fn generated(&self) -> &BTreeMap<String, u64> {
+        &self.generated
+    }
+
+    /// A scheduled move away from this (active) node: step down now, release the lease, and do not
+    /// take the role back by preference until the target is active.
+    pub fn move_away(&mut self) -> Vec<Action> {
+        if self.role != Role::Active {
+            return Vec::new();
+        }
+        self.role = Role::Passive;
+        self.was_active = false;
+        self.yielding = true;
+        vec![Action::Demote, Action::ReleaseLease]
+    }
+
+    /// A scheduled move to this (passive) node, after it copied everything: mount losslessly.
+    pub fn take_over(&mut self) -> Vec<Action> {
+        if self.role == Role::Active {
+            return Vec::new();
+        }
+        self.activate(BTreeMap::new())
+    }
+
+    /// The clock advanced.
+    pub fn on_tick(&mut self, now: Millis) -> Vec<Action> {
+        self.step(now)
+    }
+
+    fn activate(&mut self, missing: BTreeMap<String, u64>) -> Vec<Action> {
+        let peer_epoch = self.peer.as_ref().map(|(_, hb)| hb.epoch).unwrap_or(0);
+        let lease_epoch = self.lease.as_ref().map(|l| l.epoch).unwrap_or(0);
+        self.epoch = self.epoch.max(peer_epoch).max(lease_epoch) + 1;
+        self.role = Role::Active;
+        self.was_active = true;
+        vec![
+            Action::Mount {
+                epoch: self.epoch,
+                missing,
+            },
+            Action::AcquireLease(self.epoch),
+        ]
+    }
+
+    /// Whether the peer is gone long enough to fail over. Twice the heartbeat timeout: the peer's
+    /// own view of "we see each other" (the quorum an active without the lease relies on) expires
+    /// one timeout after our last heartbeat reached it, so it has stepped down before we take over.
+    fn peer_lost(&self, now: Millis) -> bool {
+        match &self.peer {
+            Some((at, _)) => now.saturating_sub(*at) >= 2 * self.timing.peer_timeout,
+            // Never heard from it: a node that has never been active waits one timeout for the
+            // peer to show up; the first node of a fresh cluster, or a node that was active, may
+            // try the witness at once (the lease stops it if the peer is alive and active).
+            None => {
+                self.first && self.epoch == 0
+                    || self.was_active
+                    || now.saturating_sub(self.started_ms) >= self.timing.peer_timeout
+            }
+        }
+    }
+
+    fn step(&mut self, now: Millis) -> Vec<Action> {
+        match self.role {
+            Role::Active => self.step_active(now),
+            _ => self.step_standby(now),
+        }
+    }
+
+    fn step_active(&mut self, now: Millis) -> Vec<Action> {
+        if let Some((_, hb)) = &self.peer {
+            if self.sees_peer(now)
+                && hb.role == Role::Active
+                && (hb.epoch, !self.first) > (self.epoch, self.first)
+            {
+                self.role = Role::Passive;
+                self.was_active = false;
+                return vec![Action::Demote];
+            }
+        }
+        if !self.mutual(now) && !self.holds_lease(now) {
+            self.role = Role::Passive;
+            return vec![Action::Demote];
+        }
+        let renew = match &self.lease {
+            Some(l) if l.holder == self.me => {
+                l.expires_ms.saturating_sub(now) < self.timing.renew_before
+                    || l.generated != self.generated
+            }
+            // Someone else's lease: ours is the role by quorum; take it back when it is free.
+            Some(l) => now >= l.expires_ms,
+            None => true,
+        };
+        if renew {
+            vec![Action::AcquireLease(self.epoch)]
+        } else {
+            Vec::new()
+        }
+    }
+
+    fn step_standby(&mut self, now: Millis) -> Vec<Action> {
+        let peer_active = self.sees_peer(now)
+            && self
+                .peer
+                .as_ref()
+                .is_some_and(|(_, hb)| hb.role == Role::Active);
+        if peer_active {
+            // Following an active peer: this node's data is now a copy of the peer's history.
+            self.role = Role::Passive;
+            self.was_active = false;
+            // Let the active node have the witness.
+            return if self.lease.as_ref().is_some_and(|l| l.holder == self.me) {
+                vec![Action::ReleaseLease]
+            } else {
+                Vec::new()
+            };
+        }
+        if self.mutual(now) {
+            // Both up, neither active: the preferred node takes the role, and like any activation
+            // it needs the lease first, so a stale view can never make two actives.
+            if !self.preferred_over_peer() || self.yielding {
+                return Vec::new();
+            }
+            return if self.holds_lease(now) {
+                self.activate(BTreeMap::new())
+            } else {
+                self.try_lease(now, "waiting for the witness lease to take the active role")
+            };
+        }
+        if !self.peer_lost(now) {
+            return Vec::new();
+        }
+        if !self.holds_lease(now) {
+            return self.try_lease(
+                now,
+                "the peer is lost and the witness lease is held by it; waiting",
+            );
+        }
+        if let Some(epoch) = self.superseded {
+            self.dismount(format!(
+                "not mounted: the other node was active after this one (epoch {epoch}); this copy may have diverged, so it waits for the other node"
+            ));
+            return Vec::new();
+        }
+        let missing: BTreeMap<String, u64> = self
+            .peer_generated
+            .iter()
+            .map(|(sg, generated)| {
+                let copied = self.copied.get(sg).copied().unwrap_or(0);
+                (sg.clone(), generated.saturating_sub(copied))
+            })
+            .collect();
+        let worst = missing.values().copied().max().unwrap_or(0);
+        if worst > self.max_lost_logs {
+            let detail: Vec<String> = missing
+                .iter()
+                .filter(|(_, n)| **n > 0)
+                .map(|(sg, n)| format!("{sg} misses {n}"))
+                .collect();
+            self.dismount(format!(
+                "not mounted after failover: {worst} log(s) lost ({}), AutoDatabaseMountDial allows {}",
+                detail.join(", "),
+                self.max_lost_logs
+            ));
+            return Vec::new();
+        }
+        self.activate(missing)
+    }
+
+    /// Asks for the lease when it may be free; otherwise records why this node waits.
+    fn try_lease(&mut self, now: Millis, waiting: &str) -> Vec<Action> {
+        if !self.witness_ok && !self.sees_peer(now) {
+            self.dismount("no quorum: the peer is lost and the witness is unreachable".into());
+            return vec![Action::AcquireLease(self.epoch)];
+        }
+        let free = match &self.lease {
+            None => true,
+            Some(l) => l.holder == self.me || now >= l.expires_ms,
+        };
+        if free || !self.witness_ok {
+            vec![Action::AcquireLease(self.epoch)]
+        } else {
+            if !self.sees_peer(now) {
+                self.dismount(waiting.to_string());
+            }
+            Vec::new()
+        }
+    }
+
+    fn dismount(&mut self, reason: String) {
+        self.role = Role::Dismounted(reason);
+    }
+
+    /// Who should be active when both nodes see each other and neither is: the most recent active
+    /// (epoch, then having been active), then config order.
+    fn preferred_over_peer(&self) -> bool {
+        let Some((_, hb)) = &self.peer else {
+            return false;
+        };
+        (self.epoch, self.was_active, self.first) > (hb.epoch, hb.was_active, !self.first)
+    }
+}
+
+#[cfg(test)]
+mod tests;
