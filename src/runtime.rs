@@ -184,10 +184,11 @@ pub async fn start_node(
         tasks,
         name,
         admin_l,
-        admin::node_router(node),
+        admin::node_router(node.clone()),
         site,
         shutdown,
     );
+    crate::node::driver::spawn(node, shutdown.clone());
     Ok(vec![smtp_e, admin_e])
 }
 

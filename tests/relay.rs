@@ -6,7 +6,7 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{message, smtplib_send, Raw, TestSite};
+use common::{message, smtplib_send, wait_queue_empty, Raw, TestSite};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -93,29 +93,6 @@ fn same_message_id_twice_is_stored_once_and_pipelining_works() {
         "{ids:?}"
     );
     assert_eq!(ids_after.len(), 2, "{ids_after:?}");
-}
-
-fn wait_queue_empty(admin_port: u16) {
-    let start = std::time::Instant::now();
-    loop {
-        let out = Command::new("python3")
-            .args([
-                "-c",
-                "import urllib.request,sys,json;r=urllib.request.Request(sys.argv[1],headers={'Authorization':'Bearer test-token'});print(json.load(urllib.request.urlopen(r))['messages'])",
-                &format!("http://127.0.0.1:{admin_port}/api/queue"),
-            ])
-            .output()
-            .expect("python3");
-        if String::from_utf8_lossy(&out.stdout).trim() == "0" {
-            return;
-        }
-        assert!(
-            start.elapsed() < WAIT,
-            "queue never drained: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 #[test]

@@ -45,8 +45,13 @@ pub struct AdminClient {
 impl AdminClient {
     /// A client sending `token` with every call.
     pub fn new(token: &str) -> AdminClient {
+        Self::with_timeout(token, TIMEOUT)
+    }
+
+    /// A client with its own timeout (heartbeats must fail fast, not stall the cluster driver).
+    pub fn with_timeout(token: &str, timeout: Duration) -> AdminClient {
         let http = reqwest::Client::builder()
-            .timeout(TIMEOUT)
+            .timeout(timeout)
             .no_proxy()
             .build()
             .expect("a client with only a timeout set always builds");

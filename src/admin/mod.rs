@@ -4,6 +4,7 @@
 //! handler runs. Malformed requests get a 400 whose body says what is wrong.
 
 pub mod client;
+pub mod cluster;
 pub mod hub;
 pub mod node;
 
@@ -71,9 +72,20 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// Turns a query/JSON extraction failure into our 400 body.
-pub fn rejection(e: impl std::fmt::Display) -> ApiError {
-    ApiError::bad_request(e.to_string())
+/// Turns a query/JSON extraction failure into our 400 body. axum's own message stops at "Failed to
+/// deserialize the JSON body", so the causes are appended: they name the field or syntax at fault.
+pub fn rejection(e: impl std::error::Error) -> ApiError {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let more = c.to_string();
+        if !text.ends_with(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        cause = c.source();
+    }
+    ApiError::bad_request(text)
 }
 
 #[cfg(test)]

@@ -6,7 +6,9 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::routing::{get, post};
+
+use super::cluster;
 use axum::{Json, Router};
 use chrono::{TimeZone, Utc};
 use serde::{Deserialize, Serialize};
@@ -58,6 +60,14 @@ pub fn node_router(node: Arc<MailboxNode>) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/api/mailbox", get(mailbox))
         .route("/api/mailbox/message", get(message))
+        .route("/api/status", get(cluster::status))
+        .route("/api/outstanding", get(cluster::outstanding))
+        .route("/api/cluster/heartbeat", post(cluster::heartbeat))
+        .route("/api/cluster/move", post(cluster::move_away))
+        .route("/api/cluster/takeover", post(cluster::takeover))
+        .route("/api/logs/:sg", get(cluster::log_status))
+        .route("/api/logs/:sg/:generation", get(cluster::log_file))
+        .route("/api/copy/:sg/:op", post(cluster::copy_op))
         .with_state(node)
 }
 

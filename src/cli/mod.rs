@@ -1,6 +1,7 @@
 //! The command line (SPEC §4): clap definitions and dispatch. Each admin command is a thin client of
 //! the admin API; exit status 0 on success, 1 on a failed check or request, 2 on bad usage or config.
 
+pub mod cluster;
 pub mod mailbox;
 pub mod resubmit;
 pub mod run;
@@ -77,6 +78,26 @@ pub enum Command {
         #[arg(long = "storage-group", value_name = "SG")]
         storage_group: Option<String>,
     },
+    /// Active and passive node, quorum and witness, and per storage group the replication counters.
+    Status {
+        /// Only this clustered mailbox server.
+        #[arg(long, value_name = "CMS")]
+        cms: Option<String>,
+    },
+    /// Test-ReplicationHealth: one line per check, PASS/WARN/FAIL; exit 1 if any FAIL.
+    Health,
+    /// Scheduled, lossless switchover of a clustered mailbox server to its other node.
+    Move {
+        /// The clustered mailbox server.
+        #[arg(long, value_name = "CMS")]
+        cms: String,
+        /// The node to move to (default: the other node).
+        #[arg(long, value_name = "NODE")]
+        target: Option<String>,
+        /// Why, for the logs.
+        #[arg(long, value_name = "TEXT")]
+        comment: Option<String>,
+    },
     /// Ask every hub to redeliver what it delivered for a storage group in a time window.
     Resubmit {
         /// The storage group.
@@ -136,6 +157,13 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
         Command::Stats { storage_group } => {
             stats::run(&site, storage_group.as_deref(), cli.json).await
         }
+        Command::Status { cms } => cluster::status(&site, cms.as_deref(), cli.json).await,
+        Command::Health => cluster::health(&site, cli.json).await,
+        Command::Move {
+            cms,
+            target,
+            comment,
+        } => cluster::move_cms(&site, &cms, target.as_deref(), comment.as_deref(), cli.json).await,
         Command::Resubmit {
             storage_group,
             since,

@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{print_json, Failure};
 use crate::admin::client::AdminClient;
+use crate::admin::cluster::OutstandingView;
 use crate::admin::hub::HubDumpsterStats;
 use crate::config::Site;
 
@@ -66,6 +67,19 @@ pub async fn gather(site: &Site, sgs: &[String]) -> Vec<SgStatistics> {
             answers[i] = Some(stats);
         }
     }
+    let mut outstanding: Vec<(String, OutstandingView)> = Vec::new();
+    for node in site.cms.iter().flat_map(|c| c.nodes.iter()) {
+        if let Ok(list) = client
+            .get::<Vec<(String, OutstandingView)>>(node.admin, "/api/outstanding")
+            .await
+        {
+            for item in list {
+                if !outstanding.contains(&item) {
+                    outstanding.push(item);
+                }
+            }
+        }
+    }
     sgs.iter()
         .map(|sg| {
             let mut stats = SgStatistics {
@@ -89,6 +103,15 @@ pub async fn gather(site: &Site, sgs: &[String]) -> Vec<SgStatistics> {
                     None => stats.dumpster_statistics_not_available.push(hub.clone()),
                 }
             }
+            stats.outstanding_dumpster_requests = outstanding
+                .iter()
+                .filter(|(s, _)| s == sg)
+                .map(|(_, o)| OutstandingRequest {
+                    hub: o.hub.clone(),
+                    low: o.low.clone(),
+                    high: o.high.clone(),
+                })
+                .collect();
             stats
         })
         .collect()

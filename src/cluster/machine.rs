@@ -308,6 +308,15 @@ impl Machine {
         vec![Action::Demote, Action::ReleaseLease]
     }
 
+    /// Whether the peer is seen and says it is active (a passive node copies from it then).
+    pub fn peer_active(&self, now: Millis) -> bool {
+        self.sees_peer(now)
+            && self
+                .peer
+                .as_ref()
+                .is_some_and(|(_, hb)| hb.role == Role::Active)
+    }
+
     /// A scheduled move to this (passive) node, after it copied everything: mount losslessly.
     pub fn take_over(&mut self) -> Vec<Action> {
         if self.role == Role::Active {

@@ -1,28 +1,42 @@
 //! The mailbox node role: one of the two nodes of a clustered mailbox server.
 //!
-//! The active node accepts deliveries from hubs. Each message is appended to its storage group's
-//! transaction log, the log is fsynced (one fsync for every message that arrived meanwhile), the
-//! records are applied to the mailbox store, and only then does the hub get its 250. A message whose
-//! Message-ID a mailbox already holds is acknowledged and dropped, so redelivery — after a hub crash,
-//! or a dumpster resubmission — never doubles mail. Until failover exists, the first node of a CMS is
-//! active and the other answers 451 4.3.2.
+//! While active, the node accepts deliveries from hubs: each message is appended to its storage
+//! group's transaction log, the log is fsynced (one fsync for every message that arrived meanwhile),
+//! the records are applied to the mailbox store, and only then does the hub get its 250. A message
+//! whose Message-ID a mailbox already holds is acknowledged and dropped, so redelivery — after a hub
+//! crash, or a dumpster resubmission — never doubles mail.
+//!
+//! While passive, it pulls the active node's closed log generations ([`replication`]), verifies and
+//! replays them. The [`driver`] feeds the cluster state machine (`crate::cluster::machine`) and carries
+//! out its decisions: mounting (after a lossy failover, asking every hub to resubmit — [`outstanding`])
+//! and demoting.
 
+pub mod driver;
 pub mod inbound;
+pub mod outstanding;
+pub mod replication;
+pub mod state;
 pub mod writer;
 
-use std::collections::HashMap;
-use std::path::Path;
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use store::mailbox::{MailboxError, MailboxStore};
 use store::txlog::{LogPosition, TxLog, TxLogError};
-use tracing::info;
+use tracing::{info, warn};
 
-use crate::config::Site;
+use crate::admin::client::AdminClient;
+use crate::cluster::machine::{Machine, Role, Timing};
+use crate::cluster::witness::Witness;
+use crate::config::{Node, Site};
+use crate::runtime::now_ms;
+use replication::CopyState;
+use state::{EpochStart, NodeState, StateError};
 use writer::SgWriter;
 
-/// Why a node could not start or serve.
+/// Why a node could not start or change role.
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
     /// The mailbox store failed.
@@ -31,6 +45,17 @@ pub enum NodeError {
     /// A transaction log failed.
     #[error(transparent)]
     Log(#[from] TxLogError),
+    /// The state file failed.
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// The witness directory could not be prepared.
+    #[error("witness directory {path}: {reason}")]
+    Witness {
+        /// The directory.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
 }
 
 /// One running mailbox node.
@@ -45,58 +70,262 @@ pub struct MailboxNode {
     pub hostname: String,
     /// The mailboxes (its copy of every storage group of the CMS).
     pub store: Arc<MailboxStore>,
-    writers: HashMap<String, SgWriter>,
-    active: AtomicBool,
+    /// The other node of the CMS.
+    pub peer: Node,
+    /// The file share witness.
+    pub witness: Witness,
+    /// Cluster timings.
+    pub timing: Timing,
+    /// Admin API client (log shipping, resubmission requests, moves).
+    pub client: AdminClient,
+    /// Admin API client for heartbeats, with a timeout shorter than the heartbeat period.
+    heartbeats: AdminClient,
+    /// Admin API client for a scheduled move's takeover call (the target copies, then mounts).
+    moves: AdminClient,
+    dir: PathBuf,
+    machine: Mutex<Machine>,
+    writers: Mutex<Option<HashMap<String, SgWriter>>>,
+    copies: Mutex<BTreeMap<String, CopyState>>,
+    state: Mutex<NodeState>,
+    /// A scheduled move is under way: refuse deliveries.
+    moving: AtomicBool,
+    /// Serializes the execution of cluster actions.
+    exec: tokio::sync::Mutex<()>,
 }
 
 impl MailboxNode {
-    /// Opens the node's store and logs under `dir`, replaying any logged record the store had not
-    /// applied yet (a crash between fsync and apply loses nothing).
+    /// Opens the node's store and state under `dir`; it starts passive and the driver earns it a role.
     pub fn open(
         site: Arc<Site>,
         name: &str,
         cms: usize,
         dir: &Path,
     ) -> Result<Arc<MailboxNode>, NodeError> {
+        std::fs::create_dir_all(dir).map_err(|e| StateError {
+            path: dir.to_path_buf(),
+            reason: e.to_string(),
+        })?;
         let store = Arc::new(MailboxStore::open(&dir.join("store"))?);
         let c = &site.cms[cms];
-        let mut writers = HashMap::new();
-        for sg in &c.storage_groups {
-            let mut log = TxLog::open(&dir.join("logs").join(&sg.name), &sg.name, c.log_file_size)?;
-            let replayed = replay(&store, &sg.name, &mut log)?;
-            if replayed > 0 {
-                info!(node = name, storage_group = %sg.name, records = replayed, "replayed logged records");
-            }
-            writers.insert(
-                sg.name.clone(),
-                SgWriter::start(sg.name.clone(), log, store.clone()),
-            );
-        }
-        let active = c.nodes.first().is_some_and(|n| n.name == name);
-        Ok(Arc::new(MailboxNode {
+        let state = NodeState::load(dir)?;
+        let witness_dir = match dir.parent() {
+            Some(data) if c.witness.is_relative() => data.join(&c.witness),
+            _ => c.witness.clone(),
+        };
+        // Provisioning the share is part of setting the CMS up; once running, a missing directory
+        // means the witness is unavailable and is reported as such.
+        std::fs::create_dir_all(&witness_dir).map_err(|e| NodeError::Witness {
+            path: witness_dir.clone(),
+            reason: e.to_string(),
+        })?;
+        let first = c.nodes.first().is_some_and(|n| n.name == name);
+        let peer = c
+            .nodes
+            .iter()
+            .find(|n| n.name != name)
+            .cloned()
+            .expect("config validation guarantees two nodes per CMS");
+        let timing = Timing::default();
+        let machine = Machine::new(
+            name,
+            first,
+            state.cluster.clone(),
+            timing,
+            c.auto_database_mount_dial.max_lost_logs(),
+            now_ms(),
+        );
+        let node = Arc::new(MailboxNode {
             name: name.to_string(),
             hostname: format!("{name}.{}", c.name),
             site: site.clone(),
             cms,
             store,
-            writers,
-            active: AtomicBool::new(active),
-        }))
+            peer,
+            witness: Witness::new(&witness_dir, name),
+            timing,
+            client: AdminClient::new(&site.admin_token),
+            heartbeats: AdminClient::with_timeout(
+                &site.admin_token,
+                std::time::Duration::from_millis(400),
+            ),
+            moves: AdminClient::with_timeout(&site.admin_token, std::time::Duration::from_secs(40)),
+            dir: dir.to_path_buf(),
+            machine: Mutex::new(machine),
+            writers: Mutex::new(None),
+            copies: Mutex::new(BTreeMap::new()),
+            state: Mutex::new(state),
+            moving: AtomicBool::new(false),
+            exec: tokio::sync::Mutex::new(()),
+        });
+        node.open_copies()?;
+        Ok(node)
     }
 
-    /// True while this node holds the CMS's databases.
+    /// The storage groups of this node's CMS.
+    pub fn storage_groups(&self) -> Vec<String> {
+        self.site.cms[self.cms]
+            .storage_groups
+            .iter()
+            .map(|s| s.name.clone())
+            .collect()
+    }
+
+    fn log_dir(&self, sg: &str) -> PathBuf {
+        self.dir.join("logs").join(sg)
+    }
+
+    /// The cluster machine (held briefly).
+    pub fn machine(&self) -> MutexGuard<'_, Machine> {
+        self.machine.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The persisted state (held briefly).
+    pub fn state(&self) -> MutexGuard<'_, NodeState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The copies (held briefly, never across an await).
+    pub fn copies(&self) -> MutexGuard<'_, BTreeMap<String, CopyState>> {
+        self.copies.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Saves the state with the machine's persisted part.
+    pub fn persist(&self) -> Result<(), StateError> {
+        let cluster = self.machine().persisted();
+        let mut st = self.state();
+        st.cluster = cluster;
+        st.save(&self.dir)
+    }
+
+    /// True while this node may take deliveries: active with quorum, databases mounted, no move.
     pub fn is_active(&self) -> bool {
-        self.active.load(Ordering::SeqCst)
+        !self.moving.load(Ordering::SeqCst)
+            && self.machine().may_serve(now_ms())
+            && self
+                .writers
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .is_some()
     }
 
-    /// The writer of storage group `sg`.
-    pub fn writer(&self, sg: &str) -> Option<&SgWriter> {
-        self.writers.get(sg)
+    /// The writer of storage group `sg` while mounted.
+    pub fn writer(&self, sg: &str) -> Option<SgWriter> {
+        self.writers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .and_then(|w| w.get(sg).cloned())
+    }
+
+    /// LastLogGenerated per storage group while mounted (empty otherwise).
+    pub fn generated(&self) -> BTreeMap<String, u64> {
+        let writers = self.writers.lock().unwrap_or_else(|p| p.into_inner());
+        writers
+            .as_ref()
+            .map(|w| {
+                w.iter()
+                    .map(|(sg, wr)| (sg.clone(), wr.log().last_generated()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Marks a scheduled move under way (deliveries get 451 meanwhile).
+    pub fn set_moving(&self, moving: bool) {
+        self.moving.store(moving, Ordering::SeqCst);
+    }
+
+    /// Opens a copy per storage group (the passive side), from the logs on disk.
+    fn open_copies(&self) -> Result<(), NodeError> {
+        let mut copies = self.copies();
+        copies.clear();
+        for sg in self.storage_groups() {
+            let copy = store::txlog::LogCopy::open(&self.log_dir(&sg), &sg)?;
+            copies.insert(sg, CopyState::new(copy));
+        }
+        Ok(())
+    }
+
+    /// Mounts the databases as active at `epoch`: the copies become logs to write, every copied
+    /// record is replayed, and a lossy mount asks every hub of the site to resubmit.
+    pub fn mount(&self, epoch: u64, missing: &BTreeMap<String, u64>) -> Result<(), NodeError> {
+        let c = &self.site.cms[self.cms];
+        let mut copies = std::mem::take(&mut *self.copies());
+        let mut writers = HashMap::new();
+        let mut starts = BTreeMap::new();
+        let mut lossy_from = BTreeMap::new();
+        for sg in self.storage_groups() {
+            if let Some(cs) = copies.remove(&sg) {
+                replication::replay_all(&self.store, &sg, &cs.copy)?;
+            }
+            let mut log = TxLog::open(&self.log_dir(&sg), &sg, c.log_file_size)?;
+            replay_own(&self.store, &sg, &log)?;
+            log.sync()?;
+            starts.insert(sg.clone(), log.current_generation());
+            if missing.get(&sg).copied().unwrap_or(0) > 0 {
+                let newest = self.store.checkpoint(&sg)?.map(|(_, t)| t).unwrap_or(0);
+                lossy_from.insert(sg.clone(), newest);
+            }
+            writers.insert(sg.clone(), SgWriter::start(sg, log, self.store.clone()));
+        }
+        {
+            let mut st = self.state();
+            st.epochs.push(EpochStart { epoch, starts });
+            for sg in self.storage_groups() {
+                st.copied_epoch.insert(sg, epoch);
+            }
+            if !lossy_from.is_empty() {
+                outstanding::request_all(
+                    &self.site,
+                    &mut st,
+                    &c.name,
+                    epoch,
+                    &lossy_from,
+                    now_ms(),
+                );
+            }
+        }
+        *self.writers.lock().unwrap_or_else(|p| p.into_inner()) = Some(writers);
+        self.persist()?;
+        if lossy_from.is_empty() {
+            info!(node = %self.name, epoch, "databases mounted");
+        } else {
+            warn!(node = %self.name, epoch, missing = ?missing, "databases mounted after a lossy failover; asking every hub to resubmit");
+        }
+        Ok(())
+    }
+
+    /// Dismounts: stops the writers and becomes a copy of the other node.
+    pub fn demote(&self) -> Result<(), NodeError> {
+        let writers = self
+            .writers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if writers.is_some() {
+            info!(node = %self.name, "databases dismounted; copying from the other node");
+        }
+        // Dropping the handles ends the writer threads once their batch is done; each holds the log
+        // until then, so reopen the directories as copies after they let go.
+        if let Some(w) = writers {
+            for (_, wr) in w {
+                drop(wr.log());
+            }
+        }
+        self.open_copies()?;
+        self.persist()?;
+        Ok(())
+    }
+
+    /// The role as the machine sees it, for status.
+    pub fn role(&self) -> Role {
+        self.machine().role().clone()
     }
 }
 
-/// Applies every logged record after the store's checkpoint; returns how many were applied.
-fn replay(store: &MailboxStore, sg: &str, log: &mut TxLog) -> Result<usize, NodeError> {
+/// Applies records of this node's own log that the store had not applied yet (a crash between
+/// fsync and apply loses nothing).
+fn replay_own(store: &MailboxStore, sg: &str, log: &TxLog) -> Result<usize, NodeError> {
     let checkpoint = store.checkpoint(sg)?.map(|(pos, _)| pos);
     let first = checkpoint.map(|p| p.generation).unwrap_or(1).max(1);
     let mut applied = 0;

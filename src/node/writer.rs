@@ -1,10 +1,11 @@
-//! The single writer of one storage group's transaction log.
+//! The single writer of one storage group's transaction log while the node is active.
 //!
-//! One thread per storage group owns the log file, so appends need no lock and a batch of messages
-//! from many SMTP sessions shares one fsync (group commit). The thread applies the batch to the
-//! mailbox store after the fsync and answers every waiting session.
+//! One thread per storage group appends, so a batch of messages from many SMTP sessions shares one
+//! fsync (group commit); the thread applies the batch to the mailbox store after the fsync and
+//! answers every waiting session. The log sits behind a mutex so the admin API can ship closed
+//! generations and a scheduled move can roll the open one.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use store::mailbox::MailboxStore;
 use store::txlog::{LogRecord, TxLog};
@@ -16,20 +17,24 @@ const MAX_BATCH: usize = 512;
 
 type Done = oneshot::Sender<Result<usize, String>>;
 
-/// Handle to a storage group's writer thread.
+/// Handle to a storage group's writer thread; clones share it.
+#[derive(Clone)]
 pub struct SgWriter {
     tx: mpsc::UnboundedSender<(LogRecord, Done)>,
+    log: Arc<Mutex<TxLog>>,
 }
 
 impl SgWriter {
-    /// Starts the writer thread for `sg`, which owns `log`.
+    /// Starts the writer thread for `sg`, which owns `log`. The thread ends when every handle is dropped.
     pub fn start(sg: String, log: TxLog, store: Arc<MailboxStore>) -> SgWriter {
         let (tx, rx) = mpsc::unbounded_channel();
+        let log = Arc::new(Mutex::new(log));
+        let shared = log.clone();
         std::thread::Builder::new()
             .name(format!("txlog-{sg}"))
-            .spawn(move || write_loop(&sg, log, &store, rx))
+            .spawn(move || write_loop(&sg, &shared, &store, rx))
             .expect("spawning a thread only fails when the process is out of resources");
-        SgWriter { tx }
+        SgWriter { tx, log }
     }
 
     /// Logs `rec` durably and applies it; returns how many mailbox copies were added (0: all
@@ -42,11 +47,16 @@ impl SgWriter {
         wait.await
             .map_err(|_| "the log writer has stopped".to_string())?
     }
+
+    /// The log, for shipping and rolling (held only briefly: the writer waits meanwhile).
+    pub fn log(&self) -> MutexGuard<'_, TxLog> {
+        self.log.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 fn write_loop(
     sg: &str,
-    mut log: TxLog,
+    log: &Mutex<TxLog>,
     store: &MailboxStore,
     mut rx: mpsc::UnboundedReceiver<(LogRecord, Done)>,
 ) {
@@ -58,7 +68,10 @@ fn write_loop(
                 Err(_) => break,
             }
         }
-        let result = write_batch(sg, &mut log, store, &batch);
+        let result = {
+            let mut log = log.lock().unwrap_or_else(|p| p.into_inner());
+            write_batch(sg, &mut log, store, &batch)
+        };
         if let Err(e) = &result {
             error!(storage_group = sg, error = %e, "transaction log write failed; deliveries refused with 451");
         }

@@ -16,6 +16,7 @@ mod tx;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicUsize;
 use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
@@ -270,17 +271,7 @@ impl HubStore {
     /// Opens (or creates) the hub's store under `path` (a directory). Errors clearly if it is
     /// locked by another process.
     pub fn open(path: &Path) -> Result<HubStore, HubStoreError> {
-        let db = sled::Config::new().path(path).open().map_err(|e| {
-            // sled 0.34 reports a held file lock only as this io::Error text (ErrorKind::Other).
-            if e.to_string().contains("could not acquire lock") {
-                HubStoreError::Locked {
-                    path: path.to_path_buf(),
-                    source: e,
-                }
-            } else {
-                HubStoreError::Sled(e)
-            }
-        })?;
+        let db = open_db(path)?;
         let trees = tx::Trees::open(&db)?;
         let queue_len = AtomicUsize::new(trees.queue.len());
         Ok(HubStore {
@@ -293,6 +284,11 @@ impl HubStore {
 
     /// fsyncs everything written so far. The caller does group commit around this (many writers,
     /// one flush); it may be called from several threads at once.
+    ///
+    /// Call it regularly even when nothing waits for durability: sled 0.34 reclaims log space
+    /// only for flushed writes, so a long unflushed run of transactions grows the files by
+    /// hundreds of MB per minute, and under that backlog sled's IO threads have been seen to
+    /// deadlock (upstream fix spacejam/sled#1269 is in no 0.34 release).
     pub fn flush(&self) -> Result<(), HubStoreError> {
         self.db.flush()?;
         Ok(())
@@ -308,6 +304,33 @@ impl HubStore {
     /// the same id twice, even across crashes, and no transaction has to serialise on a counter.
     fn next_id(&self) -> Result<u64, HubStoreError> {
         Ok(self.db.generate_id()?)
+    }
+}
+
+/// How long `open` retries a held lock. sled releases its file lock when its last background
+/// task lets go of the file, a few milliseconds after the previous handle in this process was
+/// dropped (measured: up to ~25 ms), so an in-process reopen would otherwise fail now and then.
+/// A lock held by another process is still reported, this much later.
+const LOCK_WAIT: Duration = Duration::from_secs(1);
+const LOCK_RETRY: Duration = Duration::from_millis(10);
+
+fn open_db(path: &Path) -> Result<sled::Db, HubStoreError> {
+    let deadline = Instant::now() + LOCK_WAIT;
+    loop {
+        match sled::Config::new().path(path).open() {
+            Ok(db) => return Ok(db),
+            // sled 0.34 reports a held file lock only as this io::Error text (ErrorKind::Other).
+            Err(e) if e.to_string().contains("could not acquire lock") => {
+                if Instant::now() >= deadline {
+                    return Err(HubStoreError::Locked {
+                        path: path.to_path_buf(),
+                        source: e,
+                    });
+                }
+                std::thread::sleep(LOCK_RETRY);
+            }
+            Err(e) => return Err(e.into()),
+        }
     }
 }
 

@@ -1,6 +1,6 @@
 //! Helpers for black-box tests: a site file on free 127.0.0.1 ports, `hubrelay` processes that are
-//! waited for by their `ready` line (never by sleeping), CLI calls, and a Python smtplib client (a
-//! client this project did not write).
+//! waited for by their `ready` line (never by sleeping), CLI calls, admin API calls over HTTP, and a
+//! Python smtplib client (a client this project did not write).
 
 #![allow(dead_code)]
 
@@ -12,6 +12,9 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+
+/// The admin token of every test site.
+pub const TOKEN: &str = "test-token";
 
 /// The binary under test.
 pub fn bin() -> &'static str {
@@ -332,6 +335,60 @@ with smtplib.SMTP("127.0.0.1", port, timeout=20) as s:
     (out.status.code().unwrap_or(-1), text)
 }
 
+/// One long-lived Python smtplib client for tests that send many messages: the interpreter starts
+/// once, and each message is one SMTP session of its own, as with [`smtplib_send`].
+pub struct Smtplib {
+    child: Child,
+    replies: BufReader<std::process::ChildStdout>,
+}
+
+impl Smtplib {
+    /// Starts the interpreter; it serves one message per [`Smtplib::send`] until dropped.
+    pub fn start() -> Smtplib {
+        let script = r#"
+import smtplib, sys, json
+for line in sys.stdin:
+    req = json.loads(line)
+    try:
+        with smtplib.SMTP("127.0.0.1", req["port"], timeout=20) as s:
+            s.ehlo("client.test")
+            refused = s.sendmail(req["from"], req["to"], req["msg"].encode())
+        print("refused", json.dumps(refused), flush=True)
+    except Exception as e:
+        print("error", repr(e).replace("\n", " "), flush=True)
+"#;
+        let mut child = Command::new("python3")
+            .arg("-c")
+            .arg(script)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3 must be installed for the tests");
+        let replies = BufReader::new(child.stdout.take().expect("stdout"));
+        Smtplib { child, replies }
+    }
+
+    /// Sends one message; returns the client's one-line outcome (`refused {...}` or `error ...`).
+    pub fn send(&mut self, port: u16, from: &str, to: &[&str], message: &str) -> String {
+        let req = serde_json::json!({"port": port, "from": from, "to": to, "msg": message});
+        let stdin = self.child.stdin.as_mut().expect("stdin");
+        writeln!(stdin, "{req}").expect("write to python3");
+        stdin.flush().expect("flush to python3");
+        let mut line = String::new();
+        self.replies
+            .read_line(&mut line)
+            .expect("read from python3");
+        line
+    }
+}
+
+impl Drop for Smtplib {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// A raw SMTP connection for dialogs smtplib cannot express (pipelining, smuggling, limits).
 pub struct Raw {
     stream: TcpStream,
@@ -400,4 +457,86 @@ pub fn message(message_id: Option<&str>, subject: &str) -> String {
         .map(|m| format!("Message-ID: {m}\r\n"))
         .unwrap_or_default();
     format!("From: bob@example.test\r\nTo: alice@example.test\r\nSubject: {subject}\r\n{mid}\r\nHello from {subject}.\r\n")
+}
+
+/// One HTTP call to an admin API on 127.0.0.1: `method path`, with `Authorization: Bearer token`
+/// when given and `body` as JSON when given. Returns the status and the body text.
+pub fn api(
+    port: u16,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> (u16, String) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    runtime.block_on(async {
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .expect("http client");
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("HTTP method");
+        let mut req = client.request(method, format!("http://127.0.0.1:{port}{path}"));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req
+                .header("content-type", "application/json")
+                .body(b.to_string());
+        }
+        let resp = req
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{path} on port {port}: {e}"));
+        let status = resp.status().as_u16();
+        let text = resp.text().await.expect("response body");
+        (status, text)
+    })
+}
+
+/// An authenticated admin call that must answer 200 with JSON; returns the document.
+pub fn api_json(port: u16, method: &str, path: &str, body: Option<&str>) -> Value {
+    let (status, text) = api(port, method, path, Some(TOKEN), body);
+    assert_eq!(status, 200, "{method} {path}: {text}");
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{method} {path}: {e}: {text}"))
+}
+
+/// Polls `probe` until it returns `Some`, panicking with `what` after `limit`.
+pub fn wait_for<T>(limit: Duration, what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = probe() {
+            return v;
+        }
+        assert!(start.elapsed() < limit, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Waits until a hub's delivery queue (`GET /api/queue`) is empty.
+pub fn wait_queue_empty(admin_port: u16) {
+    wait_for(
+        Duration::from_secs(20),
+        &format!("the queue of the hub on admin port {admin_port} to drain"),
+        || {
+            let v = api_json(admin_port, "GET", "/api/queue", None);
+            (v["messages"].as_u64() == Some(0)).then_some(())
+        },
+    )
+}
+
+/// The value of a hub's `/metrics` sample `name` (a series with only the `hub` label).
+pub fn metric(admin_port: u16, name: &str) -> u64 {
+    let (status, text) = api(admin_port, "GET", "/metrics", Some(TOKEN), None);
+    assert_eq!(status, 200, "{text}");
+    let prefix = format!("{name}{{hub=");
+    text.lines()
+        .find(|l| l.starts_with(&prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no sample {name} in:\n{text}"))
 }

@@ -48,7 +48,8 @@ impl HubStore {
     /// `next_attempt_ms = now_ms`; `expires_ms` as given), advancing the cursor and message
     /// count in the same transaction, and marks the request done when the window is exhausted.
     /// A crash between batches resumes at the cursor and never queues an entry twice.
-    /// Entries that expired meanwhile are skipped. A done request queues nothing.
+    /// Entries that expired or were evicted meanwhile are skipped. A done request queues nothing;
+    /// a `batch` of 0 is taken as 1 so every call makes progress.
     pub fn resubmit_step(
         &self,
         id: &str,

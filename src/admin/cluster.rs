@@ -1,0 +1,345 @@
+//! A mailbox node's cluster routes: heartbeats, log shipping, copy status and control, scheduled
+//! moves, and the outstanding dumpster requests.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, State};
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::Json;
+use serde::{Deserialize, Serialize};
+
+use super::node::rfc3339;
+use super::{rejection, ApiError};
+use crate::cluster::machine::{Heartbeat, Role};
+use crate::node::outstanding::Takeover;
+use crate::node::replication::{LogStatus, SummaryCopyStatus};
+use crate::node::MailboxNode;
+use crate::runtime::now_ms;
+
+/// One storage group's replication counters (Get-StorageGroupCopyStatus).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SgCopyStatus {
+    /// The storage group.
+    pub name: String,
+    /// LastLogGenerated (the active's).
+    pub last_log_generated: u64,
+    /// LastLogCopied (this copy's; null on the active).
+    pub last_log_copied: Option<u64>,
+    /// LastLogReplayed (this copy's; null on the active).
+    pub last_log_replayed: Option<u64>,
+    /// CopyQueueLength = generated − copied.
+    pub copy_queue_length: Option<u64>,
+    /// ReplayQueueLength = copied − replayed.
+    pub replay_queue_length: Option<u64>,
+    /// SummaryCopyStatus of this copy (null on the active).
+    pub summary_copy_status: Option<SummaryCopyStatus>,
+    /// Why the copy failed, if it did.
+    pub error: Option<String>,
+    /// Hub receive-time horizon: the newest record replayed here (RFC 3339).
+    pub newest_replayed: Option<String>,
+}
+
+/// A node's view of its CMS (`GET /api/status`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeStatus {
+    /// The node.
+    pub node: String,
+    /// Its CMS.
+    pub cms: String,
+    /// "Active", "Passive" or "Dismounted".
+    pub role: String,
+    /// Why it is dismounted.
+    pub reason: Option<String>,
+    /// Whether it takes deliveries now.
+    pub mounted: bool,
+    /// Its epoch.
+    pub epoch: u64,
+    /// Whether it sees the other node.
+    pub sees_peer: bool,
+    /// Whether the witness answered its last operation.
+    pub witness_ok: bool,
+    /// Who holds the witness lease, as last seen.
+    pub lease_holder: Option<String>,
+    /// Per storage group counters.
+    pub storage_groups: Vec<SgCopyStatus>,
+}
+
+/// One outstanding dumpster request (`GET /api/outstanding`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct OutstandingView {
+    /// The hub that has not answered.
+    pub hub: String,
+    /// The storage group.
+    pub storage_group: String,
+    /// Window start.
+    pub low: String,
+    /// Window end.
+    pub high: String,
+}
+
+/// Answers the peer's heartbeat with ours, after feeding it to the state machine.
+pub async fn heartbeat(
+    State(node): State<Arc<MailboxNode>>,
+    body: Result<Json<Heartbeat>, JsonRejection>,
+) -> Result<Json<Heartbeat>, ApiError> {
+    let Json(hb) = body.map_err(rejection)?;
+    if hb.node != node.peer.name {
+        return Err(ApiError::bad_request(format!(
+            "`{}` is not the other node of this CMS",
+            hb.node
+        )));
+    }
+    node.on_peer_heartbeat(hb).await;
+    Ok(Json(node.own_heartbeat()))
+}
+
+/// The node's status.
+pub async fn status(State(node): State<Arc<MailboxNode>>) -> Json<NodeStatus> {
+    Json(node_status(&node))
+}
+
+fn node_status(node: &MailboxNode) -> NodeStatus {
+    let now = now_ms();
+    let (role, reason, epoch, sees_peer, witness_ok, lease_holder) = {
+        let m = node.machine();
+        let (role, reason) = match m.role() {
+            Role::Active => ("Active", None),
+            Role::Passive => ("Passive", None),
+            Role::Dismounted(r) => ("Dismounted", Some(r.clone())),
+        };
+        (
+            role,
+            reason,
+            m.epoch(),
+            m.sees_peer(now),
+            m.witness_ok(),
+            m.lease().map(|l| l.holder.clone()),
+        )
+    };
+    let generated = node.generated();
+    let copies = node.copies();
+    let storage_groups = node
+        .storage_groups()
+        .into_iter()
+        .map(|sg| {
+            let checkpoint = node.store.checkpoint(&sg).ok().flatten();
+            let replayed = checkpoint.map(|(p, _)| p.generation).unwrap_or(0);
+            let newest_replayed = checkpoint.map(|(_, t)| rfc3339(t));
+            match copies.get(&sg) {
+                Some(c) => {
+                    let copied = c.copy.last_copied();
+                    let gen = c.remote_generated.max(copied);
+                    SgCopyStatus {
+                        name: sg,
+                        last_log_generated: gen,
+                        last_log_copied: Some(copied),
+                        last_log_replayed: Some(replayed.min(copied)),
+                        copy_queue_length: Some(gen - copied),
+                        replay_queue_length: Some(copied - replayed.min(copied)),
+                        summary_copy_status: Some(c.status),
+                        error: c.error.clone(),
+                        newest_replayed,
+                    }
+                }
+                None => SgCopyStatus {
+                    last_log_generated: generated.get(&sg).copied().unwrap_or(0),
+                    name: sg,
+                    last_log_copied: None,
+                    last_log_replayed: None,
+                    copy_queue_length: None,
+                    replay_queue_length: None,
+                    summary_copy_status: None,
+                    error: None,
+                    newest_replayed,
+                },
+            }
+        })
+        .collect();
+    NodeStatus {
+        node: node.name.clone(),
+        cms: node.site.cms[node.cms].name.clone(),
+        role: role.to_string(),
+        reason,
+        mounted: node.is_active(),
+        epoch,
+        sees_peer,
+        witness_ok,
+        lease_holder,
+        storage_groups,
+    }
+}
+
+/// Dumpster requests this node is still waiting on.
+pub async fn outstanding(
+    State(node): State<Arc<MailboxNode>>,
+) -> Json<Vec<(String, OutstandingView)>> {
+    let list = node
+        .state()
+        .outstanding
+        .iter()
+        .map(|o| {
+            (
+                o.storage_group.clone(),
+                OutstandingView {
+                    hub: o.hub.clone(),
+                    storage_group: o.storage_group.clone(),
+                    low: rfc3339(o.low_ms),
+                    high: rfc3339(o.high_ms),
+                },
+            )
+        })
+        .collect();
+    Json(list)
+}
+
+fn known_sg(node: &MailboxNode, sg: &str) -> Result<(), ApiError> {
+    if node.storage_groups().iter().any(|s| s == sg) {
+        Ok(())
+    } else {
+        Err(ApiError(
+            StatusCode::NOT_FOUND,
+            format!("no storage group `{sg}` on this CMS"),
+        ))
+    }
+}
+
+/// What can be copied of a storage group's log (active node only).
+pub async fn log_status(
+    State(node): State<Arc<MailboxNode>>,
+    Path(sg): Path<String>,
+) -> Result<Json<LogStatus>, ApiError> {
+    known_sg(&node, &sg)?;
+    let Some(w) = node.writer(&sg) else {
+        return Err(ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("{} is not active", node.name),
+        ));
+    };
+    let (last_generated, last_closed) = {
+        let log = w.log();
+        (log.last_generated(), log.last_closed())
+    };
+    let st = node.state();
+    Ok(Json(LogStatus {
+        epoch: node.machine().epoch(),
+        epochs: st.epochs.clone(),
+        last_generated,
+        last_closed,
+    }))
+}
+
+/// A closed log generation, raw (active node only).
+pub async fn log_file(
+    State(node): State<Arc<MailboxNode>>,
+    Path((sg, generation)): Path<(String, u64)>,
+) -> Result<impl IntoResponse, ApiError> {
+    known_sg(&node, &sg)?;
+    let Some(w) = node.writer(&sg) else {
+        return Err(ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("{} is not active", node.name),
+        ));
+    };
+    let bytes = w
+        .log()
+        .read_closed(generation)
+        .map_err(|e| ApiError(StatusCode::NOT_FOUND, e.to_string()))?;
+    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes))
+}
+
+/// Body of `POST /api/cluster/move`.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MoveBody {
+    /// The target node (the other node; checked).
+    pub target: Option<String>,
+    /// Why, for the log.
+    pub comment: Option<String>,
+}
+
+/// Answer of a scheduled move.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct MoveResult {
+    /// The node that was active.
+    pub from: String,
+    /// The node that is active now.
+    pub to: String,
+    /// Generations closed and shipped, per storage group.
+    pub last_closed: BTreeMap<String, u64>,
+    /// How long it took.
+    pub millis: u64,
+}
+
+/// Scheduled move away from this (active) node.
+pub async fn move_away(
+    State(node): State<Arc<MailboxNode>>,
+    body: Result<Json<MoveBody>, JsonRejection>,
+) -> Result<Json<MoveResult>, ApiError> {
+    let Json(b) = body.map_err(rejection)?;
+    if let Some(t) = &b.target {
+        if *t != node.peer.name {
+            return Err(ApiError::bad_request(format!(
+                "`{t}` is not the other node of this CMS (it is {})",
+                node.peer.name
+            )));
+        }
+    }
+    let started = now_ms();
+    tracing::info!(node = %node.name, comment = b.comment.as_deref().unwrap_or(""), "scheduled move requested");
+    let last_closed = node
+        .move_to_peer()
+        .await
+        .map_err(|e| ApiError(StatusCode::CONFLICT, e))?;
+    Ok(Json(MoveResult {
+        from: node.name.clone(),
+        to: node.peer.name.clone(),
+        last_closed,
+        millis: now_ms() - started,
+    }))
+}
+
+/// The target side of a scheduled move.
+pub async fn takeover(
+    State(node): State<Arc<MailboxNode>>,
+    body: Result<Json<Takeover>, JsonRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let Json(t) = body.map_err(rejection)?;
+    node.take_over(&t.last_closed)
+        .await
+        .map_err(|e| ApiError(StatusCode::CONFLICT, e))?;
+    Ok(Json(serde_json::json!({"node": node.name, "active": true})))
+}
+
+/// Suspend, resume or reseed a copy.
+pub async fn copy_op(
+    State(node): State<Arc<MailboxNode>>,
+    Path((sg, op)): Path<(String, String)>,
+) -> Result<Json<NodeStatus>, ApiError> {
+    known_sg(&node, &sg)?;
+    match op.as_str() {
+        "suspend" => {
+            node.suspend(&sg, true);
+        }
+        "resume" => {
+            node.suspend(&sg, false);
+        }
+        "reseed" => {
+            node.reseed(&sg).map_err(ApiError::internal)?;
+        }
+        other => {
+            return Err(ApiError::bad_request(format!(
+                "unknown copy operation `{other}` (suspend, resume, reseed)"
+            )))
+        }
+    }
+    if node.copies().get(&sg).is_none() {
+        return Err(ApiError(
+            StatusCode::CONFLICT,
+            format!("{} is active: it has no copy to {op}", node.name),
+        ));
+    }
+    Ok(Json(node_status(&node)))
+}

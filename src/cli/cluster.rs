@@ -1,0 +1,357 @@
+//! `hubrelay status`, `health` and `move`: the clustered mailbox server commands
+//! (Get-ClusteredMailboxServerStatus + Get-StorageGroupCopyStatus, Test-ReplicationHealth,
+//! Move-ClusteredMailboxServer).
+
+use serde::{Deserialize, Serialize};
+
+use super::{print_json, Failure};
+use crate::admin::client::AdminClient;
+use crate::admin::cluster::{MoveBody, MoveResult, NodeStatus, SgCopyStatus};
+use crate::admin::hub::HubDumpsterStats;
+use crate::config::{Cms, Site};
+
+/// `status --json`, per CMS.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct CmsStatus {
+    /// The CMS.
+    pub cms: String,
+    /// The node that holds the databases (null when none does).
+    pub active_node: Option<String>,
+    /// The other node.
+    pub passive_node: Option<String>,
+    /// "Healthy" (both nodes see each other), "Witness" (active by the file share witness
+    /// vote), or "Lost" (no node has quorum).
+    pub quorum: String,
+    /// "Online" or "Unavailable".
+    pub witness: String,
+    /// Per storage group, the passive copy's counters.
+    pub storage_groups: Vec<SgCopyStatus>,
+    /// Why a node is dismounted, if one is.
+    pub dismounted_reason: Option<String>,
+    /// Every node's own report; nodes that did not answer are missing.
+    pub nodes: Vec<NodeStatus>,
+    /// Nodes that did not answer.
+    pub unreachable: Vec<String>,
+}
+
+/// Asks both nodes of `cms`.
+pub async fn cms_status(site: &Site, cms: &Cms) -> CmsStatus {
+    let client = AdminClient::new(&site.admin_token);
+    let mut nodes = Vec::new();
+    let mut unreachable = Vec::new();
+    for n in &cms.nodes {
+        match client.get::<NodeStatus>(n.admin, "/api/status").await {
+            Ok(s) => nodes.push(s),
+            Err(_) => unreachable.push(n.name.clone()),
+        }
+    }
+    let active = nodes.iter().find(|n| n.mounted);
+    let active_node = active.map(|n| n.node.clone());
+    let passive_node = cms
+        .nodes
+        .iter()
+        .map(|n| n.name.clone())
+        .find(|n| Some(n) != active_node.as_ref());
+    let quorum = match active {
+        Some(a) if a.sees_peer => "Healthy",
+        Some(_) => "Witness",
+        None => "Lost",
+    }
+    .to_string();
+    let witness = if nodes.iter().all(|n| n.witness_ok) && !nodes.is_empty() {
+        "Online"
+    } else {
+        "Unavailable"
+    }
+    .to_string();
+    let passive = nodes
+        .iter()
+        .find(|n| Some(&n.node) == passive_node.as_ref());
+    let storage_groups = match (passive, active) {
+        (Some(p), _) => p.storage_groups.clone(),
+        (None, Some(a)) => a
+            .storage_groups
+            .iter()
+            .map(|s| SgCopyStatus {
+                summary_copy_status: Some(crate::node::replication::SummaryCopyStatus::ServiceDown),
+                ..s.clone()
+            })
+            .collect(),
+        (None, None) => Vec::new(),
+    };
+    CmsStatus {
+        cms: cms.name.clone(),
+        active_node,
+        passive_node,
+        quorum,
+        witness,
+        storage_groups,
+        dismounted_reason: nodes.iter().find_map(|n| n.reason.clone()),
+        nodes,
+        unreachable,
+    }
+}
+
+fn selected<'a>(site: &'a Site, cms: Option<&str>) -> Result<Vec<&'a Cms>, Failure> {
+    match cms {
+        Some(name) => site.cms_named(name).map(|c| vec![c]).ok_or_else(|| {
+            Failure::Usage(format!("no CMS named `{name}` in {}", site.file.display()))
+        }),
+        None => Ok(site.cms.iter().collect()),
+    }
+}
+
+/// Runs `hubrelay status`.
+pub async fn status(site: &Site, cms: Option<&str>, json: bool) -> Result<(), Failure> {
+    let mut all = Vec::new();
+    for c in selected(site, cms)? {
+        all.push(cms_status(site, c).await);
+    }
+    if json {
+        return match (cms, all.as_slice()) {
+            (Some(_), [one]) => print_json(one),
+            _ => print_json(&all),
+        };
+    }
+    for s in &all {
+        println!("ClusteredMailboxServer: {}", s.cms);
+        println!(
+            "  ActiveNode: {}",
+            s.active_node.as_deref().unwrap_or("(none)")
+        );
+        println!(
+            "  PassiveNode: {}",
+            s.passive_node.as_deref().unwrap_or("(none)")
+        );
+        println!("  Quorum: {}   FileShareWitness: {}", s.quorum, s.witness);
+        if let Some(r) = &s.dismounted_reason {
+            println!("  Dismounted: {r}");
+        }
+        if !s.unreachable.is_empty() {
+            println!("  Unreachable: {}", s.unreachable.join(", "));
+        }
+        for g in &s.storage_groups {
+            let opt = |v: Option<u64>| v.map(|n| n.to_string()).unwrap_or_else(|| "-".into());
+            println!(
+                "  {}: SummaryCopyStatus {:?}  LastLogGenerated {}  LastLogCopied {}  LastLogReplayed {}  CopyQueueLength {}  ReplayQueueLength {}",
+                g.name,
+                g.summary_copy_status,
+                g.last_log_generated,
+                opt(g.last_log_copied),
+                opt(g.last_log_replayed),
+                opt(g.copy_queue_length),
+                opt(g.replay_queue_length)
+            );
+            if let Some(e) = &g.error {
+                println!("    error: {e}");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One Test-ReplicationHealth line.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Check {
+    /// What was checked.
+    pub check: String,
+    /// PASS, WARN or FAIL.
+    pub result: String,
+    /// Details.
+    pub detail: String,
+}
+
+fn check(check: &str, result: &str, detail: impl Into<String>) -> Check {
+    Check {
+        check: check.into(),
+        result: result.into(),
+        detail: detail.into(),
+    }
+}
+
+/// Runs `hubrelay health`; exit 1 if any check FAILs.
+pub async fn health(site: &Site, json: bool) -> Result<(), Failure> {
+    let client = AdminClient::new(&site.admin_token);
+    let mut hub_stats = Vec::new();
+    for h in &site.hubs {
+        if let Ok(s) = client
+            .get::<Vec<HubDumpsterStats>>(h.admin, "/api/dumpster")
+            .await
+        {
+            hub_stats.extend(s);
+        }
+    }
+    let mut checks = Vec::new();
+    for c in &site.cms {
+        let s = cms_status(site, c).await;
+        let name = &s.cms;
+        checks.push(match (s.active_node.as_ref(), s.quorum.as_str()) {
+            (None, _) => check("Quorum", "FAIL", format!("{name}: no node holds the databases (quorum {})", s.quorum)),
+            (Some(a), "Healthy") => check("Quorum", "PASS", format!("{name}: {a} active, both nodes in contact")),
+            (Some(a), q) => check("Quorum", "WARN", format!("{name}: {a} active by the witness vote only ({q}); the other node is not in contact")),
+        });
+        checks.push(if s.witness == "Online" {
+            check(
+                "FileShareWitness",
+                "PASS",
+                format!("{name}: witness reachable"),
+            )
+        } else {
+            check(
+                "FileShareWitness",
+                "WARN",
+                format!(
+                    "{name}: witness unavailable to a node; a second failure would stop the CMS"
+                ),
+            )
+        });
+        checks.push(if s.unreachable.is_empty() {
+            check("NodeState", "PASS", format!("{name}: both nodes answer"))
+        } else {
+            check(
+                "NodeState",
+                "WARN",
+                format!("{name}: not answering: {}", s.unreachable.join(", ")),
+            )
+        });
+        checks.push(match &s.dismounted_reason {
+            Some(r) => check(
+                "DatabasesDismountedAfterFailover",
+                "FAIL",
+                format!("{name}: {r}"),
+            ),
+            None => check(
+                "DatabasesDismountedAfterFailover",
+                "PASS",
+                format!("{name}: no dismounted databases"),
+            ),
+        });
+        for g in &s.storage_groups {
+            use crate::node::replication::SummaryCopyStatus as S;
+            let sg = &g.name;
+            checks.push(match g.summary_copy_status {
+                Some(S::Suspended) => {
+                    check("CopySuspended", "WARN", format!("{sg}: copy suspended"))
+                }
+                _ => check("CopySuspended", "PASS", format!("{sg}: copy not suspended")),
+            });
+            checks.push(match g.summary_copy_status {
+                Some(S::Failed) => check(
+                    "CopyFailed",
+                    "FAIL",
+                    format!("{sg}: {}", g.error.as_deref().unwrap_or("copy failed")),
+                ),
+                Some(S::ServiceDown) => check(
+                    "CopyFailed",
+                    "WARN",
+                    format!("{sg}: the copy cannot reach the active node"),
+                ),
+                _ => check("CopyFailed", "PASS", format!("{sg}: copy not failed")),
+            });
+            let q = g.copy_queue_length.unwrap_or(0);
+            checks.push(match q {
+                0..=2 => check(
+                    "ReplicationQueueLength",
+                    "PASS",
+                    format!("{sg}: copy queue {q}"),
+                ),
+                3..=5 => check(
+                    "ReplicationQueueLength",
+                    "WARN",
+                    format!("{sg}: copy queue {q} logs"),
+                ),
+                _ => check(
+                    "ReplicationQueueLength",
+                    "FAIL",
+                    format!("{sg}: copy queue {q} logs"),
+                ),
+            });
+            for h in hub_stats.iter().filter(|h| &h.storage_group == sg) {
+                let covered = match (&h.oldest_delivered, &g.newest_replayed) {
+                    (Some(oldest), Some(replayed)) => oldest <= replayed,
+                    (None, _) => h.evicted == 0 && h.expired == 0,
+                    (Some(_), None) => true,
+                };
+                checks.push(if covered {
+                    check("DumpsterCoverage", "PASS", format!("{sg}: {}'s dumpster reaches back past the oldest unreplicated record", h.hub))
+                } else {
+                    check(
+                        "DumpsterCoverage",
+                        "WARN",
+                        format!(
+                            "{sg}: {}'s dumpster starts at {}, after the newest replicated record ({}): a failover now could lose mail no dumpster holds",
+                            h.hub,
+                            h.oldest_delivered.as_deref().unwrap_or("-"),
+                            g.newest_replayed.as_deref().unwrap_or("-")
+                        ),
+                    )
+                });
+            }
+        }
+    }
+    let failed = checks.iter().any(|c| c.result == "FAIL");
+    if json {
+        print_json(&checks)?;
+    } else {
+        for c in &checks {
+            println!("{:<4} {:<34} {}", c.result, c.check, c.detail);
+        }
+    }
+    if failed {
+        Err(Failure::Failed(
+            "replication health has failed checks".into(),
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+/// Runs `hubrelay move`.
+pub async fn move_cms(
+    site: &Site,
+    cms: &str,
+    target: Option<&str>,
+    comment: Option<&str>,
+    json: bool,
+) -> Result<(), Failure> {
+    let c = selected(site, Some(cms))?[0];
+    if let Some(t) = target {
+        if !c.nodes.iter().any(|n| n.name == t) {
+            return Err(Failure::Usage(format!("`{t}` is not a node of {cms}")));
+        }
+    }
+    let s = cms_status(site, c).await;
+    let Some(active) = s.active_node.clone() else {
+        return Err(Failure::Failed(format!(
+            "{cms} has no active node to move from"
+        )));
+    };
+    if target == Some(active.as_str()) {
+        return Err(Failure::Failed(format!(
+            "{active} is already the active node"
+        )));
+    }
+    let node = c
+        .nodes
+        .iter()
+        .find(|n| n.name == active)
+        .expect("active node is in the config");
+    let client = AdminClient::with_timeout(&site.admin_token, std::time::Duration::from_secs(60));
+    let body = MoveBody {
+        target: target.map(String::from),
+        comment: comment.map(String::from),
+    };
+    let r: MoveResult = client
+        .post(node.admin, "/api/cluster/move", &body)
+        .await
+        .map_err(|e| Failure::Failed(format!("move failed: {e}")))?;
+    if json {
+        print_json(&r)
+    } else {
+        println!(
+            "{cms} moved from {} to {} in {} ms (logs shipped: {:?})",
+            r.from, r.to, r.millis, r.last_closed
+        );
+        Ok(())
+    }
+}

@@ -1,0 +1,267 @@
+//! The node's cluster driver: exchanges heartbeats with the peer, feeds the state machine its
+//! observations (time, heartbeats, witness outcomes, copy progress) and carries out its actions.
+//! Copying and resubmission requests run in their own loops so a slow log transfer never delays a
+//! heartbeat.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use super::MailboxNode;
+use crate::cluster::machine::{Action, Heartbeat, LeaseView, Role};
+use crate::cluster::witness::WitnessError;
+use crate::runtime::now_ms;
+
+/// How often the driver ticks and sends a heartbeat.
+const HEARTBEAT_EVERY: Duration = Duration::from_millis(200);
+/// How often a passive node pulls closed logs.
+const COPY_EVERY: Duration = Duration::from_millis(200);
+/// How often outstanding dumpster requests are retried.
+const RESUBMIT_EVERY: Duration = Duration::from_secs(2);
+
+/// Starts the driver, copy and resubmission loops of `node`.
+pub fn spawn(node: Arc<MailboxNode>, shutdown: CancellationToken) {
+    let n = node.clone();
+    let stop = shutdown.clone();
+    tokio::spawn(async move { every(HEARTBEAT_EVERY, &stop, || n.drive()).await });
+    let n = node.clone();
+    let stop = shutdown.clone();
+    tokio::spawn(async move { every(HEARTBEAT_EVERY, &stop, || n.send_heartbeat()).await });
+    let n = node.clone();
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        every(COPY_EVERY, &stop, || async {
+            let copy = { n.machine().peer_active(now_ms()) && *n.machine().role() != Role::Active };
+            if copy {
+                n.copy_round().await;
+            }
+        })
+        .await
+    });
+    tokio::spawn(async move { every(RESUBMIT_EVERY, &shutdown, || node.resubmit_round()).await });
+}
+
+async fn every<F, Fut>(period: Duration, stop: &CancellationToken, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => f().await,
+            _ = stop.cancelled() => return,
+        }
+    }
+}
+
+impl MailboxNode {
+    /// Our heartbeat for the peer.
+    pub fn own_heartbeat(&self) -> Heartbeat {
+        let generated = self.generated();
+        self.machine().heartbeat(now_ms(), generated)
+    }
+
+    /// The peer's heartbeat arrived (through our admin API or as the answer to ours).
+    pub async fn on_peer_heartbeat(self: &Arc<Self>, hb: Heartbeat) {
+        let actions = self.machine().on_heartbeat(now_ms(), hb);
+        self.execute(actions).await;
+    }
+
+    /// Sends our heartbeat; the peer answers with its own. A peer that does not answer within the
+    /// heartbeat timeout simply misses this round: the tick loop never waits on it.
+    async fn send_heartbeat(self: &Arc<Self>) {
+        let hb = self.own_heartbeat();
+        if let Ok(peer) = self
+            .heartbeats
+            .post::<_, Heartbeat>(self.peer.admin, "/api/cluster/heartbeat", &hb)
+            .await
+        {
+            self.on_peer_heartbeat(peer).await;
+        }
+    }
+
+    async fn drive(self: &Arc<Self>) {
+        let copied = self.copied();
+        let generated = self.generated();
+        let actions = {
+            let mut m = self.machine();
+            m.on_copied(copied);
+            if *m.role() == Role::Active {
+                m.on_generated(generated);
+            }
+            m.on_tick(now_ms())
+        };
+        self.execute(actions).await;
+    }
+
+    /// LastLogCopied per storage group.
+    pub fn copied(&self) -> std::collections::BTreeMap<String, u64> {
+        self.copies()
+            .iter()
+            .map(|(sg, c)| (sg.clone(), c.copy.last_copied()))
+            .collect()
+    }
+
+    /// Carries out the machine's actions, one at a time (mounts and demotions never overlap).
+    pub async fn execute(self: &Arc<Self>, actions: Vec<Action>) {
+        if actions.is_empty() {
+            return;
+        }
+        let _one_at_a_time = self.exec.lock().await;
+        let mut queue: VecDeque<Action> = actions.into();
+        while let Some(action) = queue.pop_front() {
+            match action {
+                Action::AcquireLease(epoch) => {
+                    let Some(view) = self.acquire(epoch).await else {
+                        continue;
+                    };
+                    let more = self.machine().on_lease(now_ms(), view);
+                    // A further request waits for the next tick.
+                    queue.extend(
+                        more.into_iter()
+                            .filter(|a| !matches!(a, Action::AcquireLease(_))),
+                    );
+                }
+                Action::ReleaseLease => {
+                    let w = self.witness.clone();
+                    match tokio::task::spawn_blocking(move || w.release(now_ms())).await {
+                        Ok(Ok(())) => self.machine().on_released(),
+                        Ok(Err(e)) => {
+                            warn!(node = %self.name, error = %e, "could not release the witness lease")
+                        }
+                        Err(e) => warn!(node = %self.name, error = %e, "witness task failed"),
+                    }
+                }
+                Action::Mount { epoch, missing } => {
+                    let node = self.clone();
+                    match tokio::task::spawn_blocking(move || node.mount(epoch, &missing)).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => {
+                            error!(node = %self.name, error = %e, "mount failed; deliveries are refused")
+                        }
+                        Err(e) => error!(node = %self.name, error = %e, "mount task failed"),
+                    }
+                }
+                Action::Demote => {
+                    let node = self.clone();
+                    match tokio::task::spawn_blocking(move || node.demote()).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => error!(node = %self.name, error = %e, "demotion failed"),
+                        Err(e) => error!(node = %self.name, error = %e, "demote task failed"),
+                    }
+                }
+            }
+        }
+        if let Err(e) = self.persist() {
+            error!(node = %self.name, error = %e, "could not persist the cluster state");
+        }
+    }
+
+    /// Takes or renews the lease; `Some(None)` when the witness is unreachable, `None` when the
+    /// other node was mid-update (try again next tick).
+    async fn acquire(&self, epoch: u64) -> Option<Option<LeaseView>> {
+        let note = (*self.machine().role() == Role::Active).then(|| self.generated());
+        let w = self.witness.clone();
+        let duration = self.timing.lease_duration;
+        let result = tokio::task::spawn_blocking(move || {
+            w.acquire(now_ms(), duration, epoch, note.as_ref())
+        })
+        .await;
+        match result {
+            Ok(Ok(l)) => Some(Some(LeaseView {
+                holder: l.holder,
+                expires_ms: l.expires_ms,
+                epoch: l.epoch,
+                generated: l.last_log_generated,
+            })),
+            Ok(Err(WitnessError::Busy)) => None,
+            Ok(Err(e)) => {
+                if self.machine().witness_ok() {
+                    warn!(node = %self.name, error = %e, "witness unavailable");
+                }
+                Some(None)
+            }
+            Err(e) => {
+                warn!(node = %self.name, error = %e, "witness task failed");
+                Some(None)
+            }
+        }
+    }
+
+    /// A scheduled move away from this active node: refuse deliveries, close every open log, have
+    /// the peer copy everything and mount, then step down and give up the lease. The logs stay
+    /// served until the peer has them. Returns the final generations.
+    pub async fn move_to_peer(
+        self: &Arc<Self>,
+    ) -> Result<std::collections::BTreeMap<String, u64>, String> {
+        if *self.machine().role() != Role::Active {
+            return Err(format!("{} is not the active node", self.name));
+        }
+        self.set_moving(true);
+        let mut last = std::collections::BTreeMap::new();
+        for sg in self.storage_groups() {
+            if let Some(w) = self.writer(&sg) {
+                let mut log = w.log();
+                log.roll().map_err(|e| e.to_string())?;
+                last.insert(sg.clone(), log.last_closed());
+            }
+        }
+        let req = super::outstanding::Takeover {
+            last_closed: last.clone(),
+        };
+        let answer: Result<serde_json::Value, _> = self
+            .moves
+            .post(self.peer.admin, "/api/cluster/takeover", &req)
+            .await;
+        if let Err(e) = answer {
+            self.set_moving(false);
+            return Err(format!("{} did not take over: {e}", self.peer.name));
+        }
+        let actions = self.machine().move_away();
+        self.execute(actions).await;
+        self.set_moving(false);
+        info!(node = %self.name, to = %self.peer.name, "scheduled move done");
+        Ok(last)
+    }
+
+    /// The target side of a scheduled move: copy up to the given generations, then mount.
+    pub async fn take_over(
+        self: &Arc<Self>,
+        last_closed: &std::collections::BTreeMap<String, u64>,
+    ) -> Result<(), String> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            self.copy_round().await;
+            let copied = self.copied();
+            if last_closed
+                .iter()
+                .all(|(sg, g)| copied.get(sg).copied().unwrap_or(0) >= *g)
+            {
+                break;
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(format!(
+                    "copy did not reach {last_closed:?} (have {copied:?})"
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let copied = self.copied();
+        let actions = {
+            let mut m = self.machine();
+            m.on_copied(copied);
+            m.take_over()
+        };
+        self.execute(actions).await;
+        if *self.machine().role() == Role::Active {
+            Ok(())
+        } else {
+            Err("the state machine refused to mount".into())
+        }
+    }
+}

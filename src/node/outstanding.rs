@@ -1,0 +1,102 @@
+//! Dumpster resubmission after a lossy mount: every hub of the site is asked to redeliver, per
+//! storage group, what it delivered from the newest replayed record (less a margin for clock skew)
+//! until now. A hub that does not answer stays in OutstandingDumpsterRequests and is asked again
+//! until MaxDumpsterTime has passed; the requests are persisted with the node's state.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+
+use super::state::{NodeState, Outstanding};
+use super::MailboxNode;
+use crate::admin::hub::{ResubmitBody, ResubmitState};
+use crate::admin::node::rfc3339;
+use crate::config::Site;
+use crate::runtime::now_ms;
+
+/// How far before the newest replayed record the window starts, for clock skew between hubs and nodes.
+pub const MARGIN_MS: u64 = 5 * 60 * 1000;
+
+/// Body of `POST /api/cluster/takeover` (a scheduled move's target).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Takeover {
+    /// Per storage group, the generation the old active closed last.
+    pub last_closed: BTreeMap<String, u64>,
+}
+
+/// Records a request for every hub and every storage group of `newest` (storage group → time of
+/// the newest replayed record).
+pub fn request_all(
+    site: &Site,
+    st: &mut NodeState,
+    cms: &str,
+    epoch: u64,
+    newest: &BTreeMap<String, u64>,
+    now: u64,
+) {
+    for (sg, newest_ms) in newest {
+        let id = format!("{cms}-epoch{epoch}-{sg}");
+        for hub in &site.hubs {
+            st.outstanding.push(Outstanding {
+                id: id.clone(),
+                hub: hub.name.clone(),
+                storage_group: sg.clone(),
+                low_ms: newest_ms.saturating_sub(MARGIN_MS),
+                high_ms: now,
+                created_ms: now,
+            });
+        }
+    }
+}
+
+impl MailboxNode {
+    /// Sends every outstanding request once; forgets those a hub completed or that outlived
+    /// MaxDumpsterTime.
+    pub async fn resubmit_round(&self) {
+        let pending = self.state().outstanding.clone();
+        if pending.is_empty() {
+            return;
+        }
+        let max_age = self.site.max_dumpster_time.as_millis() as u64;
+        let mut finished = Vec::new();
+        for o in &pending {
+            if now_ms() > o.created_ms + max_age {
+                warn!(hub = %o.hub, storage_group = %o.storage_group, "dumpster request expired unanswered (MaxDumpsterTime)");
+                finished.push(o.clone());
+                continue;
+            }
+            let Some(hub) = self.site.hub(&o.hub) else {
+                finished.push(o.clone());
+                continue;
+            };
+            let body = ResubmitBody {
+                id: o.id.clone(),
+                storage_group: o.storage_group.clone(),
+                low: rfc3339(o.low_ms),
+                high: rfc3339(o.high_ms),
+            };
+            match self
+                .client
+                .post::<_, ResubmitState>(hub.admin, "/api/resubmit", &body)
+                .await
+            {
+                Ok(state) if state.done => {
+                    info!(hub = %o.hub, storage_group = %o.storage_group, messages = state.messages, "hub resubmitted its dumpster");
+                    finished.push(o.clone());
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::debug!(hub = %o.hub, error = %e, "hub did not answer; will ask again")
+                }
+            }
+        }
+        if finished.is_empty() {
+            return;
+        }
+        self.state().outstanding.retain(|o| !finished.contains(o));
+        if let Err(e) = self.persist() {
+            warn!(node = %self.name, error = %e, "could not persist outstanding requests");
+        }
+    }
+}

@@ -1,0 +1,251 @@
+//! Continuous replication on the passive node: pull the active node's closed log generations over
+//! the admin API, verify each (checksum, storage group, generation sequence) before keeping it, and
+//! replay it into this node's copy of the mailbox store. A corrupt log is refused and the copy
+//! reports Failed, never replaying past it.
+//!
+//! A node returning after a failover first discards what diverged: every generation from the first
+//! epoch it did not follow (the epoch history comes from the active node), and the store changes
+//! those generations made; then it copies from there (an incremental reseed).
+
+use serde::{Deserialize, Serialize};
+use store::mailbox::MailboxStore;
+use store::txlog::{LogCopy, LogPosition};
+use tracing::{info, warn};
+
+use super::state::EpochStart;
+use super::{MailboxNode, NodeError};
+use crate::admin::client::encode;
+
+/// SummaryCopyStatus, as Get-StorageGroupCopyStatus reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SummaryCopyStatus {
+    /// Copying and replaying normally.
+    Healthy,
+    /// Not yet in contact with the active node.
+    Initializing,
+    /// Catching up (logs to copy).
+    Synchronizing,
+    /// Suspended by the administrator.
+    Suspended,
+    /// A log was refused; replication stopped at it.
+    Failed,
+    /// The active node does not answer.
+    ServiceDown,
+}
+
+/// The active node's answer to `GET /api/logs/{sg}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LogStatus {
+    /// The active node's epoch.
+    pub epoch: u64,
+    /// Its epoch history (where each epoch's logs begin).
+    pub epochs: Vec<EpochStart>,
+    /// LastLogGenerated.
+    pub last_generated: u64,
+    /// Highest closed generation (what can be copied).
+    pub last_closed: u64,
+}
+
+/// One storage group's copy on the passive node.
+pub struct CopyState {
+    /// The copied generations on disk.
+    pub copy: LogCopy,
+    /// LastLogGenerated last reported by the active node.
+    pub remote_generated: u64,
+    /// The status.
+    pub status: SummaryCopyStatus,
+    /// Why it failed, if it did.
+    pub error: Option<String>,
+    /// Suspended by the administrator.
+    pub suspended: bool,
+}
+
+impl CopyState {
+    /// A copy not yet in contact with the active node.
+    pub fn new(copy: LogCopy) -> CopyState {
+        CopyState {
+            copy,
+            remote_generated: 0,
+            status: SummaryCopyStatus::Initializing,
+            error: None,
+            suspended: false,
+        }
+    }
+}
+
+/// Replays every copied generation the store has not applied (idempotent: applying a position twice
+/// changes nothing, so a crash mid-replay and a restart give the same store).
+pub fn replay_all(store: &MailboxStore, sg: &str, copy: &LogCopy) -> Result<usize, NodeError> {
+    let checkpoint = store.checkpoint(sg)?.map(|(pos, _)| pos);
+    let first = checkpoint.map(|p| p.generation).unwrap_or(1).max(1);
+    let mut applied = 0;
+    for generation in first..=copy.last_copied() {
+        applied += apply_generation(store, sg, generation, &copy.records(generation)?)?;
+    }
+    Ok(applied)
+}
+
+fn apply_generation(
+    store: &MailboxStore,
+    sg: &str,
+    generation: u64,
+    records: &[store::txlog::LogRecord],
+) -> Result<usize, NodeError> {
+    let mut applied = 0;
+    for (index, rec) in records.iter().enumerate() {
+        let pos = LogPosition {
+            generation,
+            index: index as u32,
+        };
+        store.apply(sg, pos, rec)?;
+        applied += 1;
+    }
+    Ok(applied)
+}
+
+impl MailboxNode {
+    /// One round of copying for every storage group from the active peer.
+    pub async fn copy_round(&self) {
+        for sg in self.storage_groups() {
+            if let Err(e) = self.copy_sg(&sg).await {
+                warn!(node = %self.name, storage_group = %sg, error = %e, "copy failed");
+            }
+        }
+    }
+
+    async fn copy_sg(&self, sg: &str) -> Result<(), NodeError> {
+        let suspended_or_failed = self
+            .copies()
+            .get(sg)
+            .is_none_or(|c| c.suspended || c.status == SummaryCopyStatus::Failed);
+        if suspended_or_failed {
+            return Ok(());
+        }
+        let path = format!("/api/logs/{}", encode(sg));
+        let status: LogStatus = match self.client.get(self.peer.admin, &path).await {
+            Ok(s) => s,
+            Err(_) => {
+                self.set_status(sg, SummaryCopyStatus::ServiceDown, None);
+                return Ok(());
+            }
+        };
+        self.follow_epoch(sg, &status)?;
+        let mut next = self
+            .copies()
+            .get(sg)
+            .map(|c| c.copy.last_copied() + 1)
+            .unwrap_or(1);
+        while next <= status.last_closed {
+            let path = format!("/api/logs/{}/{next}", encode(sg));
+            let bytes = match self.client.get_bytes(self.peer.admin, &path).await {
+                Ok(b) => b,
+                Err(_) => {
+                    self.set_status(sg, SummaryCopyStatus::ServiceDown, None);
+                    return Ok(());
+                }
+            };
+            let stored = {
+                let mut copies = self.copies();
+                let Some(cs) = copies.get_mut(sg) else {
+                    return Ok(());
+                };
+                cs.copy.store(next, &bytes)
+            };
+            match stored {
+                Ok(records) => {
+                    apply_generation(&self.store, sg, next, &records)?;
+                }
+                Err(e) => {
+                    warn!(node = %self.name, storage_group = %sg, generation = next, error = %e, "log refused; replication stopped");
+                    self.set_status(sg, SummaryCopyStatus::Failed, Some(e.to_string()));
+                    return Ok(());
+                }
+            }
+            next += 1;
+        }
+        let mut copies = self.copies();
+        if let Some(cs) = copies.get_mut(sg) {
+            cs.remote_generated = status.last_generated;
+            cs.status = if cs.copy.last_copied() >= status.last_closed {
+                SummaryCopyStatus::Healthy
+            } else {
+                SummaryCopyStatus::Synchronizing
+            };
+            cs.error = None;
+        }
+        Ok(())
+    }
+
+    /// Discards what this node holds beyond the first epoch it did not follow, then records the
+    /// active's epoch history as its own.
+    fn follow_epoch(&self, sg: &str, status: &LogStatus) -> Result<(), NodeError> {
+        let followed = self.state().copied_epoch.get(sg).copied();
+        if followed == Some(status.epoch) {
+            return Ok(());
+        }
+        let from = {
+            let mut st = self.state();
+            st.epochs = status.epochs.clone();
+            followed.map(|e| st.diverged_from(sg, e)).unwrap_or(None)
+        };
+        let diverged = self.copies().get(sg).and_then(|c| c.copy.diverged());
+        let from = match (from, diverged) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        if let Some(g) = from {
+            let removed = self.store.discard_from(sg, g)?;
+            if let Some(cs) = self.copies().get_mut(sg) {
+                cs.copy.truncate_from(g)?;
+            }
+            info!(node = %self.name, storage_group = %sg, from_generation = g, removed, "discarded diverged logs; copying from the active node");
+        }
+        self.state()
+            .copied_epoch
+            .insert(sg.to_string(), status.epoch);
+        self.persist()?;
+        Ok(())
+    }
+
+    fn set_status(&self, sg: &str, status: SummaryCopyStatus, error: Option<String>) {
+        if let Some(cs) = self.copies().get_mut(sg) {
+            cs.status = status;
+            if error.is_some() {
+                cs.error = error;
+            }
+        }
+    }
+
+    /// Suspends or resumes a copy (administrator).
+    pub fn suspend(&self, sg: &str, suspended: bool) -> bool {
+        match self.copies().get_mut(sg) {
+            Some(cs) => {
+                cs.suspended = suspended;
+                cs.status = if suspended {
+                    SummaryCopyStatus::Suspended
+                } else {
+                    SummaryCopyStatus::Initializing
+                };
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Full reseed of a copy: drop the storage group's data and logs, copy everything again.
+    pub fn reseed(&self, sg: &str) -> Result<bool, NodeError> {
+        let mut copies = self.copies();
+        let Some(cs) = copies.get_mut(sg) else {
+            return Ok(false);
+        };
+        self.store.clear(sg)?;
+        cs.copy.truncate_from(1)?;
+        cs.status = SummaryCopyStatus::Initializing;
+        cs.error = None;
+        cs.suspended = false;
+        drop(copies);
+        self.state().copied_epoch.remove(sg);
+        self.persist()?;
+        Ok(true)
+    }
+}

@@ -1,0 +1,149 @@
+//! What a node persists besides its logs and mailboxes: its cluster state, the epoch history, which
+//! epoch its copy follows, and the dumpster requests still outstanding after a lossy mount.
+//!
+//! One small JSON file, replaced atomically (temporary file, fsync, rename, directory fsync), so a
+//! crash leaves either the old or the new state.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::cluster::machine::Persisted;
+
+/// Where each epoch's logs began, per storage group: a returning node discards what it holds from
+/// the first epoch it did not follow.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EpochStart {
+    /// The epoch.
+    pub epoch: u64,
+    /// First generation written in it, per storage group.
+    pub starts: BTreeMap<String, u64>,
+}
+
+/// A resubmission request a hub has not completed yet.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Outstanding {
+    /// Request id (the same for every hub; idempotent per hub).
+    pub id: String,
+    /// The hub asked.
+    pub hub: String,
+    /// The storage group.
+    pub storage_group: String,
+    /// Window start.
+    pub low_ms: u64,
+    /// Window end.
+    pub high_ms: u64,
+    /// When the request was made; it is dropped once MaxDumpsterTime has passed since.
+    pub created_ms: u64,
+}
+
+/// The persisted state of a node.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeState {
+    /// The cluster machine's persisted part.
+    pub cluster: Persisted,
+    /// Epoch history, oldest first.
+    pub epochs: Vec<EpochStart>,
+    /// Per storage group, the epoch of the active node this copy last followed.
+    pub copied_epoch: BTreeMap<String, u64>,
+    /// Dumpster requests not yet completed.
+    pub outstanding: Vec<Outstanding>,
+}
+
+/// Why the state file could not be read or written.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {reason}")]
+pub struct StateError {
+    /// The file.
+    pub path: PathBuf,
+    /// What went wrong.
+    pub reason: String,
+}
+
+impl NodeState {
+    fn path(dir: &Path) -> PathBuf {
+        dir.join("state.json")
+    }
+
+    /// Loads the state (default when the node is new).
+    pub fn load(dir: &Path) -> Result<NodeState, StateError> {
+        let path = Self::path(dir);
+        match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| StateError {
+                path,
+                reason: format!("corrupt node state: {e}"),
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(NodeState::default()),
+            Err(e) => Err(StateError {
+                path,
+                reason: e.to_string(),
+            }),
+        }
+    }
+
+    /// Replaces the state file atomically.
+    pub fn save(&self, dir: &Path) -> Result<(), StateError> {
+        let path = Self::path(dir);
+        let err = |e: std::io::Error| StateError {
+            path: path.clone(),
+            reason: e.to_string(),
+        };
+        let tmp = dir.join("state.json.tmp");
+        let bytes = serde_json::to_vec_pretty(self).expect("plain data always serializes");
+        let mut f = std::fs::File::create(&tmp).map_err(err)?;
+        f.write_all(&bytes).map_err(err)?;
+        f.sync_all().map_err(err)?;
+        std::fs::rename(&tmp, &path).map_err(err)?;
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(err)?;
+        Ok(())
+    }
+
+    /// The first generation of storage group `sg` written in an epoch later than `epoch`, if any:
+    /// everything a copy holds from there on diverged.
+    pub fn diverged_from(&self, sg: &str, epoch: u64) -> Option<u64> {
+        self.epochs
+            .iter()
+            .filter(|e| e.epoch > epoch)
+            .filter_map(|e| e.starts.get(sg).copied())
+            .min()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_divergence_point() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(NodeState::load(dir.path()).unwrap(), NodeState::default());
+        let mut s = NodeState::default();
+        s.epochs.push(EpochStart {
+            epoch: 1,
+            starts: BTreeMap::from([("SG1".into(), 1)]),
+        });
+        s.epochs.push(EpochStart {
+            epoch: 2,
+            starts: BTreeMap::from([("SG1".into(), 9)]),
+        });
+        s.epochs.push(EpochStart {
+            epoch: 3,
+            starts: BTreeMap::from([("SG1".into(), 14)]),
+        });
+        s.save(dir.path()).unwrap();
+        let back = NodeState::load(dir.path()).unwrap();
+        assert_eq!(back, s);
+        assert_eq!(back.diverged_from("SG1", 1), Some(9));
+        assert_eq!(back.diverged_from("SG1", 2), Some(14));
+        assert_eq!(back.diverged_from("SG1", 3), None);
+        std::fs::write(dir.path().join("state.json"), b"{nope").unwrap();
+        assert!(NodeState::load(dir.path())
+            .unwrap_err()
+            .reason
+            .contains("corrupt"));
+    }
+}

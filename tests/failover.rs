@@ -1,0 +1,388 @@
+//! Cluster continuous replication end to end, with four separate processes (hub1, hub2, node1,
+//! node2): log shipping, automatic failover after `kill -9`, dumpster recovery, the old active's
+//! return, witness cases, a corrupt log, and the mount dial.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Proc, TestSite};
+use serde_json::Value;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// A site whose CMS closes logs at 4 KiB (a few messages each), so logs ship during a test.
+fn site(dial: &str) -> TestSite {
+    let site = TestSite::new("", &[]);
+    let text = std::fs::read_to_string(site.config()).expect("config");
+    let text = text.replace(
+        "witness = \"witness/cms1\"",
+        &format!("witness = \"witness/cms1\"\nlog_file_size = \"4KiB\"\nauto_database_mount_dial = \"{dial}\""),
+    );
+    std::fs::write(site.config(), text).expect("write config");
+    site
+}
+
+fn start_all(site: &TestSite) -> [Option<Proc>; 4] {
+    let n1 = site.start(&["node", "--name", "node1"]);
+    let n2 = site.start(&["node", "--name", "node2"]);
+    let h1 = site.start(&["hub", "--name", "hub1"]);
+    let h2 = site.start(&["hub", "--name", "hub2"]);
+    [Some(n1), Some(n2), Some(h1), Some(h2)]
+}
+
+fn status(site: &TestSite) -> Value {
+    let (_, v) = site.cli_json(&["status", "--cms", "cms1"]);
+    v
+}
+
+/// Polls `hubrelay status` until `pred` holds.
+fn wait_status(site: &TestSite, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    let start = Instant::now();
+    loop {
+        let v = status(site);
+        if pred(&v) {
+            return v;
+        }
+        assert!(start.elapsed() < WAIT, "status never showed {what}: {v:#}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn active_is(v: &Value, node: &str) -> bool {
+    v["active_node"].as_str() == Some(node)
+}
+
+/// Sends `ids` to alice through `port` in one SMTP session (Python's smtplib).
+fn send_many(port: u16, ids: &[String]) {
+    let script = r#"
+import smtplib, sys
+port = int(sys.argv[1])
+with smtplib.SMTP("127.0.0.1", port, timeout=30) as s:
+    for mid in sys.stdin.read().split():
+        msg = "From: bob@example.test\r\nTo: alice@example.test\r\nSubject: load\r\nMessage-ID: %s\r\n\r\n%s\r\n" % (mid, "x" * 300)
+        s.sendmail("bob@example.test", ["alice@example.test"], msg.encode())
+"#;
+    let mut child = Command::new("python3")
+        .args(["-c", script, &port.to_string()])
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(ids.join("\n").as_bytes())
+        .expect("write");
+    assert!(
+        child.wait().expect("python3").success(),
+        "sending through {port} failed"
+    );
+}
+
+fn ids(prefix: &str, range: std::ops::Range<usize>) -> Vec<String> {
+    range
+        .map(|i| format!("<{prefix}-{i}@client.test>"))
+        .collect()
+}
+
+/// Waits until alice's mailbox (on whichever node is active) holds exactly `want`, each once.
+fn wait_exactly(site: &TestSite, want: &[String]) {
+    let want_set: BTreeSet<&String> = want.iter().collect();
+    let got = site.wait_mailbox("alice@example.test", WAIT, |got| {
+        got.len() >= want.len() && want.iter().all(|w| got.contains(w))
+    });
+    let got_set: BTreeSet<&String> = got.iter().collect();
+    assert_eq!(got.len(), got_set.len(), "a Message-ID is listed twice");
+    assert_eq!(got_set, want_set);
+}
+
+fn outstanding(site: &TestSite) -> Vec<Value> {
+    let (code, v) = site.cli_json(&["stats", "--storage-group", "SG1"]);
+    assert_eq!(code, 0, "{v}");
+    v["outstanding_dumpster_requests"]
+        .as_array()
+        .expect("array")
+        .clone()
+}
+
+fn wait_no_outstanding(site: &TestSite) {
+    let start = Instant::now();
+    while !outstanding(site).is_empty() {
+        assert!(
+            start.elapsed() < WAIT,
+            "requests stayed outstanding: {:?}",
+            outstanding(site)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn kill9_of_the_active_fails_over_and_the_dumpster_fills_the_gap() {
+    let site = site("GoodAvailability");
+    let mut procs = start_all(&site);
+    wait_status(&site, "node1 active", |v| active_is(v, "node1"));
+    let all = ids("ccr", 0..200);
+    send_many(site.ports.hub1, &all[..100]);
+    send_many(site.ports.hub2, &all[100..]);
+    wait_exactly(&site, &all);
+    wait_copied_up(&site);
+    // Freeze the copy, then the newest messages sit in logs node2 never gets: the kill is lossy.
+    node_post(site.ports.node2_admin, "/api/copy/SG1/suspend");
+    let tail = ids("ccr-tail", 0..8);
+    send_many(site.ports.hub1, &tail[..4]);
+    send_many(site.ports.hub2, &tail[4..]);
+    let mut all = all;
+    all.extend(tail.iter().cloned());
+    wait_exactly(&site, &all);
+    procs[0].take().expect("node1").kill9();
+    let started = Instant::now();
+    let after = wait_status(&site, "node2 active", |v| active_is(v, "node2"));
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "failover took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(after["passive_node"], "node1", "{after:#}");
+    wait_exactly(&site, &all);
+    wait_no_outstanding(&site);
+    let log = procs[1].as_ref().expect("node2").log();
+    assert!(
+        log.contains("lossy failover"),
+        "the failover must have lost logs for this test: {log}"
+    );
+}
+
+#[test]
+fn a_hub_down_during_failover_stays_outstanding_until_it_returns() {
+    let site = site("GoodAvailability");
+    let mut procs = start_all(&site);
+    wait_status(&site, "node1 active", |v| active_is(v, "node1"));
+    let first = ids("early", 0..60);
+    send_many(site.ports.hub1, &first);
+    wait_exactly(&site, &first);
+    wait_copied_up(&site);
+    node_post(site.ports.node2_admin, "/api/copy/SG1/suspend");
+    // The last messages go through hub2 only and never reach node2: only hub2's dumpster has them.
+    let last = ids("late", 0..5);
+    send_many(site.ports.hub2, &last);
+    let mut all = first.clone();
+    all.extend(last.iter().cloned());
+    wait_exactly(&site, &all);
+    procs[3].take().expect("hub2").kill9();
+    procs[0].take().expect("node1").kill9();
+    wait_status(&site, "node2 active", |v| active_is(v, "node2"));
+    let start = Instant::now();
+    loop {
+        let out = outstanding(&site);
+        if out.iter().any(|o| o["hub"] == "hub2") && !out.iter().any(|o| o["hub"] == "hub1") {
+            break;
+        }
+        assert!(
+            start.elapsed() < WAIT,
+            "hub2 never listed as outstanding alone: {out:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let listed = site.mailbox_ids("alice@example.test");
+    assert!(
+        last.iter().any(|l| !listed.contains(l)),
+        "the open log's messages were lost before hub2 returns"
+    );
+    let _hub2 = site.start(&["hub", "--name", "hub2"]);
+    wait_exactly(&site, &all);
+    wait_no_outstanding(&site);
+}
+
+#[test]
+fn the_old_active_returns_as_passive_and_catches_up() {
+    let site = site("BestAvailability");
+    let mut procs = start_all(&site);
+    wait_status(&site, "node1 active", |v| active_is(v, "node1"));
+    let before = ids("before", 0..40);
+    send_many(site.ports.hub1, &before);
+    wait_exactly(&site, &before);
+    procs[0].take().expect("node1").kill9();
+    wait_status(&site, "node2 active", |v| active_is(v, "node2"));
+    let after = ids("after", 0..40);
+    send_many(site.ports.hub2, &after);
+    let mut all = before.clone();
+    all.extend(after.iter().cloned());
+    wait_exactly(&site, &all);
+    let _node1 = site.start(&["node", "--name", "node1"]);
+    let v = wait_status(&site, "node1 passive and healthy", |v| {
+        let sg = &v["storage_groups"][0];
+        active_is(v, "node2")
+            && v["passive_node"] == "node1"
+            && sg["summary_copy_status"] == "Healthy"
+            // Only closed logs ship: the active's open generation is the one log still queued.
+            && sg["copy_queue_length"].as_u64().is_some_and(|q| q <= 1)
+    });
+    assert_eq!(v["quorum"], "Healthy", "{v:#}");
+    wait_no_outstanding(&site);
+    // Its copy matches the active's: move back (lossless) and list the mailbox from node1.
+    let (code, out) = site.cli_json(&["move", "--cms", "cms1", "--target", "node1"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out["millis"].as_u64().expect("millis") < 5_000, "{out}");
+    wait_status(&site, "node1 active again", |v| active_is(v, "node1"));
+    wait_exactly(&site, &all);
+    assert!(
+        outstanding(&site).is_empty(),
+        "a scheduled move needs no resubmission"
+    );
+}
+
+/// POSTs to a node's admin API (copy suspend/resume).
+fn node_post(port: u16, path: &str) {
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "import urllib.request,sys;r=urllib.request.Request(sys.argv[1],method='POST',headers={'Authorization':'Bearer test-token'});print(urllib.request.urlopen(r).status)",
+            &format!("http://127.0.0.1:{port}{path}"),
+        ])
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "{path}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Waits until node2 has copied every closed log (so a later suspension freezes a known point).
+fn wait_copied_up(site: &TestSite) {
+    wait_status(site, "node2 caught up", |v| {
+        let sg = &v["storage_groups"][0];
+        sg["summary_copy_status"] == "Healthy"
+            && sg["copy_queue_length"].as_u64().is_some_and(|q| q <= 1)
+    });
+}
+
+fn signal(p: &Proc, sig: &str) {
+    let pid = p.child.id().to_string();
+    assert!(Command::new("kill")
+        .args([sig, &pid])
+        .status()
+        .expect("kill")
+        .success());
+}
+
+#[test]
+fn cut_off_nodes_never_make_two_actives_and_a_lost_witness_only_warns() {
+    let site = site("GoodAvailability");
+    let procs = start_all(&site);
+    wait_status(&site, "node1 active", |v| active_is(v, "node1"));
+    let node1 = procs[0].as_ref().expect("node1");
+    let node2 = procs[1].as_ref().expect("node2");
+
+    // node2 frozen: no heartbeats either way; node1 keeps the witness and stays the only active.
+    signal(node2, "-STOP");
+    std::thread::sleep(Duration::from_secs(4)); // longer than a failover takes: nothing must change
+    let v = status(&site);
+    assert!(active_is(&v, "node1"), "{v:#}");
+    signal(node2, "-CONT");
+    wait_status(&site, "node2 passive again", |v| {
+        active_is(v, "node1")
+            && v["nodes"].as_array().is_some_and(|n| n.len() == 2)
+            && v["quorum"] == "Healthy"
+    });
+
+    // node1 frozen: node2 takes over; node1, resumed, must not serve.
+    signal(node1, "-STOP");
+    wait_status(&site, "node2 active", |v| active_is(v, "node2"));
+    signal(node1, "-CONT");
+    let v = wait_status(&site, "both answering", |v| {
+        v["nodes"].as_array().is_some_and(|n| n.len() == 2)
+    });
+    let mounted: Vec<&Value> = v["nodes"]
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .filter(|n| n["mounted"] == true)
+        .collect();
+    assert_eq!(mounted.len(), 1, "exactly one node takes deliveries: {v:#}");
+    assert_eq!(mounted[0]["node"], "node2");
+
+    // The witness share disappears while both nodes are up: no failover, health WARNs.
+    let witness = site.data().join("witness");
+    let moved = site.data().join("witness-away");
+    std::fs::rename(&witness, &moved).expect("take the witness away");
+    let v = wait_status(&site, "witness unavailable", |v| {
+        v["witness"] == "Unavailable"
+    });
+    assert!(active_is(&v, "node2"), "{v:#}");
+    let out = Command::new(common::bin())
+        .args(["health", "--config"])
+        .arg(site.config())
+        .output()
+        .expect("health");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("WARN") && l.contains("FileShareWitness")),
+        "{text}"
+    );
+    assert!(active_is(&status(&site), "node2"));
+    std::fs::rename(&moved, &witness).expect("witness back");
+}
+
+#[test]
+fn corrupt_log_is_refused_and_a_lossier_failover_than_the_dial_does_not_mount() {
+    let site = site("Lossless");
+    let mut procs = start_all(&site);
+    wait_status(&site, "node1 active", |v| active_is(v, "node1"));
+    let api = |path: &str| node_post(site.ports.node2_admin, path);
+    api("/api/copy/SG1/suspend");
+    let msgs = ids("dial", 0..60);
+    send_many(site.ports.hub1, &msgs);
+    wait_exactly(&site, &msgs);
+    // Corrupt the newest closed log on the active before node2 copies it.
+    let logs = site.data().join("node1").join("logs").join("SG1");
+    let mut closed: Vec<_> = std::fs::read_dir(&logs)
+        .expect("logs")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "log"))
+        .collect();
+    closed.sort();
+    let victim = closed.first().expect("a closed log").clone();
+    let mut bytes = std::fs::read(&victim).expect("read");
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xFF;
+    std::fs::write(&victim, bytes).expect("corrupt");
+    api("/api/copy/SG1/resume");
+    let v = wait_status(&site, "copy failed", |v| {
+        v["storage_groups"][0]["summary_copy_status"] == "Failed"
+    });
+    let err = v["storage_groups"][0]["error"].as_str().unwrap_or("");
+    assert!(!err.is_empty(), "the refusal is reported: {v:#}");
+    assert_eq!(
+        v["storage_groups"][0]["last_log_copied"].as_u64(),
+        Some(0),
+        "nothing past the corrupt log: {v:#}"
+    );
+
+    // Lossless dial with logs missing: node2 must not mount, and says why.
+    procs[0].take().expect("node1").kill9();
+    let v = wait_status(&site, "node2 dismounted", |v| {
+        v["dismounted_reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("lost"))
+    });
+    assert!(v["active_node"].is_null(), "{v:#}");
+    let out = Command::new(common::bin())
+        .args(["health", "--config"])
+        .arg(site.config())
+        .output()
+        .expect("health");
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("FAIL") && l.contains("DatabasesDismountedAfterFailover")),
+        "{text}"
+    );
+}
