@@ -8,6 +8,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -21,8 +22,29 @@ pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_hubrelay")
 }
 
-/// A port nothing listens on right now (bound on port 0, then released).
+/// A port nothing listens on right now. It is taken below the kernel's ephemeral range when that
+/// range is known, because a port from port 0 is itself ephemeral: between its release here and
+/// the bind of the process it is meant for (or that process's restart), an outgoing connection of
+/// a test running alongside can get it as its local port. Falls back to port 0.
 pub fn free_port() -> u16 {
+    const FLOOR: u16 = 10_000;
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(0);
+    if ephemeral_low > FLOOR + 1_000 {
+        let span = usize::from(ephemeral_low - FLOOR);
+        // Test binaries run at the same time (other engineers' too) start at different points.
+        let offset = std::process::id() as usize * 7_919;
+        for _ in 0..span {
+            let n = NEXT.fetch_add(1, Ordering::Relaxed);
+            let port = FLOOR + ((offset + n) % span) as u16;
+            if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                return port;
+            }
+        }
+    }
     TcpListener::bind("127.0.0.1:0")
         .expect("bind 127.0.0.1:0")
         .local_addr()
