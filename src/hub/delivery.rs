@@ -142,16 +142,20 @@ impl CmsLink {
                 None => break,
             }
         }
-        let connect = AsyncSmtpConnection::connect_tokio1(
-            node.addr,
-            Some(STEP_TIMEOUT),
-            &self.client_id,
-            None,
-            None,
-        );
+        // Our own socket, for TCP_NODELAY: lettre writes a message and its final dot in separate
+        // writes, and with Nagle the dot waits for the peer's delayed ACK (40 ms per message).
+        let connect = async {
+            let stream = tokio::net::TcpStream::connect(node.addr)
+                .await
+                .map_err(|e| e.to_string())?;
+            stream.set_nodelay(true).map_err(|e| e.to_string())?;
+            AsyncSmtpConnection::connect_with_transport(Box::new(stream), &self.client_id)
+                .await
+                .map_err(|e| e.to_string())
+        };
         match tokio::time::timeout(STEP_TIMEOUT, connect).await {
             Ok(Ok(c)) => Ok(c),
-            Ok(Err(e)) => Err(NodeFailure::Unavailable(e.to_string())),
+            Ok(Err(e)) => Err(NodeFailure::Unavailable(e)),
             Err(_) => Err(NodeFailure::Unavailable("connect timed out".into())),
         }
     }

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use store::hub::{RcptStatus, Recipient};
-use tracing::{error, info};
+use tracing::error;
 
 use super::Hub;
 use crate::smtp::{Backend, Incoming, Reply};
@@ -60,10 +60,8 @@ impl Backend for HubInbound {
             .submit(msg.message_id, msg.sender, recipients, msg.data)
             .await
         {
-            Ok(id) => {
-                info!(message_id = %message_id, queue_id = id, "queued");
-                Reply::new(250, "2.0.0", format!("queued as {id:x}"))
-            }
+            // The session logs the message with this reply; no second line per message.
+            Ok(id) => Reply::new(250, "2.0.0", format!("queued as {id:x}")),
             Err(e) => {
                 error!(message_id = %message_id, error = %e, "could not queue");
                 Reply::new(451, "4.3.0", "message not stored, try again later")
