@@ -14,6 +14,14 @@ use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(30);
 
+/// Each test runs four processes whose heartbeats have sub-second deadlines; on a 2-core machine
+/// several such sites at once starve each other into failovers nobody asked for, so the tests of
+/// this file take turns.
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    TURN.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// A site whose CMS closes logs at 4 KiB (a few messages each), so logs ship during a test.
 fn site(dial: &str) -> TestSite {
     let site = TestSite::new("", &[]);
@@ -123,6 +131,7 @@ fn wait_no_outstanding(site: &TestSite) {
 
 #[test]
 fn kill9_of_the_active_fails_over_and_the_dumpster_fills_the_gap() {
+    let _turn = one_at_a_time();
     let site = site("GoodAvailability");
     let mut procs = start_all(&site);
     wait_status(&site, "node1 active", |v| active_is(v, "node1"));
@@ -159,6 +168,7 @@ fn kill9_of_the_active_fails_over_and_the_dumpster_fills_the_gap() {
 
 #[test]
 fn a_hub_down_during_failover_stays_outstanding_until_it_returns() {
+    let _turn = one_at_a_time();
     let site = site("GoodAvailability");
     let mut procs = start_all(&site);
     wait_status(&site, "node1 active", |v| active_is(v, "node1"));
@@ -184,7 +194,8 @@ fn a_hub_down_during_failover_stays_outstanding_until_it_returns() {
         }
         assert!(
             start.elapsed() < WAIT,
-            "hub2 never listed as outstanding alone: {out:?}"
+            "hub2 never listed as outstanding alone: {out:?}\nnode2 log:\n{}",
+            procs[1].as_ref().expect("node2").log()
         );
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -200,12 +211,16 @@ fn a_hub_down_during_failover_stays_outstanding_until_it_returns() {
 
 #[test]
 fn the_old_active_returns_as_passive_and_catches_up() {
+    let _turn = one_at_a_time();
     let site = site("BestAvailability");
     let mut procs = start_all(&site);
     wait_status(&site, "node1 active", |v| active_is(v, "node1"));
     let before = ids("before", 0..40);
     send_many(site.ports.hub1, &before);
     wait_exactly(&site, &before);
+    // Within the dial: a kill right after a burst can leave more logs uncopied than
+    // BestAvailability allows, and then node2 rightly stays dismounted.
+    wait_copied_up(&site);
     procs[0].take().expect("node1").kill9();
     wait_status(&site, "node2 active", |v| active_is(v, "node2"));
     let after = ids("after", 0..40);
@@ -273,6 +288,7 @@ fn signal(p: &Proc, sig: &str) {
 
 #[test]
 fn cut_off_nodes_never_make_two_actives_and_a_lost_witness_only_warns() {
+    let _turn = one_at_a_time();
     let site = site("GoodAvailability");
     let procs = start_all(&site);
     wait_status(&site, "node1 active", |v| active_is(v, "node1"));
@@ -332,6 +348,7 @@ fn cut_off_nodes_never_make_two_actives_and_a_lost_witness_only_warns() {
 
 #[test]
 fn corrupt_log_is_refused_and_a_lossier_failover_than_the_dial_does_not_mount() {
+    let _turn = one_at_a_time();
     let site = site("Lossless");
     let mut procs = start_all(&site);
     wait_status(&site, "node1 active", |v| active_is(v, "node1"));
@@ -384,5 +401,32 @@ fn corrupt_log_is_refused_and_a_lossier_failover_than_the_dial_does_not_mount() 
         text.lines()
             .any(|l| l.starts_with("FAIL") && l.contains("DatabasesDismountedAfterFailover")),
         "{text}"
+    );
+}
+
+#[test]
+fn demo_reports_a_lossy_failover_fully_recovered() {
+    let _turn = one_at_a_time();
+    let out = Command::new(common::bin())
+        .args(["demo", "--json"])
+        .output()
+        .expect("demo");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_str(&text).expect("one JSON document");
+    assert_eq!(v["ok"], true, "{v:#}");
+    assert!(
+        v["lost_before_recovery"].as_u64().expect("count") > 0,
+        "the failover must lose mail first: {v:#}"
+    );
+    assert_eq!(v["recovered"], v["lost_before_recovery"], "{v:#}");
+    assert_eq!(v["duplicates"], 0, "{v:#}");
+    assert!(
+        v["failover_seconds"].as_f64().expect("seconds") < 10.0,
+        "{v:#}"
     );
 }

@@ -133,9 +133,9 @@ pub async fn status(site: &Site, cms: Option<&str>, json: bool) -> Result<(), Fa
         for g in &s.storage_groups {
             let opt = |v: Option<u64>| v.map(|n| n.to_string()).unwrap_or_else(|| "-".into());
             println!(
-                "  {}: SummaryCopyStatus {:?}  LastLogGenerated {}  LastLogCopied {}  LastLogReplayed {}  CopyQueueLength {}  ReplayQueueLength {}",
+                "  {}: SummaryCopyStatus {}  LastLogGenerated {}  LastLogCopied {}  LastLogReplayed {}  CopyQueueLength {}  ReplayQueueLength {}",
                 g.name,
-                g.summary_copy_status,
+                g.summary_copy_status.map(|s| format!("{s:?}")).unwrap_or_else(|| "-".into()),
                 g.last_log_generated,
                 opt(g.last_log_copied),
                 opt(g.last_log_replayed),

@@ -2,6 +2,7 @@
 //! the admin API; exit status 0 on success, 1 on a failed check or request, 2 on bad usage or config.
 
 pub mod cluster;
+pub mod demo;
 pub mod mailbox;
 pub mod resubmit;
 pub mod run;
@@ -98,6 +99,9 @@ pub enum Command {
         #[arg(long, value_name = "TEXT")]
         comment: Option<String>,
     },
+    /// Start a private site, crash its active node before its last log ships, and narrate the
+    /// automatic lossy failover and dumpster recovery, ending with a verdict.
+    Demo,
     /// Ask every hub to redeliver what it delivered for a storage group in a time window.
     Resubmit {
         /// The storage group.
@@ -145,7 +149,16 @@ pub fn main() -> ExitCode {
 }
 
 async fn dispatch(cli: Cli) -> Result<(), Failure> {
-    let site = Arc::new(Site::load(&cli.config).map_err(|e| Failure::Usage(e.to_string()))?);
+    let load = || {
+        Site::load(&cli.config)
+            .map(Arc::new)
+            .map_err(|e| Failure::Usage(e.to_string()))
+    };
+    // The demo writes its own private site; every other command runs from the config.
+    let site = match cli.command {
+        Command::Demo => return demo::run(cli.json).await,
+        _ => load()?,
+    };
     match cli.command {
         Command::Site { data } => run::site(site, &data).await,
         Command::Hub { name, data } => run::hub(site, &name, &data).await,
@@ -157,6 +170,7 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
         Command::Stats { storage_group } => {
             stats::run(&site, storage_group.as_deref(), cli.json).await
         }
+        Command::Demo => demo::run(cli.json).await,
         Command::Status { cms } => cluster::status(&site, cms.as_deref(), cli.json).await,
         Command::Health => cluster::health(&site, cli.json).await,
         Command::Move {

@@ -40,9 +40,12 @@ async fn serve(
     shutdown: CancellationToken,
     mut tasks: JoinSet<()>,
 ) -> Result<(), Failure> {
+    // Registered before "ready" is printed: a supervisor may signal as soon as it reads it.
+    let signal = runtime::shutdown_signal()
+        .map_err(|e| Failure::Failed(format!("cannot handle signals: {e}")))?;
     banner(&endpoints);
     tokio::select! {
-        _ = runtime::shutdown_signal() => {}
+        _ = signal => {}
         _ = shutdown.cancelled() => {}
     }
     shutdown.cancel();

@@ -98,12 +98,16 @@ pub enum Action {
     /// Give the lease up.
     ReleaseLease,
     /// Replay everything copied and mount the databases as active at `epoch`. `missing` holds the
-    /// logs lost per storage group; any non-zero count makes the mount lossy (ask hubs to resubmit).
+    /// logs known lost per storage group. A failover (the peer was lost, not a scheduled move) may
+    /// have lost more than the peer last reported — its newest logs can be younger than its last
+    /// heartbeat — so every failover mount asks the hubs to resubmit; dedup makes that harmless.
     Mount {
         /// The new epoch.
         epoch: u64,
-        /// Logs lost per storage group.
+        /// Logs known lost per storage group.
         missing: BTreeMap<String, u64>,
+        /// True when the peer was lost (automatic failover), false for a move or an agreed start.
+        failover: bool,
     },
     /// Stop accepting deliveries and become passive (copy from the peer).
     Demote,
@@ -322,7 +326,7 @@ impl Machine {
         if self.role == Role::Active {
             return Vec::new();
         }
-        self.activate(BTreeMap::new())
+        self.activate(BTreeMap::new(), false)
     }
 
     /// The clock advanced.
@@ -330,7 +334,7 @@ impl Machine {
         self.step(now)
     }
 
-    fn activate(&mut self, missing: BTreeMap<String, u64>) -> Vec<Action> {
+    fn activate(&mut self, missing: BTreeMap<String, u64>, failover: bool) -> Vec<Action> {
         let peer_epoch = self.peer.as_ref().map(|(_, hb)| hb.epoch).unwrap_or(0);
         let lease_epoch = self.lease.as_ref().map(|l| l.epoch).unwrap_or(0);
         self.epoch = self.epoch.max(peer_epoch).max(lease_epoch) + 1;
@@ -340,6 +344,7 @@ impl Machine {
             Action::Mount {
                 epoch: self.epoch,
                 missing,
+                failover,
             },
             Action::AcquireLease(self.epoch),
         ]
@@ -424,7 +429,7 @@ impl Machine {
                 return Vec::new();
             }
             return if self.holds_lease(now) {
-                self.activate(BTreeMap::new())
+                self.activate(BTreeMap::new(), false)
             } else {
                 self.try_lease(now, "waiting for the witness lease to take the active role")
             };
@@ -466,7 +471,12 @@ impl Machine {
             ));
             return Vec::new();
         }
-        self.activate(missing)
+        // Nothing can be lost if no epoch was ever active (a brand-new CMS starting).
+        let had_history = self.epoch > 0
+            || self.was_active
+            || !self.peer_generated.is_empty()
+            || self.lease.as_ref().is_some_and(|l| l.epoch > 0);
+        self.activate(missing, had_history)
     }
 
     /// Asks for the lease when it may be free; otherwise records why this node waits.

@@ -137,9 +137,15 @@ impl MailboxNode {
                         Err(e) => warn!(node = %self.name, error = %e, "witness task failed"),
                     }
                 }
-                Action::Mount { epoch, missing } => {
+                Action::Mount {
+                    epoch,
+                    missing,
+                    failover,
+                } => {
                     let node = self.clone();
-                    match tokio::task::spawn_blocking(move || node.mount(epoch, &missing)).await {
+                    match tokio::task::spawn_blocking(move || node.mount(epoch, &missing, failover))
+                        .await
+                    {
                         Ok(Ok(())) => {}
                         Ok(Err(e)) => {
                             error!(node = %self.name, error = %e, "mount failed; deliveries are refused")

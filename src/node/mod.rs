@@ -247,8 +247,13 @@ impl MailboxNode {
     }
 
     /// Mounts the databases as active at `epoch`: the copies become logs to write, every copied
-    /// record is replayed, and a lossy mount asks every hub of the site to resubmit.
-    pub fn mount(&self, epoch: u64, missing: &BTreeMap<String, u64>) -> Result<(), NodeError> {
+    /// record is replayed, and a failover mount asks every hub of the site to resubmit.
+    pub fn mount(
+        &self,
+        epoch: u64,
+        missing: &BTreeMap<String, u64>,
+        failover: bool,
+    ) -> Result<(), NodeError> {
         let c = &self.site.cms[self.cms];
         let mut copies = std::mem::take(&mut *self.copies());
         let mut writers = HashMap::new();
@@ -262,7 +267,7 @@ impl MailboxNode {
             replay_own(&self.store, &sg, &log)?;
             log.sync()?;
             starts.insert(sg.clone(), log.current_generation());
-            if missing.get(&sg).copied().unwrap_or(0) > 0 {
+            if failover || missing.get(&sg).copied().unwrap_or(0) > 0 {
                 let newest = self.store.checkpoint(&sg)?.map(|(_, t)| t).unwrap_or(0);
                 lossy_from.insert(sg.clone(), newest);
             }
@@ -287,10 +292,13 @@ impl MailboxNode {
         }
         *self.writers.lock().unwrap_or_else(|p| p.into_inner()) = Some(writers);
         self.persist()?;
+        let known_lost = missing.values().any(|n| *n > 0);
         if lossy_from.is_empty() {
             info!(node = %self.name, epoch, "databases mounted");
-        } else {
+        } else if known_lost {
             warn!(node = %self.name, epoch, missing = ?missing, "databases mounted after a lossy failover; asking every hub to resubmit");
+        } else {
+            warn!(node = %self.name, epoch, "databases mounted after a failover; logs written since the lost node's last report may be missing, so every hub is asked to resubmit");
         }
         Ok(())
     }

@@ -136,6 +136,10 @@ impl MailboxNode {
             .map(|c| c.copy.last_copied() + 1)
             .unwrap_or(1);
         while next <= status.last_closed {
+            // Checked again per generation: a suspension stops a round already under way.
+            if self.copies().get(sg).is_none_or(|c| c.suspended) {
+                return Ok(());
+            }
             let path = format!("/api/logs/{}/{next}", encode(sg));
             let bytes = match self.client.get_bytes(self.peer.admin, &path).await {
                 Ok(b) => b,

@@ -148,7 +148,7 @@ impl Sim {
                             .on_released();
                     }
                 }
-                Action::Mount { epoch, missing } => {
+                Action::Mount { epoch, missing, .. } => {
                     // What this mount really loses: the history this node does not hold.
                     let true_loss = self.head.saturating_sub(self.nodes[i].has);
                     self.mounts.push((i, missing, true_loss));
@@ -342,7 +342,14 @@ fn fresh_cluster_first_node_becomes_active_with_the_lease() {
         }),
     );
     assert!(
-        matches!(acts[0], Action::Mount { epoch: 1, .. }),
+        matches!(
+            acts[0],
+            Action::Mount {
+                epoch: 1,
+                failover: false,
+                ..
+            }
+        ),
         "{acts:?}"
     );
     assert!(m.may_serve(10));
@@ -384,7 +391,8 @@ fn failover_within_dial_mounts_lossy_and_beyond_dial_stays_dismounted() {
                 acts[0],
                 Action::Mount {
                     epoch: 2,
-                    missing: expect
+                    missing: expect,
+                    failover: true
                 }
             );
         } else {
@@ -498,7 +506,7 @@ fn scheduled_move_hands_over_without_a_double_active() {
     a.on_released();
     let acts = b.take_over();
     assert!(
-        matches!(&acts[0], Action::Mount { epoch: 2, missing } if missing.is_empty()),
+        matches!(&acts[0], Action::Mount { epoch: 2, missing, failover: false } if missing.is_empty()),
         "{acts:?}"
     );
     b.on_lease(

@@ -1,0 +1,365 @@
+//! `hubrelay demo`: a private site in a temporary directory, four processes of this binary (hub1,
+//! hub2, node1, node2) on free 127.0.0.1 ports. It sends mail, makes the passive node fall behind,
+//! kills the active node (`kill -9`) before its newest logs ship, and narrates the automatic lossy
+//! failover and the dumpster recovery, ending with a verdict.
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use lettre::address::Envelope;
+use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
+use serde::Serialize;
+
+use super::cluster::cms_status;
+use super::{print_json, Failure};
+use crate::admin::client::AdminClient;
+use crate::admin::node::MailboxListing;
+use crate::config::Site;
+
+const TOKEN: &str = "demo-token";
+const WAIT: Duration = Duration::from_secs(30);
+
+/// The demo's verdict.
+#[derive(Debug, Serialize)]
+pub struct Verdict {
+    /// Messages accepted by the hubs.
+    pub sent: usize,
+    /// Messages missing from the mailbox right after the failover.
+    pub lost_before_recovery: usize,
+    /// Of those, how many the dumpster brought back.
+    pub recovered: usize,
+    /// Message-IDs listed more than once at the end.
+    pub duplicates: usize,
+    /// From the kill to the new active node mounted.
+    pub failover_seconds: f64,
+    /// True when every message is there exactly once.
+    pub ok: bool,
+}
+
+/// The child processes; killed when dropped.
+struct Children(Vec<(String, Child)>);
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        for (_, c) in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Children {
+    fn start(
+        &mut self,
+        exe: &Path,
+        config: &Path,
+        data: &Path,
+        kind: &str,
+        name: &str,
+    ) -> Result<(), Failure> {
+        let log = std::fs::File::create(data.join(format!("{name}.log"))).map_err(fail)?;
+        let mut child = Command::new(exe)
+            .args([kind, "--name", name, "--config"])
+            .arg(config)
+            .arg("--data")
+            .arg(data)
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .map_err(fail)?;
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| Failure::Failed("no stdout".into()))?;
+        self.0.push((name.to_string(), child));
+        for line in BufReader::new(stdout).lines() {
+            if line.map_err(fail)? == "ready" {
+                return Ok(());
+            }
+        }
+        Err(Failure::Failed(format!(
+            "{name} did not start; see {}",
+            data.join(format!("{name}.log")).display()
+        )))
+    }
+
+    fn kill9(&mut self, name: &str) {
+        if let Some(i) = self.0.iter().position(|(n, _)| n == name) {
+            let (_, mut c) = self.0.remove(i);
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn fail(e: impl std::fmt::Display) -> Failure {
+    Failure::Failed(e.to_string())
+}
+
+fn free_port() -> Result<u16, Failure> {
+    Ok(TcpListener::bind("127.0.0.1:0")
+        .map_err(fail)?
+        .local_addr()
+        .map_err(fail)?
+        .port())
+}
+
+fn write_site(dir: &Path) -> Result<PathBuf, Failure> {
+    let mut p = Vec::new();
+    for _ in 0..8 {
+        p.push(free_port()?);
+    }
+    let text = format!(
+        r#"[site]
+name = "demo"
+accepted_domains = ["example.test"]
+admin_token = "{TOKEN}"
+retry_min = "200ms"
+retry_max = "2s"
+
+[[hub]]
+name = "hub1"
+smtp = "127.0.0.1:{}"
+admin = "127.0.0.1:{}"
+
+[[hub]]
+name = "hub2"
+smtp = "127.0.0.1:{}"
+admin = "127.0.0.1:{}"
+
+[[cms]]
+name = "cms1"
+auto_database_mount_dial = "GoodAvailability"
+witness = "witness/cms1"
+log_file_size = "4KiB"
+
+[[cms.node]]
+name = "node1"
+smtp = "127.0.0.1:{}"
+admin = "127.0.0.1:{}"
+
+[[cms.node]]
+name = "node2"
+smtp = "127.0.0.1:{}"
+admin = "127.0.0.1:{}"
+
+[[cms.storage_group]]
+name = "SG1"
+mailboxes = ["alice@example.test", "bob@example.test"]
+"#,
+        p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7]
+    );
+    let path = dir.join("site.toml");
+    std::fs::write(&path, text).map_err(fail)?;
+    Ok(path)
+}
+
+struct Demo {
+    site: Site,
+    client: AdminClient,
+    json: bool,
+}
+
+impl Demo {
+    fn say(&self, text: &str) {
+        if !self.json {
+            println!("{text}");
+        }
+    }
+
+    async fn wait_active(&self, node: &str) -> Result<(), Failure> {
+        let start = Instant::now();
+        while cms_status(&self.site, &self.site.cms[0])
+            .await
+            .active_node
+            .as_deref()
+            != Some(node)
+        {
+            if start.elapsed() > WAIT {
+                return Err(Failure::Failed(format!("{node} did not become active")));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(())
+    }
+
+    async fn send(&self, hub: usize, ids: &[String]) -> Result<(), Failure> {
+        let port = self.site.hubs[hub].smtp.port();
+        let smtp = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous("127.0.0.1")
+            .port(port)
+            .build();
+        let from = "bob@example.test".parse().map_err(fail)?;
+        let to = "alice@example.test".parse().map_err(fail)?;
+        let envelope = Envelope::new(Some(from), vec![to]).map_err(fail)?;
+        for id in ids {
+            let msg = format!("From: bob@example.test\r\nTo: alice@example.test\r\nSubject: demo\r\nMessage-ID: {id}\r\n\r\n{}\r\n", "hubrelay demo ".repeat(20));
+            smtp.send_raw(&envelope, msg.as_bytes())
+                .await
+                .map_err(fail)?;
+        }
+        Ok(())
+    }
+
+    /// Alice's Message-IDs on whichever node is active.
+    async fn listed(&self) -> Vec<String> {
+        for n in &self.site.cms[0].nodes {
+            if let Ok(l) = self
+                .client
+                .get::<MailboxListing>(n.admin, "/api/mailbox?address=alice%40example.test")
+                .await
+            {
+                return l.messages.into_iter().map(|m| m.message_id).collect();
+            }
+        }
+        Vec::new()
+    }
+
+    async fn wait_listed(&self, want: &BTreeSet<String>) -> Result<Vec<String>, Failure> {
+        let start = Instant::now();
+        loop {
+            let got = self.listed().await;
+            if want.iter().all(|w| got.contains(w)) {
+                return Ok(got);
+            }
+            if start.elapsed() > WAIT {
+                return Ok(got);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn wait_copied_up(&self) -> Result<(), Failure> {
+        let start = Instant::now();
+        loop {
+            let s = cms_status(&self.site, &self.site.cms[0]).await;
+            if s.storage_groups
+                .first()
+                .and_then(|g| g.copy_queue_length)
+                .is_some_and(|q| q <= 1)
+            {
+                return Ok(());
+            }
+            if start.elapsed() > WAIT {
+                return Err(Failure::Failed("node2 did not catch up".into()));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+fn ids(prefix: &str, n: usize) -> Vec<String> {
+    (0..n)
+        .map(|i| format!("<{prefix}-{i}@demo.test>"))
+        .collect()
+}
+
+/// Runs `hubrelay demo`.
+pub async fn run(json: bool) -> Result<(), Failure> {
+    let dir = std::env::temp_dir().join(format!("hubrelay-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(fail)?;
+    let result = run_in(&dir, json).await;
+    let _ = std::fs::remove_dir_all(&dir);
+    let verdict = result?;
+    if json {
+        print_json(&verdict)?;
+    } else {
+        println!(
+            "\nVerdict: {} sent, {} lost before recovery, {} recovered, {} duplicates: {}",
+            verdict.sent,
+            verdict.lost_before_recovery,
+            verdict.recovered,
+            verdict.duplicates,
+            if verdict.ok {
+                "nothing lost, nothing doubled"
+            } else {
+                "MAIL LOST OR DOUBLED"
+            }
+        );
+    }
+    if verdict.ok {
+        Ok(())
+    } else {
+        Err(Failure::Failed("the demo lost or doubled mail".into()))
+    }
+}
+
+async fn run_in(dir: &Path, json: bool) -> Result<Verdict, Failure> {
+    let exe = std::env::current_exe().map_err(fail)?;
+    let config = write_site(dir)?;
+    let data = dir.join("data");
+    std::fs::create_dir_all(&data).map_err(fail)?;
+    let site = Site::load(&config).map_err(fail)?;
+    let demo = Demo {
+        client: AdminClient::new(TOKEN),
+        site,
+        json,
+    };
+    let mut kids = Children(Vec::new());
+    demo.say(&format!(
+        "Starting a private site in {} (hub1, hub2, node1, node2: four processes)",
+        dir.display()
+    ));
+    for (kind, name) in [
+        ("node", "node1"),
+        ("node", "node2"),
+        ("hub", "hub1"),
+        ("hub", "hub2"),
+    ] {
+        kids.start(&exe, &config, &data, kind, name)?;
+    }
+    demo.wait_active("node1").await?;
+    demo.say("node1 is active, node2 copies its closed transaction logs (4 KiB each here).");
+
+    let first = ids("demo", 60);
+    demo.send(0, &first[..30]).await?;
+    demo.send(1, &first[30..]).await?;
+    let mut all: BTreeSet<String> = first.iter().cloned().collect();
+    demo.wait_listed(&all).await?;
+    demo.wait_copied_up().await?;
+    demo.say("Sent 60 messages through both hubs; all are in alice's mailbox and node2 has copied every closed log.");
+
+    let admin2 = demo.site.cms[0].nodes[1].admin;
+    demo.client
+        .post::<_, serde_json::Value>(admin2, "/api/copy/SG1/suspend", &serde_json::json!({}))
+        .await
+        .map_err(fail)?;
+    let last = ids("demo-late", 8);
+    demo.send(0, &last[..4]).await?;
+    demo.send(1, &last[4..]).await?;
+    all.extend(last.iter().cloned());
+    demo.wait_listed(&all).await?;
+    demo.say("node2 falls behind (its copy is suspended) while 8 more messages arrive; node1 holds them in logs node2 never gets.");
+
+    demo.say("kill -9 node1.");
+    kids.kill9("node1");
+    let killed = Instant::now();
+    demo.wait_active("node2").await?;
+    let failover_seconds = killed.elapsed().as_secs_f64();
+    let s = cms_status(&demo.site, &demo.site.cms[0]).await;
+    let present = demo.listed().await;
+    let lost: Vec<&String> = all.iter().filter(|m| !present.contains(m)).collect();
+    demo.say(&format!(
+        "node2 lost its peer, took the file share witness and mounted in {failover_seconds:.1} s ({}); {} message(s) are missing from the mailbox.",
+        if s.quorum == "Witness" { "quorum by the witness vote" } else { "quorum" },
+        lost.len()
+    ));
+    demo.say("The mount was lossy, so node2 asked every hub to resubmit its dumpster for SG1; duplicates are dropped by Message-ID.");
+    let end = demo.wait_listed(&all).await?;
+    let unique: BTreeSet<&String> = end.iter().collect();
+    let recovered = lost.iter().filter(|m| end.contains(m)).count();
+    let duplicates = end.len() - unique.len();
+    let ok = all.iter().all(|m| end.contains(m)) && duplicates == 0;
+    demo.say(&format!("The mailbox lists {} messages.", end.len()));
+    Ok(Verdict {
+        sent: all.len(),
+        lost_before_recovery: lost.len(),
+        recovered,
+        duplicates,
+        failover_seconds,
+        ok,
+    })
+}
