@@ -768,6 +768,25 @@ mod tests {
     }
 
     #[test]
+    fn bad_config_fixtures_name_the_problem() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/configs");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(&dir).expect("fixtures/configs") {
+            let path = entry.expect("entry").path();
+            let text = std::fs::read_to_string(&path).expect("fixture");
+            let expect = text
+                .lines()
+                .next()
+                .and_then(|l| l.strip_prefix("# expect: "))
+                .unwrap_or_else(|| panic!("{} has no `# expect:` line", path.display()));
+            let e = err(&text);
+            assert!(e.contains(expect), "{}: {e}", path.display());
+            seen += 1;
+        }
+        assert!(seen >= 5, "only {seen} bad config fixtures");
+    }
+
+    #[test]
     fn missing_token_and_bad_address() {
         let e = err(&GOOD.replace("admin_token = \"change-me\"", ""));
         assert!(e.contains("site.admin_token"), "{e}");

@@ -132,23 +132,13 @@ pub async fn start_hub(
             role: name.to_string(),
             source,
         })?;
-    let smtp_cfg = smtp_config(site, &hub.hostname);
-    spawn_smtp(
-        tasks,
-        name,
+    let smtp = (
         smtp_l,
         Arc::new(HubInbound(hub.clone())),
-        smtp_cfg,
-        shutdown,
+        smtp_config(site, &hub.hostname),
     );
-    spawn_admin(
-        tasks,
-        name,
-        admin_l,
-        admin::hub_router(hub.clone()),
-        site,
-        shutdown,
-    );
+    let admin = (admin_l, admin::hub_router(hub.clone()));
+    spawn_listeners(tasks, name, smtp, admin, site, shutdown);
     hub.spawn_housekeeping(shutdown.clone());
     Ok(vec![smtp_e, admin_e])
 }
@@ -171,23 +161,13 @@ pub async fn start_node(
             source,
         }
     })?;
-    let smtp_cfg = smtp_config(site, &node.hostname);
-    spawn_smtp(
-        tasks,
-        name,
+    let smtp = (
         smtp_l,
         Arc::new(NodeInbound(node.clone())),
-        smtp_cfg,
-        shutdown,
+        smtp_config(site, &node.hostname),
     );
-    spawn_admin(
-        tasks,
-        name,
-        admin_l,
-        admin::node_router(node.clone()),
-        site,
-        shutdown,
-    );
+    let admin = (admin_l, admin::node_router(node.clone()));
+    spawn_listeners(tasks, name, smtp, admin, site, shutdown);
     crate::node::driver::spawn(node, shutdown.clone());
     Ok(vec![smtp_e, admin_e])
 }
@@ -207,6 +187,19 @@ fn unknown(site: &Site, kind: &'static str, name: &str) -> StartError {
         name: name.to_string(),
         known: known.join(", "),
     }
+}
+
+/// Serves a role's SMTP listener (with its backend) and admin listener (with its router).
+fn spawn_listeners<B: smtp::Backend>(
+    tasks: &mut JoinSet<()>,
+    role: &str,
+    (smtp_l, backend, smtp_cfg): (TcpListener, Arc<B>, SmtpConfig),
+    (admin_l, router): (TcpListener, axum::Router),
+    site: &Site,
+    shutdown: &CancellationToken,
+) {
+    spawn_smtp(tasks, role, smtp_l, backend, smtp_cfg, shutdown);
+    spawn_admin(tasks, role, admin_l, router, site, shutdown);
 }
 
 fn spawn_smtp<B: smtp::Backend>(

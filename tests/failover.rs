@@ -239,6 +239,9 @@ fn the_old_active_returns_as_passive_and_catches_up() {
     });
     assert_eq!(v["quorum"], "Healthy", "{v:#}");
     wait_no_outstanding(&site);
+    // A full reseed of node1's copy: everything dropped and copied again.
+    node_post(site.ports.node1_admin, "/api/copy/SG1/reseed");
+    wait_copied_up(&site);
     // Its copy matches the active's: move back (lossless) and list the mailbox from node1.
     let (code, out) = site.cli_json(&["move", "--cms", "cms1", "--target", "node1"]);
     assert_eq!(code, 0, "{out}");

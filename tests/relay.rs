@@ -264,3 +264,50 @@ fn sigterm_shuts_down_cleanly_and_bad_config_exits_2() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("bad.toml:5") && err.contains("bogus"), "{err}");
 }
+
+#[test]
+fn fixture_messages_arrive_intact() {
+    let site = TestSite::new("", &[]);
+    let _s = site.start(&["site"]);
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/messages");
+    let mut names: Vec<_> = std::fs::read_dir(&dir)
+        .expect("fixtures/messages")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    names.sort();
+    for (i, path) in names.iter().enumerate() {
+        let original = std::fs::read(path).expect("fixture");
+        let text = String::from_utf8(original.clone()).expect("fixtures are UTF-8");
+        let (code, out) = smtplib_send(
+            site.ports.hub1,
+            "bob@example.test",
+            &["alice@example.test"],
+            &text,
+        );
+        assert_eq!(code, 0, "{}: {out}", path.display());
+        let ids = site.wait_mailbox("alice@example.test", WAIT, |ids| ids.len() == i + 1);
+        let id = ids.last().expect("listed");
+        let out = Command::new(common::bin())
+            .args([
+                "mailbox",
+                "--address",
+                "alice@example.test",
+                "--message-id",
+                id,
+                "--config",
+            ])
+            .arg(site.config())
+            .output()
+            .expect("run");
+        let stored = out.stdout;
+        assert!(
+            stored.ends_with(&original),
+            "{}: the original arrives byte for byte after the added headers:\n{}",
+            path.display(),
+            String::from_utf8_lossy(&stored)
+        );
+        if !text.contains("Message-ID:") {
+            assert!(String::from_utf8_lossy(&stored).contains(&format!("Message-ID: {id}")));
+        }
+    }
+}

@@ -73,22 +73,13 @@ impl AdminClient {
 
     /// `GET http://addr{path}` as raw bytes.
     pub async fn get_bytes(&self, addr: SocketAddr, path: &str) -> Result<Vec<u8>, ClientError> {
-        let unreachable = |e: reqwest::Error| ClientError::Unreachable {
-            addr,
-            reason: e.without_url().to_string(),
-        };
-        let resp = self
-            .http
-            .get(format!("http://{addr}{path}"))
-            .bearer_auth(&self.token)
-            .send()
+        let req = self.http.get(format!("http://{addr}{path}"));
+        let resp = self.send(addr, req).await?;
+        Ok(resp
+            .bytes()
             .await
-            .map_err(unreachable)?;
-        let status = resp.status();
-        if status.is_success() {
-            return Ok(resp.bytes().await.map_err(unreachable)?.to_vec());
-        }
-        Err(status_error(addr, resp).await)
+            .map_err(|e| unreachable(addr, e))?
+            .to_vec())
     }
 
     /// `POST http://addr{path}` with a JSON body, decoded as `T`.
@@ -107,20 +98,33 @@ impl AdminClient {
         addr: SocketAddr,
         req: reqwest::RequestBuilder,
     ) -> Result<T, ClientError> {
-        let unreachable = |e: reqwest::Error| ClientError::Unreachable {
-            addr,
-            reason: e.without_url().to_string(),
-        };
+        let resp = self.send(addr, req).await?;
+        resp.json::<T>().await.map_err(|e| unreachable(addr, e))
+    }
+
+    /// Sends with the token; a non-success status becomes [`ClientError::Status`].
+    async fn send(
+        &self,
+        addr: SocketAddr,
+        req: reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, ClientError> {
         let resp = req
             .bearer_auth(&self.token)
             .send()
             .await
-            .map_err(unreachable)?;
-        let status = resp.status();
-        if status.is_success() {
-            return resp.json::<T>().await.map_err(unreachable);
+            .map_err(|e| unreachable(addr, e))?;
+        if resp.status().is_success() {
+            Ok(resp)
+        } else {
+            Err(status_error(addr, resp).await)
         }
-        Err(status_error(addr, resp).await)
+    }
+}
+
+fn unreachable(addr: SocketAddr, e: reqwest::Error) -> ClientError {
+    ClientError::Unreachable {
+        addr,
+        reason: e.without_url().to_string(),
     }
 }
 
