@@ -28,7 +28,7 @@ use store::txlog::{LogPosition, TxLog, TxLogError};
 use tracing::{info, warn};
 
 use crate::admin::client::AdminClient;
-use crate::cluster::machine::{Machine, Role, Timing};
+use crate::cluster::machine::{Machine, Timing};
 use crate::cluster::witness::Witness;
 use crate::config::{Node, Site};
 use crate::runtime::now_ms;
@@ -323,11 +323,6 @@ impl MailboxNode {
         self.open_copies()?;
         self.persist()?;
         Ok(())
-    }
-
-    /// The role as the machine sees it, for status.
-    pub fn role(&self) -> Role {
-        self.machine().role().clone()
     }
 }
 
