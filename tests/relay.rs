@@ -28,24 +28,8 @@ fn smtplib_message_lands_with_received_and_message_id() {
         "generated Message-ID: {mid}"
     );
 
-    let out = Command::new(common::bin())
-        .args([
-            "mailbox",
-            "--address",
-            "alice@example.test",
-            "--message-id",
-            mid,
-            "--config",
-        ])
-        .arg(site.config())
-        .output()
-        .expect("run");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let raw = String::from_utf8_lossy(&out.stdout);
+    let stored = site.stored_message("alice@example.test", mid);
+    let raw = String::from_utf8_lossy(&stored);
     assert!(raw.starts_with("Received: "), "{raw}");
     assert!(raw.contains("by hub1.test"), "the hub stamped it: {raw}");
     assert!(raw.contains(&format!("Message-ID: {mid}")), "{raw}");
@@ -219,19 +203,8 @@ fn node_down_then_up_is_retried_and_rejected_recipient_gets_a_dsn() {
         ids == ["<partial@client.test>".to_string()]
     });
     let bob = site.wait_mailbox("bob@example.test", WAIT, |ids| ids.len() == 1);
-    let out = Command::new(common::bin())
-        .args([
-            "mailbox",
-            "--address",
-            "bob@example.test",
-            "--message-id",
-            &bob[0],
-            "--config",
-        ])
-        .arg(site.config())
-        .output()
-        .expect("run");
-    let dsn = String::from_utf8_lossy(&out.stdout);
+    let stored = site.stored_message("bob@example.test", &bob[0]);
+    let dsn = String::from_utf8_lossy(&stored);
     assert!(dsn.contains("report-type=delivery-status"), "{dsn}");
     assert!(
         dsn.contains("Final-Recipient: rfc822; dave@example.test"),
@@ -287,19 +260,7 @@ fn fixture_messages_arrive_intact() {
         assert_eq!(code, 0, "{}: {out}", path.display());
         let ids = site.wait_mailbox("alice@example.test", WAIT, |ids| ids.len() == i + 1);
         let id = ids.last().expect("listed");
-        let out = Command::new(common::bin())
-            .args([
-                "mailbox",
-                "--address",
-                "alice@example.test",
-                "--message-id",
-                id,
-                "--config",
-            ])
-            .arg(site.config())
-            .output()
-            .expect("run");
-        let stored = out.stdout;
+        let stored = site.stored_message("alice@example.test", id);
         assert!(
             stored.ends_with(&original),
             "{}: the original arrives byte for byte after the added headers:\n{}",

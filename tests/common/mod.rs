@@ -199,6 +199,28 @@ mailboxes = ["carol@example.test"]
         (code, v)
     }
 
+    /// One stored message as `hubrelay mailbox --message-id` prints it (the command must succeed).
+    pub fn stored_message(&self, address: &str, message_id: &str) -> Vec<u8> {
+        let out = Command::new(bin())
+            .args([
+                "mailbox",
+                "--address",
+                address,
+                "--message-id",
+                message_id,
+                "--config",
+            ])
+            .arg(self.config())
+            .output()
+            .expect("run hubrelay");
+        assert!(
+            out.status.success(),
+            "mailbox --message-id {message_id}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    }
+
     /// Message-IDs listed in a mailbox (via `hubrelay mailbox --json`).
     pub fn mailbox_ids(&self, address: &str) -> Vec<String> {
         let (code, v) = self.cli_json(&["mailbox", "--address", address]);

@@ -406,9 +406,8 @@ fn failover_within_dial_mounts_lossy_and_beyond_dial_stays_dismounted() {
     }
 }
 
-#[test]
-fn witness_down_with_both_nodes_up_keeps_the_active() {
-    let t = Timing::default();
+/// node1 of a fresh cluster, active with the lease from time 0.
+fn fresh_active_node1(t: Timing) -> Machine {
     let mut m = Machine::new("node1", true, Persisted::default(), t, DIAL, 0);
     m.on_tick(0);
     m.on_lease(
@@ -419,6 +418,13 @@ fn witness_down_with_both_nodes_up_keeps_the_active() {
             ..Default::default()
         }),
     );
+    m
+}
+
+#[test]
+fn witness_down_with_both_nodes_up_keeps_the_active() {
+    let t = Timing::default();
+    let mut m = fresh_active_node1(t);
     for k in 1..100 {
         let now = k * 200;
         m.on_heartbeat(now, hb("node2", Role::Passive, 0, false, true, 0));
@@ -438,16 +444,7 @@ fn witness_down_with_both_nodes_up_keeps_the_active() {
 #[test]
 fn frozen_active_refuses_when_it_resumes() {
     let t = Timing::default();
-    let mut m = Machine::new("node1", true, Persisted::default(), t, DIAL, 0);
-    m.on_tick(0);
-    m.on_lease(
-        0,
-        Some(LeaseView {
-            holder: "node1".into(),
-            expires_ms: t.lease_duration,
-            ..Default::default()
-        }),
-    );
+    let mut m = fresh_active_node1(t);
     m.on_heartbeat(100, hb("node2", Role::Passive, 0, false, true, 0));
     assert!(m.may_serve(100));
     // Stopped for ten seconds: neither quorum nor lease holds any more, before any tick runs.
@@ -488,16 +485,7 @@ fn returning_old_active_defers_to_the_new_active() {
 #[test]
 fn scheduled_move_hands_over_without_a_double_active() {
     let t = Timing::default();
-    let mut a = Machine::new("node1", true, Persisted::default(), t, DIAL, 0);
-    a.on_tick(0);
-    a.on_lease(
-        0,
-        Some(LeaseView {
-            holder: "node1".into(),
-            expires_ms: t.lease_duration,
-            ..Default::default()
-        }),
-    );
+    let mut a = fresh_active_node1(t);
     let mut b = Machine::new("node2", false, Persisted::default(), t, DIAL, 0);
     b.on_heartbeat(10, a.heartbeat(10, BTreeMap::new()));
     a.on_heartbeat(10, b.heartbeat(10, BTreeMap::new()));
