@@ -150,7 +150,7 @@ pub async fn start_node(
     data: &Path,
     shutdown: &CancellationToken,
     tasks: &mut JoinSet<()>,
-) -> Result<Vec<Endpoint>, StartError> {
+) -> Result<(Vec<Endpoint>, Arc<MailboxNode>), StartError> {
     let (cms, cfg) = site.node(name).ok_or_else(|| unknown(site, "node", name))?;
     let cfg = cfg.clone();
     let (smtp_l, smtp_e) = bind(name, "smtp", cfg.smtp).await?;
@@ -168,8 +168,8 @@ pub async fn start_node(
     );
     let admin = (admin_l, admin::node_router(node.clone()));
     spawn_listeners(tasks, name, smtp, admin, site, shutdown);
-    crate::node::driver::spawn(node, shutdown.clone());
-    Ok(vec![smtp_e, admin_e])
+    crate::node::driver::spawn(node.clone(), shutdown.clone());
+    Ok((vec![smtp_e, admin_e], node))
 }
 
 fn unknown(site: &Site, kind: &'static str, name: &str) -> StartError {

@@ -218,16 +218,12 @@ pub async fn log_status(
             format!("{} is not active", node.name),
         ));
     };
-    let (last_generated, last_closed) = {
-        let log = w.log();
-        (log.last_generated(), log.last_closed())
-    };
     let st = node.state();
     Ok(Json(LogStatus {
-        epoch: node.machine().epoch(),
+        epoch: w.epoch(),
         epochs: st.epochs.clone(),
-        last_generated,
-        last_closed,
+        last_generated: w.last_generated(),
+        last_closed: w.last_closed(),
     }))
 }
 
@@ -243,9 +239,9 @@ pub async fn log_file(
             format!("{} is not active", node.name),
         ));
     };
-    let bytes = w
-        .log()
-        .read_closed(generation)
+    let bytes = tokio::task::spawn_blocking(move || w.read_closed(generation))
+        .await
+        .map_err(ApiError::internal)?
         .map_err(|e| ApiError(StatusCode::NOT_FOUND, e.to_string()))?;
     Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes))
 }

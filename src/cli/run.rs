@@ -1,4 +1,5 @@
-//! `site`, `hub` and `node`: run roles until Ctrl-C or SIGTERM.
+//! `site`, `hub` and `node`: run roles until Ctrl-C or SIGTERM (an active node with a healthy peer
+//! hands over to it first).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -8,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::Failure;
 use crate::config::Site;
+use crate::node::MailboxNode;
 use crate::runtime::{self, Endpoint, StartError};
 
 fn tracing_init() {
@@ -39,13 +41,19 @@ async fn serve(
     endpoints: Vec<Endpoint>,
     shutdown: CancellationToken,
     mut tasks: JoinSet<()>,
+    hand_over: Option<Arc<MailboxNode>>,
 ) -> Result<(), Failure> {
     // Registered before "ready" is printed: a supervisor may signal as soon as it reads it.
     let signal = runtime::shutdown_signal()
         .map_err(|e| Failure::Failed(format!("cannot handle signals: {e}")))?;
     banner(&endpoints);
     tokio::select! {
-        _ = signal => {}
+        _ = signal => {
+            // A routine stop of the active node is a handover, not a lossy failover.
+            if let Some(node) = hand_over {
+                node.hand_over_before_exit().await;
+            }
+        }
         _ = shutdown.cancelled() => {}
     }
     shutdown.cancel();
@@ -61,11 +69,10 @@ pub async fn site(site: Arc<Site>, data: &Path) -> Result<(), Failure> {
     let mut endpoints = Vec::new();
     for c in &site.cms {
         for n in &c.nodes {
-            endpoints.extend(
-                runtime::start_node(&site, &n.name, data, &shutdown, &mut tasks)
-                    .await
-                    .map_err(start_failed)?,
-            );
+            let (e, _) = runtime::start_node(&site, &n.name, data, &shutdown, &mut tasks)
+                .await
+                .map_err(start_failed)?;
+            endpoints.extend(e);
         }
     }
     for h in &site.hubs {
@@ -75,7 +82,8 @@ pub async fn site(site: Arc<Site>, data: &Path) -> Result<(), Failure> {
                 .map_err(start_failed)?,
         );
     }
-    serve(endpoints, shutdown, tasks).await
+    // Both nodes of each CMS stop with this process: there is no one to hand over to.
+    serve(endpoints, shutdown, tasks, None).await
 }
 
 /// Runs one hub.
@@ -86,7 +94,7 @@ pub async fn hub(site: Arc<Site>, name: &str, data: &Path) -> Result<(), Failure
     let endpoints = runtime::start_hub(&site, name, data, &shutdown, &mut tasks)
         .await
         .map_err(start_failed)?;
-    serve(endpoints, shutdown, tasks).await
+    serve(endpoints, shutdown, tasks, None).await
 }
 
 /// Runs one mailbox node.
@@ -94,8 +102,8 @@ pub async fn node(site: Arc<Site>, name: &str, data: &Path) -> Result<(), Failur
     tracing_init();
     let shutdown = CancellationToken::new();
     let mut tasks = JoinSet::new();
-    let endpoints = runtime::start_node(&site, name, data, &shutdown, &mut tasks)
+    let (endpoints, node) = runtime::start_node(&site, name, data, &shutdown, &mut tasks)
         .await
         .map_err(start_failed)?;
-    serve(endpoints, shutdown, tasks).await
+    serve(endpoints, shutdown, tasks, Some(node)).await
 }

@@ -149,6 +149,8 @@ pub struct Machine {
     superseded: Option<u64>,
     /// Set by a scheduled move: do not take over by preference until the peer is active.
     yielding: bool,
+    /// A scheduled move away from this active node has released the lease: do not renew it.
+    handing_over: bool,
 }
 
 impl Machine {
@@ -179,6 +181,7 @@ impl Machine {
             generated: BTreeMap::new(),
             superseded: None,
             yielding: false,
+            handing_over: false,
         }
     }
 
@@ -190,6 +193,14 @@ impl Machine {
     /// The current epoch.
     pub fn epoch(&self) -> u64 {
         self.epoch
+    }
+
+    /// The highest epoch this node knows of: its own, the peer's last heartbeat, the lease's. A
+    /// node answering with a lower one has lost its authority since.
+    pub fn highest_known_epoch(&self) -> u64 {
+        let peer = self.peer.as_ref().map(|(_, hb)| hb.epoch).unwrap_or(0);
+        let lease = self.lease.as_ref().map(|l| l.epoch).unwrap_or(0);
+        self.epoch.max(peer).max(lease)
     }
 
     /// What to persist.
@@ -303,6 +314,7 @@ impl Machine {
     /// A scheduled move away from this (active) node: step down now, release the lease, and do not
     /// take the role back by preference until the target is active.
     pub fn move_away(&mut self) -> Vec<Action> {
+        self.handing_over = false;
         if self.role != Role::Active {
             return Vec::new();
         }
@@ -321,12 +333,41 @@ impl Machine {
                 .is_some_and(|(_, hb)| hb.role == Role::Active)
     }
 
-    /// A scheduled move to this (passive) node, after it copied everything: mount losslessly.
-    pub fn take_over(&mut self) -> Vec<Action> {
+    /// A scheduled move away from this active node begins: it is about to release the witness
+    /// lease for the target to take, so it must not renew it meanwhile.
+    pub fn begin_handover(&mut self) {
+        self.handing_over = true;
+    }
+
+    /// The move did not happen and this node holds the lease again (`lease`): serve on.
+    pub fn end_handover(&mut self, lease: LeaseView) {
+        self.handing_over = false;
+        self.lease = Some(lease);
+    }
+
+    /// Whether the peer is seen, sees this node and is passive: ready to take over by a move.
+    pub fn peer_healthy(&self, now: Millis) -> bool {
+        self.mutual(now)
+            && self
+                .peer
+                .as_ref()
+                .is_some_and(|(_, hb)| hb.role == Role::Passive)
+    }
+
+    /// A scheduled move to this (passive) node, after it copied everything and took the witness
+    /// lease the old active released: mount losslessly. The lease decides the move, so an old
+    /// active that gave up and took the lease back is never joined by a second active.
+    pub fn take_over(&mut self, now: Millis, lease: LeaseView) -> Result<Vec<Action>, String> {
         if self.role == Role::Active {
-            return Vec::new();
+            return Ok(Vec::new());
         }
-        self.activate(BTreeMap::new(), false)
+        self.lease = Some(lease);
+        if !self.holds_lease(now) {
+            return Err(
+                "the witness lease is not this node's: the old active kept its role".into(),
+            );
+        }
+        Ok(self.activate(BTreeMap::new(), false))
     }
 
     /// The clock advanced.
@@ -390,6 +431,7 @@ impl Machine {
             return vec![Action::Demote];
         }
         let renew = match &self.lease {
+            _ if self.handing_over => false,
             Some(l) if l.holder == self.me => {
                 l.expires_ms.saturating_sub(now) < self.timing.renew_before
                     || l.generated != self.generated

@@ -86,6 +86,14 @@ impl MailboxNode {
     }
 
     async fn drive(self: &Arc<Self>) {
+        if self
+            .handover_pending
+            .load(std::sync::atomic::Ordering::SeqCst)
+        {
+            if let Ok(_one_at_a_time) = self.exec.try_lock() {
+                self.take_back_lease().await;
+            }
+        }
         let copied = self.copied();
         let generated = self.generated();
         let actions = {
@@ -113,6 +121,14 @@ impl MailboxNode {
             return;
         }
         let _one_at_a_time = self.exec.lock().await;
+        self.execute_locked(actions).await;
+    }
+
+    /// [`Self::execute`] for a caller that holds the execution lock.
+    async fn execute_locked(self: &Arc<Self>, actions: Vec<Action>) {
+        if actions.is_empty() {
+            return;
+        }
         let mut queue: VecDeque<Action> = actions.into();
         while let Some(action) = queue.pop_front() {
             match action {
@@ -163,8 +179,13 @@ impl MailboxNode {
                 }
             }
         }
-        if let Err(e) = self.persist() {
-            error!(node = %self.name, error = %e, "could not persist the cluster state");
+        let node = self.clone();
+        match tokio::task::spawn_blocking(move || node.persist()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                error!(node = %self.name, error = %e, "could not persist the cluster state")
+            }
+            Err(e) => error!(node = %self.name, error = %e, "persist task failed"),
         }
     }
 
@@ -199,23 +220,58 @@ impl MailboxNode {
         }
     }
 
-    /// A scheduled move away from this active node: refuse deliveries, close every open log, have
-    /// the peer copy everything and mount, then step down and give up the lease. The logs stay
-    /// served until the peer has them. Returns the final generations.
+    /// A scheduled move away from this active node. It runs to its end in its own task, so a
+    /// client that disconnects cannot leave it half done. Every writer is sealed (the writes
+    /// queued before are fsynced and answered, the open generation is closed, nothing is written
+    /// after), the lease is released, and the peer copies up to the sealed generations, takes the
+    /// lease and mounts. If the peer does not confirm, this node takes the lease back and serves
+    /// on; while the peer holds it instead, the writers stay sealed until the peer's heartbeat
+    /// shows it active (this node then steps down) or the lease comes back. Returns the final
+    /// generations.
     pub async fn move_to_peer(
         self: &Arc<Self>,
     ) -> Result<std::collections::BTreeMap<String, u64>, String> {
+        let node = self.clone();
+        tokio::spawn(async move { node.run_move().await })
+            .await
+            .map_err(|e| format!("the move task failed: {e}"))?
+    }
+
+    async fn run_move(self: &Arc<Self>) -> Result<std::collections::BTreeMap<String, u64>, String> {
+        let _one_at_a_time = self.exec.lock().await;
         if *self.machine().role() != Role::Active {
             return Err(format!("{} is not the active node", self.name));
         }
-        self.set_moving(true);
+        if self.moving.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            return Err(format!(
+                "a move away from {} is already under way",
+                self.name
+            ));
+        }
+        let writers = self.writers();
         let mut last = std::collections::BTreeMap::new();
-        for sg in self.storage_groups() {
-            if let Some(w) = self.writer(&sg) {
-                let mut log = w.log();
-                log.roll().map_err(|e| e.to_string())?;
-                last.insert(sg.clone(), log.last_closed());
+        for (sg, w) in &writers {
+            match w.seal().await {
+                Ok(g) => {
+                    last.insert(sg.clone(), g);
+                }
+                Err(e) => {
+                    for (_, w) in &writers {
+                        w.unseal();
+                    }
+                    self.set_moving(false);
+                    return Err(format!("could not close the log of {sg}: {e}"));
+                }
             }
+        }
+        self.machine().begin_handover();
+        let w = self.witness.clone();
+        match tokio::task::spawn_blocking(move || w.release(now_ms())).await {
+            Ok(Ok(())) => self.machine().on_released(),
+            Ok(Err(e)) => {
+                warn!(node = %self.name, error = %e, "could not release the witness lease for the move")
+            }
+            Err(e) => warn!(node = %self.name, error = %e, "witness task failed"),
         }
         let req = super::outstanding::Takeover {
             last_closed: last.clone(),
@@ -225,17 +281,69 @@ impl MailboxNode {
             .post(self.peer.admin, "/api/cluster/takeover", &req)
             .await;
         if let Err(e) = answer {
-            self.set_moving(false);
-            return Err(format!("{} did not take over: {e}", self.peer.name));
+            self.handover_pending
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+            let kept = self.take_back_lease().await;
+            return Err(format!(
+                "{} did not take over: {e}; {}",
+                self.peer.name,
+                if kept {
+                    "this node serves on"
+                } else {
+                    "the other node holds the lease, so this node waits for it to become active"
+                }
+            ));
         }
         let actions = self.machine().move_away();
-        self.execute(actions).await;
-        self.set_moving(false);
+        self.execute_locked(actions).await;
         info!(node = %self.name, to = %self.peer.name, "scheduled move done");
         Ok(last)
     }
 
-    /// The target side of a scheduled move: copy up to the given generations, then mount.
+    /// Before the process stops (SIGTERM, Ctrl-C): an active node whose peer is healthy hands over
+    /// with a scheduled move, so a routine restart loses nothing and needs no resubmission.
+    pub async fn hand_over_before_exit(self: &Arc<Self>) {
+        let ready = {
+            let m = self.machine();
+            *m.role() == Role::Active && m.peer_healthy(now_ms())
+        };
+        if !ready {
+            return;
+        }
+        info!(node = %self.name, to = %self.peer.name, "stopping: handing over to the other node first");
+        match tokio::time::timeout(Duration::from_secs(45), self.move_to_peer()).await {
+            Ok(Ok(_)) => info!(node = %self.name, "handed over; stopping"),
+            Ok(Err(e)) => warn!(node = %self.name, error = %e, "handover failed; stopping anyway"),
+            Err(_) => warn!(node = %self.name, "handover timed out; stopping anyway"),
+        }
+    }
+
+    /// After a move that was not confirmed: takes the lease back if it is free and unseals the
+    /// writers. Returns whether this node serves on.
+    async fn take_back_lease(self: &Arc<Self>) -> bool {
+        if *self.machine().role() != Role::Active {
+            return false;
+        }
+        let epoch = self.machine().epoch();
+        let Some(Some(view)) = self.acquire(epoch).await else {
+            return false;
+        };
+        if view.holder != self.name {
+            return false;
+        }
+        self.machine().end_handover(view);
+        for (_, w) in self.writers() {
+            w.unseal();
+        }
+        self.handover_pending
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        self.set_moving(false);
+        warn!(node = %self.name, "the scheduled move did not happen; serving on");
+        true
+    }
+
+    /// The target side of a scheduled move: copy up to the given generations, take the witness
+    /// lease the old active released, then mount.
     pub async fn take_over(
         self: &Arc<Self>,
         last_closed: &std::collections::BTreeMap<String, u64>,
@@ -257,13 +365,20 @@ impl MailboxNode {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        let _one_at_a_time = self.exec.lock().await;
+        let epoch = self.machine().epoch();
+        let lease = match self.acquire(epoch).await {
+            Some(Some(view)) => view,
+            Some(None) => return Err("the witness is unreachable".into()),
+            None => return Err("the witness is busy".into()),
+        };
         let copied = self.copied();
         let actions = {
             let mut m = self.machine();
             m.on_copied(copied);
-            m.take_over()
+            m.take_over(now_ms(), lease)?
         };
-        self.execute(actions).await;
+        self.execute_locked(actions).await;
         if *self.machine().role() == Role::Active {
             Ok(())
         } else {

@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use store::txlog::LogRecord;
-use tracing::{error, info};
+use tracing::{error, info, warn};
+
+use super::writer::WriteError;
 
 use super::MailboxNode;
 use crate::runtime::now_ms;
@@ -52,6 +54,7 @@ impl Backend for NodeInbound {
         if !node.is_active() {
             return self.passive_reply();
         }
+        let epoch = node.machine().epoch();
         let mut by_sg: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for rcpt in &msg.recipients {
             let addr = rcpt.to_ascii_lowercase();
@@ -69,8 +72,9 @@ impl Backend for NodeInbound {
         }
         let mut added = 0;
         for (sg, recipients) in by_sg {
-            let Some(writer) = node.writer(&sg) else {
-                continue;
+            // A writer of another epoch, or none, means the role changed since the check above.
+            let Some(writer) = node.writer(&sg).filter(|w| w.epoch() == epoch) else {
+                return self.passive_reply();
             };
             let rec = LogRecord {
                 message_id: msg.message_id.clone(),
@@ -81,17 +85,23 @@ impl Backend for NodeInbound {
             };
             match writer.write(rec).await {
                 Ok(n) => added += n,
+                Err(WriteError::Stopped) => return self.passive_reply(),
                 Err(e) => {
                     error!(storage_group = %sg, error = %e, "could not store");
                     return Reply::new(451, "4.3.0", "message not stored, try again later");
                 }
             }
         }
+        // The fence: whatever the store holds now is durable, but only a node still active in
+        // the epoch it wrote in may say so; otherwise the hub delivers to the new active.
+        if !node.holds_authority(epoch) {
+            warn!(message_id = %msg.message_id, node = %node.name, epoch, "lost the active role before acknowledging; refused with 451");
+            return self.passive_reply();
+        }
+        info!(node = %node.name, epoch, message_id = %msg.message_id, copies = added, "acknowledged");
         if added == 0 {
-            info!(message_id = %msg.message_id, node = %node.name, "duplicate Message-ID dropped");
             Reply::new(250, "2.0.0", "already delivered; duplicate dropped")
         } else {
-            info!(message_id = %msg.message_id, node = %node.name, copies = added, "stored");
             Reply::new(250, "2.0.0", "stored")
         }
     }

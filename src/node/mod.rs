@@ -87,8 +87,10 @@ pub struct MailboxNode {
     writers: Mutex<Option<HashMap<String, SgWriter>>>,
     copies: Mutex<BTreeMap<String, CopyState>>,
     state: Mutex<NodeState>,
-    /// A scheduled move is under way: refuse deliveries.
+    /// A scheduled move is under way (or failed and waits to take the lease back): refuse deliveries.
     moving: AtomicBool,
+    /// The move's sealed writers wait for the lease to come back: a move whose target may still mount.
+    handover_pending: AtomicBool,
     /// Serializes the execution of cluster actions.
     exec: tokio::sync::Mutex<()>,
 }
@@ -155,6 +157,7 @@ impl MailboxNode {
             copies: Mutex::new(BTreeMap::new()),
             state: Mutex::new(state),
             moving: AtomicBool::new(false),
+            handover_pending: AtomicBool::new(false),
             exec: tokio::sync::Mutex::new(()),
         });
         node.open_copies()?;
@@ -208,6 +211,24 @@ impl MailboxNode {
                 .is_some()
     }
 
+    /// The fence before a 250: after the fsync, the node acknowledges only if it is still active
+    /// in `epoch` with quorum (peer contact or the witness lease), judged now. A record written but
+    /// not acknowledged may stay or go; the hub delivers it again, and dedup drops the extra copy.
+    pub fn holds_authority(&self, epoch: u64) -> bool {
+        let m = self.machine();
+        m.epoch() == epoch && m.may_serve(now_ms())
+    }
+
+    /// Every writer while mounted.
+    pub fn writers(&self) -> Vec<(String, SgWriter)> {
+        self.writers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(|w| w.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+            .unwrap_or_default()
+    }
+
     /// The writer of storage group `sg` while mounted.
     pub fn writer(&self, sg: &str) -> Option<SgWriter> {
         self.writers
@@ -224,7 +245,7 @@ impl MailboxNode {
             .as_ref()
             .map(|w| {
                 w.iter()
-                    .map(|(sg, wr)| (sg.clone(), wr.log().last_generated()))
+                    .map(|(sg, wr)| (sg.clone(), wr.last_generated()))
                     .collect()
             })
             .unwrap_or_default()
@@ -265,13 +286,17 @@ impl MailboxNode {
             }
             let mut log = TxLog::open(&self.log_dir(&sg), &sg, c.log_file_size)?;
             replay_own(&self.store, &sg, &log)?;
+            log.begin_epoch(epoch)?;
             log.sync()?;
             starts.insert(sg.clone(), log.current_generation());
             if failover || missing.get(&sg).copied().unwrap_or(0) > 0 {
                 let newest = self.store.checkpoint(&sg)?.map(|(_, t)| t).unwrap_or(0);
                 lossy_from.insert(sg.clone(), newest);
             }
-            writers.insert(sg.clone(), SgWriter::start(sg, log, self.store.clone()));
+            writers.insert(
+                sg.clone(),
+                SgWriter::start(sg, log, epoch, c.log_file_size, self.store.clone()),
+            );
         }
         {
             let mut st = self.state();
@@ -313,13 +338,15 @@ impl MailboxNode {
         if writers.is_some() {
             info!(node = %self.name, "databases dismounted; copying from the other node");
         }
-        // Dropping the handles ends the writer threads once their batch is done; each holds the log
-        // until then, so reopen the directories as copies after they let go.
+        // Each writer finishes its batch and lets go of the log before the directories reopen as
+        // copies; writes still queued, or held by sessions, are refused from here on.
         if let Some(w) = writers {
             for (_, wr) in w {
-                drop(wr.log());
+                wr.stop();
             }
         }
+        self.moving.store(false, Ordering::SeqCst);
+        self.handover_pending.store(false, Ordering::SeqCst);
         self.open_copies()?;
         self.persist()?;
         Ok(())
@@ -328,7 +355,7 @@ impl MailboxNode {
 
 /// Applies records of this node's own log that the store had not applied yet (a crash between
 /// fsync and apply loses nothing).
-fn replay_own(store: &MailboxStore, sg: &str, log: &TxLog) -> Result<usize, NodeError> {
+pub(crate) fn replay_own(store: &MailboxStore, sg: &str, log: &TxLog) -> Result<usize, NodeError> {
     let checkpoint = store.checkpoint(sg)?.map(|(pos, _)| pos);
     let first = checkpoint.map(|p| p.generation).unwrap_or(1).max(1);
     let mut applied = 0;

@@ -1,6 +1,7 @@
 //! Dumpster resubmission after a lossy mount: every hub of the site is asked to redeliver, per
 //! storage group, what it delivered from the newest replayed record (less a margin for clock skew)
-//! until now. A hub that does not answer stays in OutstandingDumpsterRequests and is asked again
+//! until it serves the request (plus the margin: an old active may have acknowledged late). A node
+//! that discards logs which diverged from the active's asks the same for what they held. A hub that does not answer stays in OutstandingDumpsterRequests and is asked again
 //! until MaxDumpsterTime has passed; the requests are persisted with the node's state.
 
 use std::collections::BTreeMap;
@@ -50,6 +51,31 @@ pub fn request_all(
     }
 }
 
+/// Records a request for every hub to resubmit what storage group `sg` delivered from `after` (the
+/// newest record kept, less the margin) on: the window of deliveries a returning node discarded.
+pub fn request_discarded(
+    site: &Site,
+    st: &mut NodeState,
+    id: &str,
+    sg: &str,
+    after: u64,
+    now: u64,
+) {
+    if st.outstanding.iter().any(|o| o.id == id) {
+        return;
+    }
+    for hub in &site.hubs {
+        st.outstanding.push(Outstanding {
+            id: id.to_string(),
+            hub: hub.name.clone(),
+            storage_group: sg.to_string(),
+            low_ms: after.saturating_sub(MARGIN_MS),
+            high_ms: now,
+            created_ms: now,
+        });
+    }
+}
+
 impl MailboxNode {
     /// Sends every outstanding request once; forgets those a hub completed or that outlived
     /// MaxDumpsterTime.
@@ -74,7 +100,9 @@ impl MailboxNode {
                 id: o.id.clone(),
                 storage_group: o.storage_group.clone(),
                 low: rfc3339(o.low_ms),
-                high: rfc3339(o.high_ms),
+                // Up to when the hub serves it, plus the margin: an old active can have
+                // acknowledged deliveries after this request was made (a reply that left late).
+                high: rfc3339(o.high_ms.max(now_ms() + MARGIN_MS)),
             };
             match self
                 .client

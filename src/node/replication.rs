@@ -58,6 +58,8 @@ pub struct CopyState {
     pub error: Option<String>,
     /// Suspended by the administrator.
     pub suspended: bool,
+    /// The active epoch this copy was last checked against (generation by generation).
+    pub verified_epoch: Option<u64>,
 }
 
 impl CopyState {
@@ -69,8 +71,29 @@ impl CopyState {
             status: SummaryCopyStatus::Initializing,
             error: None,
             suspended: false,
+            verified_epoch: None,
         }
     }
+}
+
+/// The first generation `copy` holds that the active's `history` says was written in another
+/// epoch (or that no epoch of the history wrote), if any.
+fn first_mismatch(
+    copy: &LogCopy,
+    sg: &str,
+    history: &[EpochStart],
+) -> Result<Option<u64>, NodeError> {
+    for generation in 1..=copy.last_held() {
+        let expected = history
+            .iter()
+            .filter(|e| e.starts.get(sg).is_some_and(|s| *s <= generation))
+            .map(|e| e.epoch)
+            .next_back();
+        if expected != Some(copy.epoch_of(generation)?) {
+            return Ok(Some(generation));
+        }
+    }
+    Ok(None)
 }
 
 /// Replays every copied generation the store has not applied (idempotent: applying a position twice
@@ -129,7 +152,9 @@ impl MailboxNode {
                 return Ok(());
             }
         };
-        self.follow_epoch(sg, &status)?;
+        if !self.follow_epoch(sg, &status)? {
+            return Ok(());
+        }
         let mut next = self
             .copies()
             .get(sg)
@@ -180,35 +205,72 @@ impl MailboxNode {
         Ok(())
     }
 
-    /// Discards what this node holds beyond the first epoch it did not follow, then records the
-    /// active's epoch history as its own.
-    fn follow_epoch(&self, sg: &str, status: &LogStatus) -> Result<(), NodeError> {
-        let followed = self.state().copied_epoch.get(sg).copied();
-        if followed == Some(status.epoch) {
-            return Ok(());
+    /// Makes this copy a prefix of the active node's history before anything is copied from it.
+    /// Returns false when the answer must be ignored: it comes from a node that has since lost
+    /// its authority (a later epoch is known here), or this node mounted meanwhile.
+    ///
+    /// Every generation held is compared with the active's epoch history by the epoch stamped in
+    /// its header (a generation is written in exactly one epoch, so the same number written by two
+    /// nodes in different epochs differs here); from the first one that differs everything is
+    /// discarded, in the store too, and the hubs are asked to resubmit what the discarded records
+    /// delivered: a node acknowledges only with authority, but a reply can leave late.
+    fn follow_epoch(&self, sg: &str, status: &LogStatus) -> Result<bool, NodeError> {
+        let known = self.machine().highest_known_epoch();
+        if status.epoch < known || !status.epochs.iter().any(|e| e.epoch == status.epoch) {
+            return Ok(false);
         }
-        let from = {
-            let mut st = self.state();
-            st.epochs = status.epochs.clone();
-            followed.map(|e| st.diverged_from(sg, e)).unwrap_or(None)
+        let verified = self
+            .copies()
+            .get(sg)
+            .is_some_and(|c| c.verified_epoch == Some(status.epoch));
+        if verified {
+            return Ok(true);
+        }
+        let mismatch = {
+            let copies = self.copies();
+            let Some(cs) = copies.get(sg) else {
+                return Ok(false);
+            };
+            first_mismatch(&cs.copy, sg, &status.epochs)?
         };
-        let diverged = self.copies().get(sg).and_then(|c| c.copy.diverged());
-        let from = match (from, diverged) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
-        if let Some(g) = from {
+        if let Some(g) = mismatch {
             let removed = self.store.discard_from(sg, g)?;
             if let Some(cs) = self.copies().get_mut(sg) {
                 cs.copy.truncate_from(g)?;
             }
-            info!(node = %self.name, storage_group = %sg, from_generation = g, removed, "discarded diverged logs; copying from the active node");
+            info!(node = %self.name, storage_group = %sg, from_generation = g, removed, epoch = status.epoch, "discarded logs that differ from the active node's; copying from it");
+            if removed > 0 {
+                let after = self.store.checkpoint(sg)?.map(|(_, t)| t).unwrap_or(0);
+                let c = &self.site.cms[self.cms];
+                let mut st = self.state();
+                super::outstanding::request_discarded(
+                    &self.site,
+                    &mut st,
+                    &format!(
+                        "{}-{}-discarded-e{}-{sg}-g{g}",
+                        c.name, self.name, status.epoch
+                    ),
+                    sg,
+                    after,
+                    crate::runtime::now_ms(),
+                );
+                warn!(node = %self.name, storage_group = %sg, removed, "discarded deliveries may have been acknowledged; asking every hub to resubmit them");
+            }
         }
-        self.state()
-            .copied_epoch
-            .insert(sg.to_string(), status.epoch);
+        {
+            // Under the copies lock, so a mount (which takes the copies) either sees this history
+            // and appends its own epoch to it, or makes this answer moot.
+            let mut copies = self.copies();
+            let Some(cs) = copies.get_mut(sg) else {
+                return Ok(false);
+            };
+            cs.verified_epoch = Some(status.epoch);
+            let mut st = self.state();
+            st.epochs = status.epochs.clone();
+            st.copied_epoch.insert(sg.to_string(), status.epoch);
+        }
         self.persist()?;
-        Ok(())
+        Ok(true)
     }
 
     fn set_status(&self, sg: &str, status: SummaryCopyStatus, error: Option<String>) {
@@ -247,6 +309,7 @@ impl MailboxNode {
         cs.status = SummaryCopyStatus::Initializing;
         cs.error = None;
         cs.suspended = false;
+        cs.verified_epoch = None;
         drop(copies);
         self.state().copied_epoch.remove(sg);
         self.persist()?;

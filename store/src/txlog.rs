@@ -145,6 +145,8 @@ pub struct TxLog {
     len: u64,
     /// Records in the open generation.
     records: u32,
+    /// Epoch stamped in the open generation's header (and every generation this handle creates).
+    epoch: u64,
     /// Set by a failed write or fsync.
     poisoned: Option<String>,
 }
@@ -156,7 +158,7 @@ impl TxLog {
         check_storage_group(storage_group)?;
         let listing = Listing::read(dir)?;
         let last_closed = listing.last_closed();
-        let (file, generation, len, records) = match listing.open {
+        let (file, generation, len, records, epoch) = match listing.open {
             Some(generation) => {
                 let path = dir.join(open_name(generation));
                 let open = inspect_open(&path, storage_group, generation)?;
@@ -175,12 +177,16 @@ impl TxLog {
                         .and_then(|()| file.sync_all())
                         .map_err(io_at(&path))?;
                 }
-                (file, generation, open.valid, open.records)
+                (file, generation, open.valid, open.records, open.epoch)
             }
             None => {
                 let generation = last_closed + 1;
-                let (file, len) = create_open(dir, storage_group, generation)?;
-                (file, generation, len, 0)
+                let epoch = match last_closed {
+                    0 => 0,
+                    g => read_header(dir, &closed_name(g), g)?.epoch,
+                };
+                let (file, len) = create_open(dir, storage_group, generation, epoch)?;
+                (file, generation, len, 0, epoch)
             }
         };
         Ok(TxLog {
@@ -192,8 +198,40 @@ impl TxLog {
             last_closed,
             len,
             records,
+            epoch,
             poisoned: None,
         })
+    }
+
+    /// Makes every record appended from now on belong to `epoch`: a generation belongs to exactly
+    /// one epoch, so an open generation holding records of another epoch is closed first, and an
+    /// empty one is stamped anew. Returns the generation closed, if any.
+    pub fn begin_epoch(&mut self, epoch: u64) -> Result<Option<u64>, TxLogError> {
+        self.check()?;
+        if self.epoch == epoch {
+            return Ok(None);
+        }
+        let previous = self.epoch;
+        self.epoch = epoch;
+        let result = if self.records > 0 {
+            self.close_current().map(Some)
+        } else {
+            self.guarded(|log| {
+                let (file, len) = create_open(&log.dir, &log.storage_group, log.generation, epoch)?;
+                log.file = file;
+                log.len = len;
+                Ok(None)
+            })
+        };
+        if result.is_err() {
+            self.epoch = previous;
+        }
+        result
+    }
+
+    /// The epoch stamped in the open generation.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
     }
 
     /// Writes `rec` to the open generation without fsync (group commit: `sync` makes it durable).
@@ -324,7 +362,7 @@ impl TxLog {
         sync_dir(&self.dir)?;
         // Listed again: if nothing older is left, there is no closed generation at all.
         self.last_closed = Listing::read(&self.dir)?.last_closed();
-        let (file, len) = create_open(&self.dir, &self.storage_group, generation)?;
+        let (file, len) = create_open(&self.dir, &self.storage_group, generation, self.epoch)?;
         self.file = file;
         self.generation = generation;
         self.len = len;
@@ -375,7 +413,7 @@ impl TxLog {
         fs::rename(&open, &target).map_err(io_at(&target))?;
         sync_dir(&self.dir)?;
         self.last_closed = closed;
-        let (file, len) = create_open(&self.dir, &self.storage_group, closed + 1)?;
+        let (file, len) = create_open(&self.dir, &self.storage_group, closed + 1, self.epoch)?;
         self.file = file;
         self.generation = closed + 1;
         self.len = len;
@@ -487,6 +525,23 @@ impl LogCopy {
         Ok(records)
     }
 
+    /// The epoch stamped in a generation this copy holds (closed, or the diverged open one).
+    pub fn epoch_of(&self, generation: u64) -> Result<u64, TxLogError> {
+        let name = if self.diverged == Some(generation) {
+            open_name(generation)
+        } else if generation >= 1 && generation <= self.last_copied {
+            closed_name(generation)
+        } else {
+            return Err(TxLogError::Missing { generation });
+        };
+        Ok(read_header(&self.dir, &name, generation)?.epoch)
+    }
+
+    /// Highest generation held: the diverged open one if any, else LastLogCopied.
+    pub fn last_held(&self) -> u64 {
+        self.diverged.unwrap_or(self.last_copied)
+    }
+
     /// Records of a copied generation (verified again: the disk may have rotted since).
     pub fn records(&self, generation: u64) -> Result<Vec<LogRecord>, TxLogError> {
         closed_records(&self.dir, &self.storage_group, self.last_copied, generation)
@@ -576,6 +631,7 @@ impl Listing {
 /// What crash recovery found in an open generation.
 struct OpenState {
     records: u32,
+    epoch: u64,
     /// Bytes of header and whole records; anything after is a torn tail.
     valid: u64,
     file_len: u64,
@@ -599,6 +655,7 @@ fn inspect_open(
     })?;
     Ok(OpenState {
         records,
+        epoch: header.epoch,
         valid: (header.len + scan.valid) as u64,
         file_len: bytes.len() as u64,
     })
@@ -644,6 +701,23 @@ fn closed_records(
     )
 }
 
+/// Raw bytes of closed generation `generation` in log directory `dir`, for shipping by a reader that
+/// does not hold the [`TxLog`] (closed files never change; the caller knows it is closed).
+pub fn read_closed(dir: &Path, generation: u64) -> Result<Vec<u8>, TxLogError> {
+    read_generation(dir, generation)
+}
+
+/// Reads just the header of generation file `name` (never the whole file).
+fn read_header(dir: &Path, name: &str, generation: u64) -> Result<Header, TxLogError> {
+    use std::io::Read;
+    let path = dir.join(name);
+    let mut prefix = Vec::new();
+    File::open(&path)
+        .and_then(|f| f.take(format::MAX_HEADER_LEN).read_to_end(&mut prefix))
+        .map_err(io_at(&path))?;
+    format::parse_header(&prefix).map_err(|reason| TxLogError::Corrupt { generation, reason })
+}
+
 fn read_generation(dir: &Path, generation: u64) -> Result<Vec<u8>, TxLogError> {
     let path = dir.join(closed_name(generation));
     fs::read(&path).map_err(|source| match source.kind() {
@@ -669,8 +743,9 @@ fn create_open(
     dir: &Path,
     storage_group: &str,
     generation: u64,
+    epoch: u64,
 ) -> Result<(File, u64), TxLogError> {
-    let header = format::encode_header(storage_group, generation);
+    let header = format::encode_header(storage_group, generation, epoch);
     let path = write_atomic(dir, &open_name(generation), &header)?;
     let file = OpenOptions::new()
         .append(true)

@@ -489,24 +489,57 @@ fn scheduled_move_hands_over_without_a_double_active() {
     let mut b = Machine::new("node2", false, Persisted::default(), t, DIAL, 0);
     b.on_heartbeat(10, a.heartbeat(10, BTreeMap::new()));
     a.on_heartbeat(10, b.heartbeat(10, BTreeMap::new()));
-    assert_eq!(a.move_away(), vec![Action::Demote, Action::ReleaseLease]);
-    assert!(!a.may_serve(20));
+    // The old active stops renewing and releases the lease; it still serves by quorum meanwhile
+    // (its writers are sealed, so it writes nothing).
+    a.begin_handover();
     a.on_released();
-    let acts = b.take_over();
+    assert!(
+        !a.on_tick(20).contains(&Action::AcquireLease(1)),
+        "a node handing over must not take the lease back by itself"
+    );
+    let b_lease = LeaseView {
+        holder: "node2".into(),
+        expires_ms: 30 + t.lease_duration,
+        ..Default::default()
+    };
+    let acts = b.take_over(30, b_lease).expect("b holds the lease");
     assert!(
         matches!(&acts[0], Action::Mount { epoch: 2, missing, failover: false } if missing.is_empty()),
         "{acts:?}"
     );
-    b.on_lease(
-        30,
-        Some(LeaseView {
-            holder: "node2".into(),
-            expires_ms: 30 + t.lease_duration,
-            ..Default::default()
-        }),
-    );
+    assert_eq!(a.move_away(), vec![Action::Demote, Action::ReleaseLease]);
+    assert!(!a.may_serve(40));
     b.on_heartbeat(40, a.heartbeat(40, BTreeMap::new()));
     a.on_heartbeat(40, b.heartbeat(40, BTreeMap::new()));
     assert!(b.may_serve(50) && !a.may_serve(50));
     assert!(a.on_tick(60).is_empty(), "the old active stays passive");
+}
+
+#[test]
+fn a_move_target_without_the_lease_does_not_mount() {
+    let t = Timing::default();
+    let mut a = fresh_active_node1(t);
+    let mut b = Machine::new("node2", false, Persisted::default(), t, DIAL, 0);
+    b.on_heartbeat(10, a.heartbeat(10, BTreeMap::new()));
+    a.on_heartbeat(10, b.heartbeat(10, BTreeMap::new()));
+    a.begin_handover();
+    // The old active gave up on the move and took the lease back before the target asked.
+    let a_lease = LeaseView {
+        holder: "node1".into(),
+        expires_ms: 20 + t.lease_duration,
+        epoch: 1,
+        ..Default::default()
+    };
+    a.end_handover(a_lease.clone());
+    assert!(b.take_over(30, a_lease).is_err());
+    assert_eq!(b.role(), &Role::Passive);
+    assert!(a.may_serve(40) && !b.may_serve(40));
+    // A lease of the target's that has run out (the target was frozen after taking it) is no
+    // ground to mount either.
+    let stale = LeaseView {
+        holder: "node2".into(),
+        expires_ms: 100,
+        ..Default::default()
+    };
+    assert!(b.take_over(5_000, stale).is_err());
 }

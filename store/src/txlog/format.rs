@@ -1,23 +1,28 @@
 //! Byte layout of one log generation, shared by the writer, crash recovery and `verify`.
 //!
 //! ```text
-//! header : magic "HUBRTXLG" | version u16 | generation u64 | sg_len u16 | sg (UTF-8) | crc32 u32
+//! header : magic "HUBRTXLG" | version u16 | generation u64 | epoch u64 | sg_len u16 | sg (UTF-8) | crc32 u32
 //! record : len u32 | crc32(payload) u32 | payload                      (repeated, len < u32::MAX)
 //! seal   : 0xFFFF_FFFF | crc32(count) u32 | count u32                  (closed generations only)
 //! payload: message_id str | sender str | time_ms u64 | n u32 | n × recipient str | body bytes
 //! str / bytes: len u32 | raw
 //! ```
+//! The epoch is that of the active node that wrote the generation: two nodes that wrote the same
+//! generation number in different epochs wrote different logs, and a returning node finds out by
+//! comparing the epochs in its headers with the active node's epoch history.
 //! All integers are big-endian. The seal is what makes a truncation at a record boundary detectable:
 //! a closed generation that does not end with a seal counting exactly its records is refused.
 
 use super::LogRecord;
 
 const MAGIC: &[u8; 8] = b"HUBRTXLG";
-const VERSION: u16 = 1;
+const VERSION: u16 = 2;
 /// Length value that marks the seal instead of a record.
 const SEAL_MARKER: u32 = u32::MAX;
 /// Bytes of a record frame before its payload (length + checksum).
 const FRAME_OVERHEAD: usize = 8;
+/// Longest possible header: magic, version, generation, epoch, name length, name, checksum.
+pub(super) const MAX_HEADER_LEN: u64 = 8 + 2 + 8 + 8 + 2 + u16::MAX as u64 + 4;
 /// Size of the seal frame.
 const SEAL_LEN: usize = 12;
 
@@ -25,6 +30,8 @@ const SEAL_LEN: usize = 12;
 pub(super) struct Header {
     pub storage_group: String,
     pub generation: u64,
+    /// Epoch of the active node that wrote it.
+    pub epoch: u64,
     /// Bytes the header occupies at the start of the file.
     pub len: usize,
 }
@@ -47,12 +54,13 @@ pub(super) struct Scan {
     pub end: End,
 }
 
-pub(super) fn encode_header(storage_group: &str, generation: u64) -> Vec<u8> {
+pub(super) fn encode_header(storage_group: &str, generation: u64, epoch: u64) -> Vec<u8> {
     let sg = storage_group.as_bytes();
-    let mut out = Vec::with_capacity(MAGIC.len() + 16 + sg.len());
+    let mut out = Vec::with_capacity(MAGIC.len() + 24 + sg.len());
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&VERSION.to_be_bytes());
     out.extend_from_slice(&generation.to_be_bytes());
+    out.extend_from_slice(&epoch.to_be_bytes());
     // The caller validated the name length (`check_storage_group`), so it fits in a u16.
     out.extend_from_slice(&(sg.len() as u16).to_be_bytes());
     out.extend_from_slice(sg);
@@ -71,6 +79,7 @@ pub(super) fn parse_header(bytes: &[u8]) -> Result<Header, String> {
     }
     let version = cur.u16().ok_or("truncated header")?;
     let generation = cur.u64().ok_or("truncated header")?;
+    let epoch = cur.u64().ok_or("truncated header")?;
     let sg_len = cur.u16().ok_or("truncated header")?;
     let sg = cur.take(usize::from(sg_len)).ok_or("truncated header")?;
     let covered = cur.pos;
@@ -88,6 +97,7 @@ pub(super) fn parse_header(bytes: &[u8]) -> Result<Header, String> {
     Ok(Header {
         storage_group,
         generation,
+        epoch,
         len: cur.pos,
     })
 }

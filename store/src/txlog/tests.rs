@@ -498,3 +498,44 @@ fn a_failed_close_poisons_the_log_until_reopened() {
         Err(TxLogError::Poisoned { .. })
     ));
 }
+
+#[test]
+fn every_generation_belongs_to_one_epoch_stamped_in_its_header() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut log = TxLog::open(tmp.path(), "SG1", 1 << 20).expect("open");
+    // An empty open generation is stamped anew: nothing was written in the old epoch.
+    assert_eq!(log.begin_epoch(3).expect("epoch 3"), None);
+    assert_eq!((log.epoch(), log.current_generation()), (3, 1));
+    log.append(&rec(1)).expect("append");
+    log.sync().expect("sync");
+    // Records of epoch 3 are in the open generation: it is closed before epoch 4 writes.
+    assert_eq!(log.begin_epoch(4).expect("epoch 4"), Some(1));
+    assert_eq!((log.epoch(), log.current_generation()), (4, 2));
+    assert_eq!(log.begin_epoch(4).expect("same epoch"), None);
+    log.append(&rec(2)).expect("append");
+    log.roll().expect("roll");
+    drop(log);
+    // Reopened, new generations keep the epoch of the last one.
+    let log = TxLog::open(tmp.path(), "SG1", 1 << 20).expect("reopen");
+    assert_eq!((log.epoch(), log.current_generation()), (4, 3));
+    drop(log);
+    let copy = LogCopy::open(tmp.path(), "SG1").expect("as copy");
+    assert_eq!(copy.epoch_of(1).expect("gen 1"), 3);
+    assert_eq!(copy.epoch_of(2).expect("gen 2"), 4);
+    assert!(matches!(
+        copy.epoch_of(3),
+        Err(TxLogError::Missing { generation: 3 })
+    ));
+    // The same generation number written in another epoch reads as another epoch, whatever
+    // its records are: shipped bytes keep their writer's header.
+    let other = tempfile::tempdir().expect("tempdir");
+    let mut elsewhere = TxLog::open(other.path(), "SG1", 1 << 20).expect("open");
+    elsewhere.begin_epoch(5).expect("epoch 5");
+    elsewhere.append(&rec(1)).expect("append");
+    elsewhere.roll().expect("roll");
+    let shipped = elsewhere.read_closed(1).expect("closed");
+    let target = tempfile::tempdir().expect("tempdir");
+    let mut copy = LogCopy::open(target.path(), "SG1").expect("copy");
+    copy.store(1, &shipped).expect("store");
+    assert_eq!(copy.epoch_of(1).expect("gen 1"), 5);
+}
