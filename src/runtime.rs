@@ -25,6 +25,16 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// Milliseconds on this process's monotonic clock: what the cluster state machine measures
+/// timeouts and lease validity with, so a step of the wall clock stretches nothing.
+pub fn mono_ms() -> u64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    START
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_millis() as u64
+}
+
 /// Why a role could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {

@@ -102,7 +102,7 @@ pub async fn status(State(node): State<Arc<MailboxNode>>) -> Json<NodeStatus> {
 }
 
 fn node_status(node: &MailboxNode) -> NodeStatus {
-    let now = now_ms();
+    let now = crate::runtime::mono_ms();
     let (role, reason, epoch, sees_peer, witness_ok, lease_holder) = {
         let m = node.machine();
         let (role, reason) = match m.role() {

@@ -18,8 +18,11 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-/// Milliseconds since the epoch.
+/// Milliseconds on the node's own monotonic clock (the lease's expiry is converted to it).
 pub type Millis = u64;
+
+/// How many of its own heartbeats a node remembers for echoes: a few seconds' worth.
+const SENT_KEPT: usize = 64;
 
 /// Timings of the cluster; the defaults give detection-to-mount in about four seconds.
 #[derive(Debug, Clone, Copy)]
@@ -57,10 +60,21 @@ pub enum Role {
 }
 
 /// What each node tells the other, several times a second.
+///
+/// A heartbeat proves the sender alive only after a heartbeat of the receiver's that it echoes:
+/// the receiver counts the peer as seen at the time *it sent* the echoed one, never at the time
+/// this one arrived. So a heartbeat that sat in a socket buffer while its receiver was frozen, or
+/// was delayed or reordered on the way, cannot restore a quorum that has expired meanwhile.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Heartbeat {
     /// The sender.
     pub node: String,
+    /// The sender's process instance (a restart starts a new sequence).
+    pub instance: u64,
+    /// The sender's sequence number; older or repeated ones are ignored.
+    pub seq: u64,
+    /// The newest sequence number the sender has received from the receiver (0: none yet).
+    pub echo: u64,
     /// Its role.
     pub role: Role,
     /// The epoch of its most recent activity (bumped at every mount).
@@ -137,7 +151,15 @@ pub struct Machine {
     epoch: u64,
     was_active: bool,
     started_ms: Millis,
+    /// The peer's newest heartbeat, with the time this node sent the heartbeat it echoed.
     peer: Option<(Millis, Heartbeat)>,
+    instance: u64,
+    /// Sequence number of this node's last heartbeat.
+    seq: u64,
+    /// When this node sent its recent heartbeats, oldest first (bounded).
+    sent: std::collections::VecDeque<(u64, Millis)>,
+    /// The newest (instance, seq) received from the peer.
+    peer_seq: Option<(u64, u64)>,
     /// LastLogGenerated the peer reported the last time it was active.
     peer_generated: BTreeMap<String, u64>,
     lease: Option<LeaseView>,
@@ -155,7 +177,7 @@ pub struct Machine {
 
 impl Machine {
     /// A node starting (or restarting) with its persisted state; it starts passive and earns the
-    /// active role through the rules.
+    /// active role through the rules. `instance` must differ from every earlier run's (random).
     pub fn new(
         me: &str,
         first: bool,
@@ -163,6 +185,7 @@ impl Machine {
         timing: Timing,
         max_lost_logs: u64,
         now: Millis,
+        instance: u64,
     ) -> Machine {
         Machine {
             me: me.to_string(),
@@ -174,6 +197,10 @@ impl Machine {
             was_active: persisted.was_active,
             started_ms: now,
             peer: None,
+            instance,
+            seq: 0,
+            sent: std::collections::VecDeque::new(),
+            peer_seq: None,
             peer_generated: persisted.peer_generated,
             lease: None,
             witness_ok: true,
@@ -245,10 +272,22 @@ impl Machine {
         self.role == Role::Active && (self.mutual(now) || self.holds_lease(now))
     }
 
-    /// What this node tells its peer.
-    pub fn heartbeat(&self, now: Millis, last_log_generated: BTreeMap<String, u64>) -> Heartbeat {
+    /// What this node tells its peer (recorded as sent at `now`).
+    pub fn heartbeat(
+        &mut self,
+        now: Millis,
+        last_log_generated: BTreeMap<String, u64>,
+    ) -> Heartbeat {
+        self.seq += 1;
+        self.sent.push_back((self.seq, now));
+        while self.sent.len() > SENT_KEPT {
+            self.sent.pop_front();
+        }
         Heartbeat {
             node: self.me.clone(),
+            instance: self.instance,
+            seq: self.seq,
+            echo: self.peer_seq.map(|(_, s)| s).unwrap_or(0),
             role: self.role.clone(),
             epoch: self.epoch,
             was_active: self.was_active,
@@ -257,14 +296,33 @@ impl Machine {
         }
     }
 
-    /// The peer's heartbeat arrived.
+    /// The peer's heartbeat arrived. Stale ones (an older sequence of the same instance) are
+    /// ignored; one that echoes no heartbeat of ours still in memory only lets the peer learn
+    /// our sequence (its next one will echo it).
     pub fn on_heartbeat(&mut self, now: Millis, hb: Heartbeat) -> Vec<Action> {
+        if self
+            .peer_seq
+            .is_some_and(|(instance, seq)| instance == hb.instance && hb.seq <= seq)
+        {
+            return Vec::new();
+        }
+        self.peer_seq = Some((hb.instance, hb.seq));
+        let Some(at) = self
+            .sent
+            .iter()
+            .find(|(seq, _)| *seq == hb.echo)
+            .map(|(_, at)| *at)
+        else {
+            return self.step(now);
+        };
+        // A later heartbeat of the peer was also sent after the one it answered before.
+        let at = self.peer.as_ref().map_or(at, |(seen, _)| at.max(*seen));
         if hb.role == Role::Active {
             self.peer_generated = hb.last_log_generated.clone();
             self.yielding = false;
             self.superseded = None;
         }
-        self.peer = Some((now, hb));
+        self.peer = Some((at, hb));
         self.step(now)
     }
 

@@ -13,7 +13,7 @@ use tracing::{error, info, warn};
 use super::MailboxNode;
 use crate::cluster::machine::{Action, Heartbeat, LeaseView, Role};
 use crate::cluster::witness::WitnessError;
-use crate::runtime::now_ms;
+use crate::runtime::{mono_ms, now_ms};
 
 /// How often the driver ticks and sends a heartbeat.
 const HEARTBEAT_EVERY: Duration = Duration::from_millis(200);
@@ -34,7 +34,8 @@ pub fn spawn(node: Arc<MailboxNode>, shutdown: CancellationToken) {
     let stop = shutdown.clone();
     tokio::spawn(async move {
         every(COPY_EVERY, &stop, || async {
-            let copy = { n.machine().peer_active(now_ms()) && *n.machine().role() != Role::Active };
+            let copy =
+                { n.machine().peer_active(mono_ms()) && *n.machine().role() != Role::Active };
             if copy {
                 n.copy_round().await;
             }
@@ -63,12 +64,12 @@ impl MailboxNode {
     /// Our heartbeat for the peer.
     pub fn own_heartbeat(&self) -> Heartbeat {
         let generated = self.generated();
-        self.machine().heartbeat(now_ms(), generated)
+        self.machine().heartbeat(mono_ms(), generated)
     }
 
     /// The peer's heartbeat arrived (through our admin API or as the answer to ours).
     pub async fn on_peer_heartbeat(self: &Arc<Self>, hb: Heartbeat) {
-        let actions = self.machine().on_heartbeat(now_ms(), hb);
+        let actions = self.machine().on_heartbeat(mono_ms(), hb);
         self.execute(actions).await;
     }
 
@@ -102,7 +103,7 @@ impl MailboxNode {
             if *m.role() == Role::Active {
                 m.on_generated(generated);
             }
-            m.on_tick(now_ms())
+            m.on_tick(mono_ms())
         };
         self.execute(actions).await;
     }
@@ -136,7 +137,7 @@ impl MailboxNode {
                     let Some(view) = self.acquire(epoch).await else {
                         continue;
                     };
-                    let more = self.machine().on_lease(now_ms(), view);
+                    let more = self.machine().on_lease(mono_ms(), view);
                     // A further request waits for the next tick.
                     queue.extend(
                         more.into_iter()
@@ -195,14 +196,16 @@ impl MailboxNode {
         let note = (*self.machine().role() == Role::Active).then(|| self.generated());
         let w = self.witness.clone();
         let duration = self.timing.lease_duration;
-        let result = tokio::task::spawn_blocking(move || {
-            w.acquire(now_ms(), duration, epoch, note.as_ref())
-        })
-        .await;
+        // The lease file holds wall-clock times (both nodes read it); this node counts on it by
+        // its own monotonic clock, from before the call: our lease lasts `duration` from then.
+        let (wall, mono) = (now_ms(), mono_ms());
+        let result =
+            tokio::task::spawn_blocking(move || w.acquire(wall, duration, epoch, note.as_ref()))
+                .await;
         match result {
             Ok(Ok(l)) => Some(Some(LeaseView {
                 holder: l.holder,
-                expires_ms: l.expires_ms,
+                expires_ms: mono + l.expires_ms.saturating_sub(wall),
                 epoch: l.epoch,
                 generated: l.last_log_generated,
             })),
@@ -305,7 +308,7 @@ impl MailboxNode {
     pub async fn hand_over_before_exit(self: &Arc<Self>) {
         let ready = {
             let m = self.machine();
-            *m.role() == Role::Active && m.peer_healthy(now_ms())
+            *m.role() == Role::Active && m.peer_healthy(mono_ms())
         };
         if !ready {
             return;
@@ -376,7 +379,7 @@ impl MailboxNode {
         let actions = {
             let mut m = self.machine();
             m.on_copied(copied);
-            m.take_over(now_ms(), lease)?
+            m.take_over(mono_ms(), lease)?
         };
         self.execute_locked(actions).await;
         if *self.machine().role() == Role::Active {

@@ -31,7 +31,7 @@ use crate::admin::client::AdminClient;
 use crate::cluster::machine::{Machine, Timing};
 use crate::cluster::witness::Witness;
 use crate::config::{Node, Site};
-use crate::runtime::now_ms;
+use crate::runtime::{mono_ms, now_ms};
 use replication::CopyState;
 use state::{EpochStart, NodeState, StateError};
 use writer::SgWriter;
@@ -134,7 +134,8 @@ impl MailboxNode {
             state.cluster.clone(),
             timing,
             c.auto_database_mount_dial.max_lost_logs(),
-            now_ms(),
+            mono_ms(),
+            rand::random(),
         );
         let node = Arc::new(MailboxNode {
             name: name.to_string(),
@@ -203,7 +204,7 @@ impl MailboxNode {
     /// True while this node may take deliveries: active with quorum, databases mounted, no move.
     pub fn is_active(&self) -> bool {
         !self.moving.load(Ordering::SeqCst)
-            && self.machine().may_serve(now_ms())
+            && self.machine().may_serve(mono_ms())
             && self
                 .writers
                 .lock()
@@ -216,7 +217,7 @@ impl MailboxNode {
     /// not acknowledged may stay or go; the hub delivers it again, and dedup drops the extra copy.
     pub fn holds_authority(&self, epoch: u64) -> bool {
         let m = self.machine();
-        m.epoch() == epoch && m.may_serve(now_ms())
+        m.epoch() == epoch && m.may_serve(mono_ms())
     }
 
     /// Every writer while mounted.
@@ -262,6 +263,12 @@ impl MailboxNode {
         copies.clear();
         for sg in self.storage_groups() {
             let copy = store::txlog::LogCopy::open(&self.log_dir(&sg), &sg)?;
+            // The store's applies are not fsynced: after a crash it can be behind the copied logs,
+            // and copying on would move its checkpoint past the records it lost.
+            let replayed = replication::replay_all(&self.store, &sg, &copy)?;
+            if replayed > 0 {
+                tracing::debug!(node = %self.name, storage_group = %sg, replayed, "replayed copied logs into the store");
+            }
             copies.insert(sg, CopyState::new(copy));
         }
         Ok(())

@@ -1,6 +1,8 @@
-//! The failover rules under randomized fault schedules: lost heartbeats (each direction), an
-//! unreachable witness, crashes and restarts at every step. Invariants checked at every instant:
-//! at most one node may serve; no mount is lossier than the dial allows.
+//! The failover rules under randomized fault schedules: lost, delayed and reordered heartbeats
+//! (each direction), an unreachable witness, crashes and restarts at every step, each node on its
+//! own monotonic clock with a wall clock that is skewed and steps (the witness holds wall times).
+//! Invariants checked at every instant: at most one node may serve; no mount is lossier than the
+//! dial allows.
 
 use std::collections::BTreeMap;
 
@@ -57,6 +59,10 @@ struct SimNode {
     /// How much of the authoritative log history this node holds (LastLogGenerated while active,
     /// LastLogCopied while passive).
     has: u64,
+    /// Its monotonic clock reads `now + mono_base` (a new process starts a new clock).
+    mono_base: u64,
+    /// Its wall clock reads `now + wall_offset` (skew, and steps).
+    wall_offset: i64,
 }
 
 struct Sim {
@@ -72,6 +78,10 @@ struct Sim {
     crash_only: bool,
     /// The newest log of the authoritative history (the last mounted node's stream).
     head: u64,
+    /// Heartbeats on the way: (arrival time, receiver, heartbeat).
+    in_flight: Vec<(Millis, usize, Heartbeat)>,
+    /// Whether heartbeats may be delayed and reordered.
+    delays: bool,
 }
 
 impl Sim {
@@ -82,6 +92,8 @@ impl Sim {
             machine: None,
             persisted: Persisted::default(),
             has: 0,
+            mono_base: 0,
+            wall_offset: 0,
         };
         let mut sim = Sim {
             rng: StdRng::seed_from_u64(seed),
@@ -94,6 +106,8 @@ impl Sim {
             mounts: Vec::new(),
             crash_only,
             head: 0,
+            in_flight: Vec::new(),
+            delays: !crash_only,
         };
         sim.start(0);
         sim.start(1);
@@ -101,21 +115,35 @@ impl Sim {
     }
 
     fn start(&mut self, i: usize) {
+        let base = self.rng.gen_range(0..1_000_000);
+        let instance = self.rng.gen();
         let n = &mut self.nodes[i];
+        n.mono_base = base;
         n.machine = Some(Machine::new(
             n.name,
             i == 0,
             n.persisted.clone(),
             self.timing,
             DIAL,
-            self.now,
+            self.now + base,
+            instance,
         ));
+    }
+
+    /// Node `i`'s monotonic clock.
+    fn mono(&self, i: usize) -> Millis {
+        self.now + self.nodes[i].mono_base
+    }
+
+    /// Node `i`'s wall clock.
+    fn wall(&self, i: usize) -> Millis {
+        self.now.saturating_add_signed(self.nodes[i].wall_offset)
     }
 
     fn apply(&mut self, i: usize, actions: Vec<Action>) {
         let mut queue = actions;
         while let Some(a) = queue.pop() {
-            let now = self.now;
+            let (now, wall) = (self.mono(i), self.wall(i));
             let name = self.nodes[i].name;
             match a {
                 Action::AcquireLease(epoch) => {
@@ -123,10 +151,15 @@ impl Sim {
                     let result = if self.witness_reachable[i] {
                         let note = (*m.role() == Role::Active).then(|| m.generated().clone());
                         let duration = self.timing.lease_duration;
-                        Some(
-                            self.witness
-                                .acquire(name, now, duration, epoch, note.as_ref()),
-                        )
+                        // As in the driver: the file holds wall times, the node counts by its
+                        // monotonic clock from before the call.
+                        let l = self
+                            .witness
+                            .acquire(name, wall, duration, epoch, note.as_ref());
+                        Some(LeaseView {
+                            expires_ms: now + l.expires_ms.saturating_sub(wall),
+                            ..l
+                        })
                     } else {
                         None
                     };
@@ -170,7 +203,7 @@ impl Sim {
                 self.nodes[i]
                     .machine
                     .as_ref()
-                    .is_some_and(|m| m.may_serve(self.now))
+                    .is_some_and(|m| m.may_serve(self.mono(i)))
             })
             .collect()
     }
@@ -192,13 +225,19 @@ impl Sim {
         } else if !self.crash_only && r < 0.04 {
             let i = self.rng.gen_range(0..2);
             self.witness_reachable[i] = !self.witness_reachable[i];
+        } else if !self.crash_only && r < 0.05 {
+            // A wall clock steps (or is skewed), within the lease safety margin between nodes.
+            let i = self.rng.gen_range(0..2);
+            let bound = (self.timing.lease_safety / 2) as i64;
+            self.nodes[i].wall_offset = self.rng.gen_range(-bound..=bound);
         }
         // Work: the active node generates logs; the passive copies from a reachable active.
         for i in 0..2 {
+            let now = self.mono(i);
             let active = self.nodes[i]
                 .machine
                 .as_ref()
-                .is_some_and(|m| m.may_serve(self.now));
+                .is_some_and(|m| m.may_serve(now));
             if active && self.nodes[i].has == self.head && self.rng.gen_bool(0.3) {
                 self.head += 1;
                 self.nodes[i].has = self.head;
@@ -230,21 +269,45 @@ impl Sim {
             [1, 0]
         };
         for i in order {
-            let Some(m) = self.nodes[i].machine.as_ref() else {
+            let now = self.mono(i);
+            let generated = BTreeMap::from([(SG.to_string(), self.nodes[i].has)]);
+            let Some(m) = self.nodes[i].machine.as_mut() else {
                 continue;
             };
-            let generated = BTreeMap::from([(SG.to_string(), self.nodes[i].has)]);
-            let hb = m.heartbeat(self.now, generated);
-            let j = 1 - i;
-            if self.link[i] && self.nodes[j].machine.is_some() {
-                let copied = BTreeMap::from([(SG.to_string(), self.nodes[j].has)]);
-                let peer = self.nodes[j].machine.as_mut().expect("checked");
-                peer.on_copied(copied);
-                let actions = peer.on_heartbeat(self.now, hb);
-                self.apply(j, actions);
+            let hb = m.heartbeat(now, generated);
+            if self.link[i] {
+                let delay = if self.delays && self.rng.gen_bool(0.2) {
+                    self.rng.gen_range(0..3 * self.timing.peer_timeout)
+                } else {
+                    0
+                };
+                self.in_flight.push((self.now + delay, 1 - i, hb));
             }
         }
+        // Deliver what is due, in random order (a delayed heartbeat can overtake or be overtaken).
+        let mut due = Vec::new();
+        self.in_flight.retain(|(at, to, hb)| {
+            let arrived = *at <= self.now;
+            if arrived {
+                due.push((*to, hb.clone()));
+            }
+            !arrived
+        });
+        for k in (1..due.len()).rev() {
+            due.swap(k, self.rng.gen_range(0..=k));
+        }
+        for (j, hb) in due {
+            let now = self.mono(j);
+            let copied = BTreeMap::from([(SG.to_string(), self.nodes[j].has)]);
+            let Some(peer) = self.nodes[j].machine.as_mut() else {
+                continue;
+            };
+            peer.on_copied(copied);
+            let actions = peer.on_heartbeat(now, hb);
+            self.apply(j, actions);
+        }
         for i in order {
+            let now = self.mono(i);
             let copied = BTreeMap::from([(SG.to_string(), self.nodes[i].has)]);
             let generated = BTreeMap::from([(SG.to_string(), self.nodes[i].has)]);
             let Some(m) = self.nodes[i].machine.as_mut() else {
@@ -254,7 +317,7 @@ impl Sim {
             if *m.role() == Role::Active {
                 m.on_generated(generated);
             }
-            let actions = m.on_tick(self.now);
+            let actions = m.on_tick(now);
             self.apply(i, actions);
         }
         let serving = self.serving();
@@ -320,6 +383,9 @@ fn hb(
 ) -> Heartbeat {
     Heartbeat {
         node: node.into(),
+        instance: 99,
+        seq: 0,
+        echo: 0,
         role,
         epoch,
         was_active,
@@ -331,7 +397,7 @@ fn hb(
 #[test]
 fn fresh_cluster_first_node_becomes_active_with_the_lease() {
     let t = Timing::default();
-    let mut m = Machine::new("node1", true, Persisted::default(), t, DIAL, 0);
+    let mut m = Machine::new("node1", true, Persisted::default(), t, DIAL, 0, 1);
     assert_eq!(m.on_tick(0), vec![Action::AcquireLease(0)]);
     let acts = m.on_lease(
         0,
@@ -369,9 +435,14 @@ fn failover_within_dial_mounts_lossy_and_beyond_dial_stays_dismounted() {
             t,
             DIAL,
             0,
+            2,
         );
         m.on_copied(BTreeMap::from([(SG.to_string(), copied)]));
-        m.on_heartbeat(0, hb("node1", Role::Active, 1, true, true, generated));
+        answer(
+            &mut m,
+            0,
+            hb("node1", Role::Active, 1, true, true, generated),
+        );
         assert_eq!(m.role(), &Role::Passive);
         // The active node is lost; its lease expires.
         let now = (2 * t.peer_timeout).max(t.lease_duration) + 1;
@@ -408,7 +479,7 @@ fn failover_within_dial_mounts_lossy_and_beyond_dial_stays_dismounted() {
 
 /// node1 of a fresh cluster, active with the lease from time 0.
 fn fresh_active_node1(t: Timing) -> Machine {
-    let mut m = Machine::new("node1", true, Persisted::default(), t, DIAL, 0);
+    let mut m = Machine::new("node1", true, Persisted::default(), t, DIAL, 0, 1);
     m.on_tick(0);
     m.on_lease(
         0,
@@ -427,7 +498,7 @@ fn witness_down_with_both_nodes_up_keeps_the_active() {
     let mut m = fresh_active_node1(t);
     for k in 1..100 {
         let now = k * 200;
-        m.on_heartbeat(now, hb("node2", Role::Passive, 0, false, true, 0));
+        answer(&mut m, now, hb("node2", Role::Passive, 0, false, true, 0));
         for a in m.on_tick(now) {
             if let Action::AcquireLease(_) = a {
                 m.on_lease(now, None);
@@ -445,7 +516,7 @@ fn witness_down_with_both_nodes_up_keeps_the_active() {
 fn frozen_active_refuses_when_it_resumes() {
     let t = Timing::default();
     let mut m = fresh_active_node1(t);
-    m.on_heartbeat(100, hb("node2", Role::Passive, 0, false, true, 0));
+    answer(&mut m, 100, hb("node2", Role::Passive, 0, false, true, 0));
     assert!(m.may_serve(100));
     // Stopped for ten seconds: neither quorum nor lease holds any more, before any tick runs.
     assert!(!m.may_serve(10_100));
@@ -459,7 +530,7 @@ fn returning_old_active_defers_to_the_new_active() {
         was_active: true,
         peer_generated: BTreeMap::new(),
     };
-    let mut m = Machine::new("node1", true, persisted, t, DIAL, 0);
+    let mut m = Machine::new("node1", true, persisted, t, DIAL, 0, 1);
     let acts = m.on_tick(0);
     assert_eq!(acts, vec![Action::AcquireLease(1)]);
     // The new active holds the lease.
@@ -472,9 +543,9 @@ fn returning_old_active_defers_to_the_new_active() {
         }),
     );
     assert!(!m.may_serve(0));
-    m.on_heartbeat(100, hb("node2", Role::Active, 2, true, true, 5));
+    answer(&mut m, 100, hb("node2", Role::Active, 2, true, true, 5));
     assert_eq!(m.role(), &Role::Passive);
-    m.on_heartbeat(4_990, hb("node2", Role::Active, 2, true, true, 5));
+    answer(&mut m, 4_990, hb("node2", Role::Active, 2, true, true, 5));
     assert!(!m.may_serve(5_000));
     assert!(
         m.on_tick(5_000).is_empty(),
@@ -486,9 +557,8 @@ fn returning_old_active_defers_to_the_new_active() {
 fn scheduled_move_hands_over_without_a_double_active() {
     let t = Timing::default();
     let mut a = fresh_active_node1(t);
-    let mut b = Machine::new("node2", false, Persisted::default(), t, DIAL, 0);
-    b.on_heartbeat(10, a.heartbeat(10, BTreeMap::new()));
-    a.on_heartbeat(10, b.heartbeat(10, BTreeMap::new()));
+    let mut b = Machine::new("node2", false, Persisted::default(), t, DIAL, 0, 2);
+    exchange(&mut a, &mut b, 10);
     // The old active stops renewing and releases the lease; it still serves by quorum meanwhile
     // (its writers are sealed, so it writes nothing).
     a.begin_handover();
@@ -509,8 +579,7 @@ fn scheduled_move_hands_over_without_a_double_active() {
     );
     assert_eq!(a.move_away(), vec![Action::Demote, Action::ReleaseLease]);
     assert!(!a.may_serve(40));
-    b.on_heartbeat(40, a.heartbeat(40, BTreeMap::new()));
-    a.on_heartbeat(40, b.heartbeat(40, BTreeMap::new()));
+    exchange(&mut a, &mut b, 40);
     assert!(b.may_serve(50) && !a.may_serve(50));
     assert!(a.on_tick(60).is_empty(), "the old active stays passive");
 }
@@ -519,9 +588,8 @@ fn scheduled_move_hands_over_without_a_double_active() {
 fn a_move_target_without_the_lease_does_not_mount() {
     let t = Timing::default();
     let mut a = fresh_active_node1(t);
-    let mut b = Machine::new("node2", false, Persisted::default(), t, DIAL, 0);
-    b.on_heartbeat(10, a.heartbeat(10, BTreeMap::new()));
-    a.on_heartbeat(10, b.heartbeat(10, BTreeMap::new()));
+    let mut b = Machine::new("node2", false, Persisted::default(), t, DIAL, 0, 2);
+    exchange(&mut a, &mut b, 10);
     a.begin_handover();
     // The old active gave up on the move and took the lease back before the target asked.
     let a_lease = LeaseView {
@@ -542,4 +610,49 @@ fn a_move_target_without_the_lease_does_not_mount() {
         ..Default::default()
     };
     assert!(b.take_over(5_000, stale).is_err());
+}
+
+/// Feeds `m` the peer's heartbeat `hb` as the answer to one `m` sends at `now` (so it echoes it).
+fn answer(m: &mut Machine, now: Millis, mut hb: Heartbeat) -> Vec<Action> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static SEQ: AtomicU64 = AtomicU64::new(1);
+    hb.echo = m.heartbeat(now, BTreeMap::new()).seq;
+    hb.seq = SEQ.fetch_add(1, Ordering::Relaxed);
+    m.on_heartbeat(now, hb)
+}
+
+/// Two rounds of heartbeats between `a` and `b` at `now`: each then echoes the other.
+fn exchange(a: &mut Machine, b: &mut Machine, now: Millis) {
+    for _ in 0..2 {
+        let hb = a.heartbeat(now, BTreeMap::new());
+        b.on_heartbeat(now, hb);
+        let hb = b.heartbeat(now, BTreeMap::new());
+        a.on_heartbeat(now, hb);
+    }
+}
+
+#[test]
+fn a_heartbeat_counts_from_when_the_heartbeat_it_echoes_was_sent() {
+    let t = Timing::default();
+    let mut a = fresh_active_node1(t);
+    let mut b = Machine::new("node2", false, Persisted::default(), t, DIAL, 0, 2);
+    exchange(&mut a, &mut b, 10);
+    assert!(a.sees_peer(10) && b.sees_peer(10));
+    // b's heartbeat, written at 20, arrives at 5_000 (it sat in a socket buffer while a was
+    // frozen): it echoes a's heartbeat of 10, so it proves nothing about b after 10.
+    let late = b.heartbeat(20, BTreeMap::new());
+    a.on_heartbeat(5_000, late.clone());
+    assert!(
+        !a.sees_peer(5_000),
+        "a late heartbeat must not restore quorum"
+    );
+    assert!(!a.may_serve(5_000));
+    // The same heartbeat again, or an older one, is ignored outright.
+    assert!(a.on_heartbeat(5_001, late).is_empty());
+    // A fresh round trip does count.
+    let mine = a.heartbeat(5_100, BTreeMap::new());
+    b.on_heartbeat(5_100, mine);
+    let answer = b.heartbeat(5_100, BTreeMap::new());
+    a.on_heartbeat(5_120, answer);
+    assert!(a.sees_peer(5_120));
 }

@@ -1,0 +1,512 @@
+#!/usr/bin/env python3
+"""Fault campaign: hubrelay's promise under continuous load with faults injected.
+
+The four roles of a site (hub1, hub2, node1, node2) run as separate processes. Client threads
+(Python's smtplib: not the code under test) send continuously through both hubs, each message with a
+unique Message-ID to a random subset of alice and bob (SG1) and carol (SG2). Meanwhile a seeded
+schedule injects faults. Then the load stops, every process is resumed or restarted, and, once the
+site has settled by itself (no manual command: no resubmit, no move), the campaign checks:
+
+- every (Message-ID, recipient) a hub answered 250 for is in that mailbox exactly once;
+- no Message-ID is in any mailbox twice (acknowledged or not);
+- a final scheduled move loses nothing (the passive's copy equals the active's);
+- from the nodes' own logs, no node acknowledged a delivery in an epoch older than one in which the
+  other node had already acknowledged (no overlapping authority);
+- nothing panicked, and exactly one node is active.
+
+Exit status 0 only if all of that holds. See tests/campaign/README.md for the commands.
+"""
+
+import argparse
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import smtplib
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+
+TOKEN = "campaign-token"
+MAILBOXES = ["alice@example.test", "bob@example.test", "carol@example.test"]
+KINDS = [
+    "kill-active",
+    "kill-passive",
+    "kill-hub",
+    "pause-active",
+    "move",
+    "move-interrupted",
+    "lossy-failover",
+    "sigterm-active",
+]
+ACK_LINE = re.compile(r"^(\S+)\s+INFO\s.*\backnowledged\b.*\bnode=(\S+).*\bepoch=(\d+)")
+
+
+class Failure(Exception):
+    """The site did something the campaign cannot go on from."""
+
+
+def free_ports(rng, n):
+    ports = []
+    while len(ports) < n:
+        p = rng.randrange(20000, 30000)
+        if p in ports:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", p))
+            except OSError:
+                continue
+        ports.append(p)
+    return ports
+
+
+class Site:
+    def __init__(self, binary, rng, keep):
+        self.bin = os.path.abspath(binary)
+        self.dir = tempfile.mkdtemp(prefix="hubrelay-campaign-")
+        self.keep = keep
+        p = free_ports(rng, 8)
+        self.addr = {
+            "hub1": (p[0], p[1]),
+            "hub2": (p[2], p[3]),
+            "node1": (p[4], p[5]),
+            "node2": (p[6], p[7]),
+        }
+        self.config = os.path.join(self.dir, "site.toml")
+        roles = "".join(
+            f'\n[[hub]]\nname = "{h}"\nsmtp = "127.0.0.1:{self.addr[h][0]}"\nadmin = "127.0.0.1:{self.addr[h][1]}"\n'
+            for h in ("hub1", "hub2")
+        )
+        nodes = "".join(
+            f'\n[[cms.node]]\nname = "{n}"\nsmtp = "127.0.0.1:{self.addr[n][0]}"\nadmin = "127.0.0.1:{self.addr[n][1]}"\n'
+            for n in ("node1", "node2")
+        )
+        with open(self.config, "w") as f:
+            f.write(
+                '[site]\nname = "campaign"\naccepted_domains = ["example.test"]\n'
+                f'admin_token = "{TOKEN}"\nretry_min = "200ms"\nretry_max = "1s"\n'
+                f"{roles}\n[[cms]]\nname = \"cms1\"\nwitness = \"witness/cms1\"\n"
+                'log_file_size = "64KiB"\nauto_database_mount_dial = "BestAvailability"\n'
+                f"{nodes}\n[[cms.storage_group]]\nname = \"SG1\"\n"
+                'mailboxes = ["alice@example.test", "bob@example.test"]\n\n'
+                '[[cms.storage_group]]\nname = "SG2"\nmailboxes = ["carol@example.test"]\n'
+            )
+        self.procs = {}
+        self.paused = set()
+
+    def log(self, name):
+        return os.path.join(self.dir, f"{name}.log")
+
+    def start(self, name):
+        role = "hub" if name.startswith("hub") else "node"
+        err = open(self.log(name), "ab")
+        proc = subprocess.Popen(
+            [self.bin, role, "--name", name, "--config", self.config, "--data",
+             os.path.join(self.dir, "data")],
+            stdout=subprocess.PIPE, stderr=err, start_new_session=True,
+        )
+        err.close()
+        ready = threading.Event()
+
+        def read():
+            for line in proc.stdout:
+                if line.strip() == b"ready":
+                    ready.set()
+
+        threading.Thread(target=read, daemon=True).start()
+        if not ready.wait(30):
+            proc.kill()
+            raise Failure(f"{name} did not become ready; see {self.log(name)}")
+        self.procs[name] = proc
+
+    def signal(self, name, sig):
+        proc = self.procs.get(name)
+        if proc and proc.poll() is None:
+            os.kill(proc.pid, sig)
+
+    def kill9(self, name):
+        self.paused.discard(name)
+        proc = self.procs.pop(name, None)
+        if proc and proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+    def pause(self, name):
+        self.signal(name, signal.SIGSTOP)
+        self.paused.add(name)
+
+    def resume(self, name):
+        self.signal(name, signal.SIGCONT)
+        self.paused.discard(name)
+
+    def terminate(self, name, limit=60):
+        proc = self.procs.pop(name, None)
+        if proc and proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(limit)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+                raise Failure(f"{name} did not stop within {limit}s of SIGTERM")
+
+    def ensure_up(self):
+        for name in ("node1", "node2", "hub1", "hub2"):
+            if name in self.paused:
+                self.resume(name)
+            if name not in self.procs or self.procs[name].poll() is not None:
+                self.procs.pop(name, None)
+                self.start(name)
+
+    def stop_all(self):
+        for name in list(self.procs):
+            self.resume(name)
+            self.kill9(name)
+        if not self.keep:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    def api(self, name, path, method="GET", timeout=3):
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{self.addr[name][1]}{path}", method=method,
+            headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"},
+            data=b"{}" if method == "POST" else None,
+        )
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return json.loads(r.read() or b"null")
+
+    def node_status(self, name):
+        try:
+            return self.api(name, "/api/status", timeout=1)
+        except Exception:
+            return None
+
+    def roles(self):
+        return {n: self.node_status(n) for n in ("node1", "node2")}
+
+    def active(self):
+        actives = [n for n, s in self.roles().items() if s and s.get("mounted")]
+        return actives[0] if len(actives) == 1 else None
+
+    def wait_active(self, limit=40):
+        deadline = time.time() + limit
+        while time.time() < deadline:
+            a = self.active()
+            if a:
+                return a
+            time.sleep(0.2)
+        raise Failure(f"no active node within {limit}s: {self.roles()}")
+
+    def cli(self, *args, timeout=90):
+        return subprocess.run([self.bin, *args, "--config", self.config], capture_output=True,
+                              timeout=timeout)
+
+
+class Load:
+    """Client threads sending through both hubs; every 250 is recorded."""
+
+    def __init__(self, site, rng, clients, seed, pause_s):
+        self.site, self.seed, self.pause_s = site, seed, pause_s
+        self.stop = threading.Event()
+        self.lock = threading.Lock()
+        self.acked = {}  # message id -> recipients a 250 covered
+        self.sent = 0
+        self.threads = [
+            threading.Thread(target=self.run, args=(i, random.Random(rng.random())), daemon=True)
+            for i in range(clients)
+        ]
+
+    def start(self):
+        for t in self.threads:
+            t.start()
+
+    def finish(self):
+        self.stop.set()
+        for t in self.threads:
+            t.join(60)
+
+    def run(self, idx, rng):
+        n = 0
+        body_pad = "x" * 76 + "\r\n"
+        while not self.stop.is_set():
+            hub = rng.choice(["hub1", "hub2"])
+            try:
+                with smtplib.SMTP("127.0.0.1", self.site.addr[hub][0], timeout=20) as s:
+                    for _ in range(rng.randint(1, 5)):
+                        if self.stop.is_set():
+                            break
+                        n += 1
+                        mid = f"<campaign-{self.seed}-{idx}-{n}@campaign.test>"
+                        rcpts = rng.sample(MAILBOXES, rng.randint(1, 3))
+                        msg = (f"From: load@campaign.test\r\nTo: {', '.join(rcpts)}\r\n"
+                               f"Message-ID: {mid}\r\nSubject: {n}\r\n\r\n" + body_pad * 52)
+                        with self.lock:
+                            self.sent += 1
+                        try:
+                            refused = s.sendmail("load@campaign.test", rcpts, msg.encode())
+                        except smtplib.SMTPRecipientsRefused:
+                            continue
+                        except (smtplib.SMTPResponseException, smtplib.SMTPDataError):
+                            continue
+                        with self.lock:
+                            self.acked[mid] = [r for r in rcpts if r not in refused]
+            except (OSError, smtplib.SMTPException):
+                pass
+            self.stop.wait(self.pause_s)
+
+
+def inject(site, kind, rng, note):
+    """One fault of `kind`; returns when it has been carried out (the site may still be failing over)."""
+    if kind == "kill-hub":
+        hub = rng.choice(["hub1", "hub2"])
+        site.kill9(hub)
+        time.sleep(rng.uniform(0, 2))
+        site.start(hub)
+        return
+    active = site.wait_active()
+    passive = "node2" if active == "node1" else "node1"
+    if kind == "kill-active":
+        site.kill9(active)
+        time.sleep(rng.uniform(0, 3))
+        site.start(active)
+    elif kind == "kill-passive":
+        site.kill9(passive)
+        time.sleep(rng.uniform(0, 3))
+        site.start(passive)
+    elif kind == "pause-active":
+        site.pause(active)
+        time.sleep(rng.uniform(5, 6))
+        site.resume(active)
+    elif kind == "sigterm-active":
+        site.terminate(active)
+        site.start(active)
+    elif kind == "move":
+        r = site.cli("move", "--cms", "cms1", "--json")
+        if r.returncode != 0:
+            note(f"move refused: {r.stdout.decode().strip()} {r.stderr.decode().strip()}")
+    elif kind == "move-interrupted":
+        if rng.random() < 0.5:
+            p = subprocess.Popen([site.bin, "move", "--cms", "cms1", "--config", site.config],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(rng.uniform(0, 0.3))
+            p.kill()
+            p.wait()
+        else:
+            p = subprocess.Popen([site.bin, "move", "--cms", "cms1", "--config", site.config],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(rng.uniform(0, 0.2))
+            site.pause(passive)
+            time.sleep(rng.uniform(0.5, 1.5))
+            site.resume(passive)
+            p.wait(120)
+    elif kind == "lossy-failover":
+        for sg in ("SG1", "SG2"):
+            try:
+                site.api(passive, f"/api/copy/{sg}/suspend", method="POST")
+            except Exception as e:
+                note(f"suspend on {passive}: {e}")
+        # Long enough for logs the passive lacks, short enough to stay within the dial.
+        time.sleep(rng.uniform(0.2, 0.5))
+        site.kill9(active)
+        try:
+            site.wait_active(15)
+        except Failure as e:
+            note(f"lossy-failover: {e}")
+        site.start(active)
+    else:
+        raise ValueError(kind)
+
+
+def settle(site, limit):
+    """Waits until the site is quiet by itself; returns None or why it never was."""
+    deadline = time.time() + limit
+    why = "not checked"
+    while time.time() < deadline:
+        roles = site.roles()
+        states = [s for s in roles.values() if s]
+        actives = [s for s in states if s.get("mounted")]
+        if len(states) != 2 or len(actives) != 1:
+            why = f"roles: {[(n, s and s['role']) for n, s in roles.items()]}"
+        else:
+            passive = [s for s in states if not s.get("mounted")][0]
+            copies = {g["name"]: g.get("summary_copy_status") for g in passive["storage_groups"]}
+            queues = {h: site.api(h, "/api/queue")["messages"] for h in ("hub1", "hub2")}
+            outstanding = []
+            for n in ("node1", "node2"):
+                outstanding += site.api(n, "/api/outstanding")
+            if any(v != "Healthy" for v in copies.values()):
+                why = f"copy of {passive['node']}: {copies}"
+            elif any(queues.values()):
+                why = f"queues: {queues}"
+            elif outstanding:
+                why = f"outstanding dumpster requests: {len(outstanding)}"
+            else:
+                return None
+        time.sleep(0.5)
+    return why
+
+
+def mailboxes(site, node):
+    out = {}
+    for m in MAILBOXES:
+        listing = site.api(node, f"/api/mailbox?address={urllib.request.quote(m)}", timeout=30)
+        out[m] = [x["message_id"] for x in listing["messages"]]
+    return out
+
+
+def overlaps(site):
+    """Acknowledgement intervals per (node, epoch) from the node logs, and the violations."""
+    spans = {}
+    for node in ("node1", "node2"):
+        try:
+            lines = open(site.log(node), errors="replace")
+        except FileNotFoundError:
+            continue
+        for line in lines:
+            m = ACK_LINE.match(line)
+            if not m:
+                continue
+            ts, who, epoch = m.group(1), m.group(2), int(m.group(3))
+            lo, hi = spans.get((who, epoch), (ts, ts))
+            spans[(who, epoch)] = (min(lo, ts), max(hi, ts))
+    bad = []
+    for (n1, e1), (_, last1) in spans.items():
+        for (n2, e2), (first2, _) in spans.items():
+            if n1 != n2 and e1 < e2 and last1 > first2:
+                bad.append(f"{n1} acknowledged in epoch {e1} at {last1}, after {n2} did in epoch {e2} at {first2}")
+    return spans, bad
+
+
+def check(site, load):
+    result = {"missing": [], "duplicated": [], "missing_after_move": [], "problems": []}
+    active = site.active()
+    boxes = mailboxes(site, active)
+    for box, ids in boxes.items():
+        seen = set()
+        for mid in ids:
+            if mid in seen:
+                result["duplicated"].append(f"{mid} in {box}")
+            seen.add(mid)
+    for mid, rcpts in load.acked.items():
+        for r in rcpts:
+            if mid not in boxes[r]:
+                result["missing"].append(f"{mid} for {r}")
+    r = site.cli("move", "--cms", "cms1", "--json")
+    if r.returncode != 0:
+        result["problems"].append(f"final move failed: {r.stdout.decode()} {r.stderr.decode()}")
+    else:
+        now_active = site.wait_active()
+        after = mailboxes(site, now_active)
+        for box, ids in boxes.items():
+            lost = set(ids) - set(after[box])
+            result["missing_after_move"] += [f"{m} in {box}" for m in sorted(lost)]
+    spans, bad = overlaps(site)
+    if load.acked and not spans:
+        result["problems"].append("ack_log: missing (no `acknowledged` lines in the node logs)")
+    result["problems"] += bad
+    for name in ("node1", "node2", "hub1", "hub2"):
+        try:
+            if "panicked" in open(site.log(name), errors="replace").read():
+                result["problems"].append(f"{name} panicked (see {site.log(name)})")
+        except FileNotFoundError:
+            pass
+    return result
+
+
+def run(args, kinds, seed):
+    rng = random.Random(seed)
+    site = Site(args.bin, rng, args.keep)
+    notes = []
+    row = {"fault": ",".join(kinds) if len(kinds) > 1 else kinds[0], "faults": 0,
+           "acknowledged": 0, "missing": 0, "duplicated": 0, "ok": False, "dir": site.dir}
+    load = None
+    try:
+        for n in ("node1", "node2", "hub1", "hub2"):
+            site.start(n)
+        site.wait_active()
+        load = Load(site, rng, args.clients, seed, args.pause)
+        load.start()
+        time.sleep(2)
+        schedule = [k for k in kinds for _ in range(args.faults_per_kind)]
+        rng.shuffle(schedule)
+        for i, kind in enumerate(schedule):
+            print(f"[seed {seed}] fault {i + 1}/{len(schedule)}: {kind}", flush=True)
+            inject(site, kind, rng, notes.append)
+            row["faults"] += 1
+            site.ensure_up()
+            site.wait_active(60)
+            time.sleep(rng.uniform(1, 3))
+        load.finish()
+        site.ensure_up()
+        why = settle(site, args.settle)
+        result = {"missing": [], "duplicated": [], "missing_after_move": [], "problems": []}
+        if why:
+            result["problems"].append(f"the site never settled within {args.settle}s: {why}")
+        else:
+            result = check(site, load)
+    except Failure as e:
+        result = {"missing": [], "duplicated": [], "missing_after_move": [], "problems": [str(e)]}
+    finally:
+        if load:
+            load.finish()
+        row["acknowledged"] = len(load.acked) if load else 0
+        row["sent"] = load.sent if load else 0
+    row["missing"] = len(result["missing"]) + len(result["missing_after_move"])
+    row["duplicated"] = len(result["duplicated"])
+    row["problems"] = result["problems"] + notes
+    row["ok"] = row["missing"] == 0 and row["duplicated"] == 0 and not result["problems"]
+    if not row["ok"]:
+        site.keep = True
+        for k in ("missing", "missing_after_move", "duplicated", "problems"):
+            for item in result[k][:20]:
+                print(f"  {k}: {item}", file=sys.stderr)
+        print(f"  logs kept in {site.dir}", file=sys.stderr)
+    site.stop_all()
+    return row
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--bin", default=os.path.join(os.path.dirname(__file__), "..", "..",
+                                                  "target", "release", "hubrelay"))
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--faults", default=",".join(KINDS), help="comma-separated fault kinds")
+    ap.add_argument("--faults-per-kind", type=int, default=3)
+    ap.add_argument("--per-kind", action="store_true", help="a fresh site per fault kind, one row each")
+    ap.add_argument("--short", action="store_true", help="CI size: every kind once, one site")
+    ap.add_argument("--clients", type=int, default=4)
+    ap.add_argument("--pause", type=float, default=0.05, help="seconds between a client's sessions")
+    ap.add_argument("--settle", type=int, default=180, help="seconds the site gets to settle")
+    ap.add_argument("--keep", action="store_true", help="keep the site directory")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    kinds = [k for k in args.faults.split(",") if k]
+    unknown = [k for k in kinds if k not in KINDS]
+    if unknown:
+        ap.error(f"unknown fault kinds {unknown}; known: {', '.join(KINDS)}")
+    if args.short:
+        args.faults_per_kind = 1
+    runs = [[k] for k in kinds] if args.per_kind else [kinds]
+    rows = [run(args, ks, args.seed + i) for i, ks in enumerate(runs)]
+    if args.json:
+        print(json.dumps(rows, indent=1))
+    print("| fault | faults | acknowledged | missing | duplicated | verdict |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['fault']} | {r['faults']} | {r['acknowledged']} | {r['missing']} | "
+              f"{r['duplicated']} | {'ok' if r['ok'] else 'FAIL: ' + '; '.join(r['problems'])[:200]} |")
+    tot = {k: sum(r[k] for r in rows) for k in ("faults", "acknowledged", "missing", "duplicated")}
+    print(f"| total | {tot['faults']} | {tot['acknowledged']} | {tot['missing']} | {tot['duplicated']} | "
+          f"{'ok' if all(r['ok'] for r in rows) else 'FAIL'} |")
+    print(f"{sum(r['ok'] for r in rows)} passed, {sum(not r['ok'] for r in rows)} failed")
+    sys.exit(0 if all(r["ok"] for r in rows) else 1)
+
+
+if __name__ == "__main__":
+    main()
