@@ -144,16 +144,7 @@ impl MailboxNode {
                             .filter(|a| !matches!(a, Action::AcquireLease(_))),
                     );
                 }
-                Action::ReleaseLease => {
-                    let w = self.witness.clone();
-                    match tokio::task::spawn_blocking(move || w.release(now_ms())).await {
-                        Ok(Ok(())) => self.machine().on_released(),
-                        Ok(Err(e)) => {
-                            warn!(node = %self.name, error = %e, "could not release the witness lease")
-                        }
-                        Err(e) => warn!(node = %self.name, error = %e, "witness task failed"),
-                    }
-                }
+                Action::ReleaseLease => self.release_lease().await,
                 Action::Mount {
                     epoch,
                     missing,
@@ -187,6 +178,18 @@ impl MailboxNode {
                 error!(node = %self.name, error = %e, "could not persist the cluster state")
             }
             Err(e) => error!(node = %self.name, error = %e, "persist task failed"),
+        }
+    }
+
+    /// Gives the witness lease up (the machine forgets it once the witness has it).
+    async fn release_lease(&self) {
+        let w = self.witness.clone();
+        match tokio::task::spawn_blocking(move || w.release(now_ms())).await {
+            Ok(Ok(())) => self.machine().on_released(),
+            Ok(Err(e)) => {
+                warn!(node = %self.name, error = %e, "could not release the witness lease")
+            }
+            Err(e) => warn!(node = %self.name, error = %e, "witness task failed"),
         }
     }
 
@@ -268,14 +271,7 @@ impl MailboxNode {
             }
         }
         self.machine().begin_handover();
-        let w = self.witness.clone();
-        match tokio::task::spawn_blocking(move || w.release(now_ms())).await {
-            Ok(Ok(())) => self.machine().on_released(),
-            Ok(Err(e)) => {
-                warn!(node = %self.name, error = %e, "could not release the witness lease for the move")
-            }
-            Err(e) => warn!(node = %self.name, error = %e, "witness task failed"),
-        }
+        self.release_lease().await;
         let req = super::outstanding::Takeover {
             last_closed: last.clone(),
         };

@@ -38,16 +38,7 @@ pub fn request_all(
 ) {
     for (sg, newest_ms) in newest {
         let id = format!("{cms}-epoch{epoch}-{sg}");
-        for hub in &site.hubs {
-            st.outstanding.push(Outstanding {
-                id: id.clone(),
-                hub: hub.name.clone(),
-                storage_group: sg.clone(),
-                low_ms: newest_ms.saturating_sub(MARGIN_MS),
-                high_ms: now,
-                created_ms: now,
-            });
-        }
+        ask_every_hub(site, st, &id, sg, *newest_ms, now);
     }
 }
 
@@ -61,9 +52,13 @@ pub fn request_discarded(
     after: u64,
     now: u64,
 ) {
-    if st.outstanding.iter().any(|o| o.id == id) {
-        return;
+    if !st.outstanding.iter().any(|o| o.id == id) {
+        ask_every_hub(site, st, id, sg, after, now);
     }
+}
+
+/// One outstanding request `id` per hub for `sg`, from `after` less the margin.
+fn ask_every_hub(site: &Site, st: &mut NodeState, id: &str, sg: &str, after: u64, now: u64) {
     for hub in &site.hubs {
         st.outstanding.push(Outstanding {
             id: id.to_string(),

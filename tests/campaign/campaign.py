@@ -291,15 +291,13 @@ def inject(site, kind, rng, note):
         if r.returncode != 0:
             note(f"move refused: {r.stdout.decode().strip()} {r.stderr.decode().strip()}")
     elif kind == "move-interrupted":
+        p = subprocess.Popen([site.bin, "move", "--cms", "cms1", "--config", site.config],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         if rng.random() < 0.5:
-            p = subprocess.Popen([site.bin, "move", "--cms", "cms1", "--config", site.config],
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             time.sleep(rng.uniform(0, 0.3))
             p.kill()
             p.wait()
         else:
-            p = subprocess.Popen([site.bin, "move", "--cms", "cms1", "--config", site.config],
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             time.sleep(rng.uniform(0, 0.2))
             site.pause(passive)
             time.sleep(rng.uniform(0.5, 1.5))
