@@ -130,6 +130,9 @@ fn default_max_connections() -> usize {
 fn default_idle_timeout() -> Dur {
     Dur(Duration::from_secs(300))
 }
+fn default_resubmit_rate() -> u64 {
+    500
+}
 fn default_dial() -> AutoDatabaseMountDial {
     AutoDatabaseMountDial::GoodAvailability
 }
@@ -170,6 +173,8 @@ struct RawSite {
     max_connections: usize,
     #[serde(default = "default_idle_timeout")]
     idle_timeout: Dur,
+    #[serde(default = "default_resubmit_rate")]
+    resubmit_rate: u64,
     admin_token: Option<Spanned<String>>,
     admin_token_file: Option<Spanned<PathBuf>>,
 }
@@ -242,6 +247,9 @@ pub struct Site {
     pub max_connections: usize,
     /// How long an SMTP session may stay silent.
     pub idle_timeout: Duration,
+    /// Dumpster entries per second one hub puts back in its queue for a resubmission request, so
+    /// normal traffic to the new active keeps flowing.
+    pub resubmit_rate: u64,
     /// The bearer token every admin call must carry.
     pub admin_token: String,
     /// Every hub of the site.
@@ -498,6 +506,13 @@ fn build(at: &Locator, raw: RawConfig) -> Result<Site, ConfigError> {
             "max_recipients and max_connections must be at least 1",
         ));
     }
+    if site.resubmit_rate == 0 {
+        return Err(at.err(
+            &whole,
+            "site.resubmit_rate",
+            "must be at least 1 (messages per second)",
+        ));
+    }
 
     let mut roles = Seen::new(at, "name", "role");
     let mut hubs = Vec::new();
@@ -583,6 +598,7 @@ fn build(at: &Locator, raw: RawConfig) -> Result<Site, ConfigError> {
         max_recipients: site.max_recipients,
         max_connections: site.max_connections,
         idle_timeout: site.idle_timeout.0,
+        resubmit_rate: site.resubmit_rate,
         admin_token,
         hubs,
         cms: cms_list,

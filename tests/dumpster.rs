@@ -662,3 +662,53 @@ fn admin_api_refuses_bad_requests_and_changes_nothing() {
     wait_queue_empty(port);
     assert_eq!(snapshot(), before, "stats, queue and deliveries unchanged");
 }
+
+#[test]
+fn a_resubmitted_copy_that_fails_is_not_returned_to_the_sender() {
+    // The hubs know dave; after his mailbox is delivered to, the nodes restart without him, so a
+    // resubmitted copy of his message fails for good, like a fresh message to him.
+    let site = TestSite::new("", &["dave@example.test"]);
+    let without_dave = site.write_config("node.toml", "", &[]);
+    let hub = site.start(&["hub", "--name", "hub1"]);
+    let n1 = site.start(&["node", "--name", "node1"]);
+    let n2 = site.start(&["node", "--name", "node2"]);
+    let mut client = Smtplib::start();
+    send(
+        &mut client,
+        site.ports.hub1,
+        &["dave@example.test"],
+        &sized("<delivered@client.test>", &["dave@example.test"], 600),
+    );
+    site.wait_mailbox("dave@example.test", WAIT, |ids| ids.len() == 1);
+    wait_queue_empty(site.ports.hub1_admin);
+    n1.kill9();
+    n2.kill9();
+    let _n1 = site.start_with(&without_dave, &["node", "--name", "node1"]);
+    let _n2 = site.start_with(&without_dave, &["node", "--name", "node2"]);
+    // hub2 is not running: the request to it is reported unreachable (exit 1); hub1 serves it.
+    let (_, r) = site.cli_json(&["resubmit", "--storage-group", "SG1", "--since", "1h"]);
+    assert_eq!(r["requests"][0]["hub"], "hub1", "{r}");
+    assert_eq!(r["requests"][0]["status"], "done", "{r}");
+    assert_eq!(r["requests"][0]["messages"], 1, "{r}");
+    send(
+        &mut client,
+        site.ports.hub1,
+        &["dave@example.test"],
+        &sized("<fresh@client.test>", &["dave@example.test"], 600),
+    );
+    let bob = site.wait_mailbox("bob@example.test", WAIT, |ids| !ids.is_empty());
+    wait_queue_empty(site.ports.hub1_admin);
+    wait_for(WAIT, "the resubmitted copy to fail", || {
+        hub.log()
+            .contains("not returned to the sender")
+            .then_some(())
+    });
+    // Exactly one DSN, for the fresh message; none for the copy bob had delivered before.
+    assert_eq!(metric(site.ports.hub1_admin, "hubrelay_dsn_total"), 1);
+    assert_eq!(site.mailbox_ids("bob@example.test"), bob);
+    assert_eq!(bob.len(), 1, "{bob:?}");
+    let dsn =
+        String::from_utf8_lossy(&site.stored_message("bob@example.test", &bob[0])).into_owned();
+    assert!(dsn.contains("<fresh@client.test>"), "{dsn}");
+    assert!(!dsn.contains("<delivered@client.test>"), "{dsn}");
+}

@@ -317,6 +317,11 @@ impl Hub {
         if msg.sender.is_empty() {
             return;
         }
+        if let Some(request) = &msg.resubmission {
+            // The sender was told once already: this copy only repairs a mailbox server's loss.
+            warn!(request = %request, failed = failed.len(), "a resubmitted copy could not be delivered; not returned to the sender, who had it delivered before");
+            return;
+        }
         let Some(route) = self.site.route(&msg.sender) else {
             warn!(sender = %msg.sender, "no route to the sender inside the site; the DSN is dropped");
             return;

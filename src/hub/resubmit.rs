@@ -12,8 +12,14 @@ use tracing::{info, info_span, Instrument};
 use super::{Hub, HubError};
 use crate::runtime::now_ms;
 
-/// Entries re-queued per transaction.
+/// Most entries re-queued per transaction.
 const BATCH: usize = 200;
+
+/// How long after its start a resubmission may have re-queued `queued` entries at `rate` per
+/// second: it waits until then before the next batch.
+fn paced(queued: u64, rate: u64) -> std::time::Duration {
+    std::time::Duration::from_millis(queued.saturating_mul(1_000) / rate.max(1))
+}
 
 impl Hub {
     /// Records request `id` (if new) and starts working it in the background; returns its state.
@@ -58,6 +64,10 @@ impl Hub {
     }
 
     async fn run_resubmission(&self, id: &str) -> Result<(), HubError> {
+        let rate = self.site.resubmit_rate;
+        let batch = BATCH.min(usize::try_from(rate).unwrap_or(BATCH)).max(1);
+        let started = tokio::time::Instant::now();
+        let mut queued_total = 0u64;
         loop {
             let now = now_ms();
             let expires = now + self.site.message_expiry.as_millis() as u64;
@@ -65,7 +75,7 @@ impl Hub {
             let limits = self.limits();
             let rid = id.to_string();
             let (req, queued) = tokio::task::spawn_blocking(move || {
-                store.resubmit_step(&rid, BATCH, now, expires, limits)
+                store.resubmit_step(&rid, batch, now, expires, limits)
             })
             .await
             .map_err(|e| HubError::Task(e.to_string()))??;
@@ -77,6 +87,24 @@ impl Hub {
                 info!(storage_group = %req.storage_group, messages = req.messages, "resubmission done");
                 return Ok(());
             }
+            queued_total += queued.len() as u64;
+            tokio::time::sleep_until(started + paced(queued_total, rate)).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn pacing_holds_the_configured_rate() {
+        assert_eq!(paced(0, 500), Duration::ZERO);
+        assert_eq!(paced(200, 500), Duration::from_millis(400));
+        assert_eq!(paced(1_000, 500), Duration::from_secs(2));
+        assert_eq!(paced(3, 1), Duration::from_secs(3));
+        // A rate of 0 never reaches here (the config refuses it), and would not divide by zero.
+        assert_eq!(paced(5, 0), Duration::from_secs(5));
     }
 }
