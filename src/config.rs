@@ -130,6 +130,9 @@ fn default_max_connections() -> usize {
 fn default_idle_timeout() -> Dur {
     Dur(Duration::from_secs(300))
 }
+fn default_dedup_retention() -> Dur {
+    Dur(Duration::from_secs(14 * 86_400))
+}
 fn default_resubmit_rate() -> u64 {
     500
 }
@@ -175,6 +178,8 @@ struct RawSite {
     idle_timeout: Dur,
     #[serde(default = "default_resubmit_rate")]
     resubmit_rate: u64,
+    #[serde(default = "default_dedup_retention")]
+    dedup_retention: Dur,
     admin_token: Option<Spanned<String>>,
     admin_token_file: Option<Spanned<PathBuf>>,
 }
@@ -250,6 +255,9 @@ pub struct Site {
     /// Dumpster entries per second one hub puts back in its queue for a resubmission request, so
     /// normal traffic to the new active keeps flowing.
     pub resubmit_rate: u64,
+    /// How long a mailbox node remembers a delivered message to drop its duplicates; never below
+    /// MaxDumpsterTime, or a resubmission could double mail.
+    pub dedup_retention: Duration,
     /// The bearer token every admin call must carry.
     pub admin_token: String,
     /// Every hub of the site.
@@ -506,6 +514,13 @@ fn build(at: &Locator, raw: RawConfig) -> Result<Site, ConfigError> {
             "max_recipients and max_connections must be at least 1",
         ));
     }
+    if site.dedup_retention.0 < site.max_dumpster_time.0 {
+        return Err(at.err(
+            &whole,
+            "site.dedup_retention",
+            "must not be shorter than max_dumpster_time (a resubmitted copy would no longer be recognised as a duplicate)",
+        ));
+    }
     if site.resubmit_rate == 0 {
         return Err(at.err(
             &whole,
@@ -599,6 +614,7 @@ fn build(at: &Locator, raw: RawConfig) -> Result<Site, ConfigError> {
         max_connections: site.max_connections,
         idle_timeout: site.idle_timeout.0,
         resubmit_rate: site.resubmit_rate,
+        dedup_retention: site.dedup_retention.0,
         admin_token,
         hubs,
         cms: cms_list,

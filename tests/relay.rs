@@ -37,12 +37,24 @@ fn smtplib_message_lands_with_received_and_message_id() {
 }
 
 #[test]
-fn same_message_id_twice_is_stored_once_and_pipelining_works() {
+fn same_message_twice_is_stored_once_a_reused_message_id_is_not_and_pipelining_works() {
     let site = TestSite::new("", &[]);
     let _s = site.start(&["site"]);
     let msg = message(Some("<twice@client.test>"), "twice");
     for port in [site.ports.hub1, site.ports.hub2] {
         let (code, out) = smtplib_send(port, "bob@example.test", &["alice@example.test"], &msg);
+        assert_eq!(code, 0, "{out}");
+    }
+    // A different message that reuses a Message-ID is not a duplicate: it is stored too.
+    let reused = message(Some("<reused@client.test>"), "first of two");
+    let other = message(Some("<reused@client.test>"), "second of two");
+    for m in [&reused, &other] {
+        let (code, out) = smtplib_send(
+            site.ports.hub1,
+            "bob@example.test",
+            &["alice@example.test"],
+            m,
+        );
         assert_eq!(code, 0, "{out}");
     }
     // A pipelined session (RFC 2920): the whole transaction in one write, replies in order.
@@ -76,7 +88,15 @@ fn same_message_id_twice_is_stored_once_and_pipelining_works() {
         1,
         "{ids:?}"
     );
-    assert_eq!(ids_after.len(), 2, "{ids_after:?}");
+    assert_eq!(
+        ids_after
+            .iter()
+            .filter(|i| *i == "<reused@client.test>")
+            .count(),
+        2,
+        "{ids_after:?}"
+    );
+    assert_eq!(ids_after.len(), 4, "{ids_after:?}");
 }
 
 #[test]

@@ -21,6 +21,8 @@ const HEARTBEAT_EVERY: Duration = Duration::from_millis(200);
 const COPY_EVERY: Duration = Duration::from_millis(200);
 /// How often outstanding dumpster requests are retried.
 const RESUBMIT_EVERY: Duration = Duration::from_secs(2);
+/// How often dedup keys past their retention are swept.
+const SWEEP_EVERY: Duration = Duration::from_secs(600);
 
 /// Starts the driver, copy and resubmission loops of `node`.
 pub fn spawn(node: Arc<MailboxNode>, shutdown: CancellationToken) {
@@ -42,6 +44,9 @@ pub fn spawn(node: Arc<MailboxNode>, shutdown: CancellationToken) {
         })
         .await
     });
+    let n = node.clone();
+    let stop = shutdown.clone();
+    tokio::spawn(async move { every(SWEEP_EVERY, &stop, || n.sweep_dedup()).await });
     tokio::spawn(async move { every(RESUBMIT_EVERY, &shutdown, || node.resubmit_round()).await });
 }
 
@@ -61,6 +66,21 @@ where
 }
 
 impl MailboxNode {
+    /// Removes dedup keys past their retention (on a blocking thread: it scans the index).
+    async fn sweep_dedup(self: &Arc<Self>) {
+        let store = self.store.clone();
+        let sgs = self.storage_groups();
+        let margin = super::outstanding::MARGIN_MS;
+        match tokio::task::spawn_blocking(move || store.sweep_dedup(&sgs, margin)).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => {
+                info!(node = %self.name, removed = n, "dedup keys past their retention swept")
+            }
+            Ok(Err(e)) => warn!(node = %self.name, error = %e, "dedup sweep failed"),
+            Err(e) => warn!(node = %self.name, error = %e, "dedup sweep task failed"),
+        }
+    }
+
     /// Our heartbeat for the peer.
     pub fn own_heartbeat(&self) -> Heartbeat {
         let generated = self.generated();

@@ -55,13 +55,14 @@ impl Backend for NodeInbound {
             return self.passive_reply();
         }
         let epoch = node.machine().epoch();
+        let now = now_ms();
         let mut by_sg: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for rcpt in &msg.recipients {
             let addr = rcpt.to_ascii_lowercase();
             let Some(route) = node.site.route(&addr) else {
                 continue;
             };
-            match node.store.contains(&addr, &msg.message_id) {
+            match node.store.contains(&addr, &msg.message_id, &msg.data, now) {
                 Ok(true) => {}
                 Ok(false) => by_sg.entry(route.storage_group).or_default().push(addr),
                 Err(e) => {
@@ -80,7 +81,7 @@ impl Backend for NodeInbound {
                 message_id: msg.message_id.clone(),
                 recipients,
                 sender: msg.sender.clone(),
-                time_ms: now_ms(),
+                time_ms: now,
                 body: msg.data.clone(),
             };
             match writer.write(rec).await {

@@ -107,7 +107,10 @@ impl MailboxNode {
             path: dir.to_path_buf(),
             reason: e.to_string(),
         })?;
-        let store = Arc::new(MailboxStore::open(&dir.join("store"))?);
+        let store = Arc::new(MailboxStore::open(
+            &dir.join("store"),
+            site.dedup_retention.as_millis() as u64,
+        )?);
         let c = &site.cms[cms];
         let state = NodeState::load(dir)?;
         let witness_dir = match dir.parent() {

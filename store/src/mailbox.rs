@@ -1,4 +1,11 @@
-//! The mailbox store of a mailbox node: messages per mailbox, deduplicated by Message-ID.
+//! The mailbox store of a mailbox node: messages per mailbox, deduplicated by Message-ID and content.
+//!
+//! A delivery is a duplicate when the mailbox holds the same Message-ID *and* the same content, as a
+//! digest of the headers and body without the trace headers hubs add (`Received`, `Return-Path`,
+//! `Delivered-To`): a dumpster resubmission, or the same message re-sent through the other hub, is
+//! dropped, while a different message that reuses a Message-ID (broken clients, list software,
+//! forgers) is stored. A dedup key counts for `retention` after the record that made it, judged by
+//! record times only, so the active node and a passive replaying the same log decide alike.
 //!
 //! It is only ever changed by applying transaction log records ([`MailboxStore::apply`]), on the
 //! active node right after the log sync and on the passive node when replaying shipped logs. Each
@@ -77,8 +84,11 @@ pub struct MailboxStore {
     db: sled::Db,
     /// `address ++ seq` → [`Copy`]: each mailbox's messages in delivery order.
     messages: Tree,
-    /// `address ++ message_id` → seq: the dedup index, and the way from a Message-ID to its copy.
+    /// `address ++ message_id ++ 0 ++ digest` → seq ++ record time: the dedup index, and the way
+    /// from a Message-ID to its copies.
     ids: Tree,
+    /// How long a dedup key counts after the record that made it (ms).
+    retention: Millis,
     /// `sg ++ generation ++ index` → [`Applied`]: every applied record in log order. The last key of
     /// an SG is its replay checkpoint; the keys from a generation on are what `discard_from` undoes.
     applied: Tree,
@@ -103,11 +113,45 @@ struct Applied {
     seq: u64,
     /// Mailboxes that received a copy (the others already held the Message-ID).
     added: Vec<String>,
+    /// The content digest (hex) of the dedup keys it made.
+    #[serde(default)]
+    digest: String,
+}
+
+/// Headers a relay adds or rewrites on the way; they do not make a message a different one.
+const TRACE_HEADERS: [&str; 3] = ["received", "return-path", "delivered-to"];
+
+/// What a re-sent or resubmitted copy keeps of a message: every header but the trace headers (name
+/// and raw value, in order) and the body, hashed. Unparsable headers hash the whole message.
+pub fn content_digest(message: &[u8]) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    match mailparse::parse_headers(message) {
+        Ok((headers, body_at)) => {
+            for header in headers.iter().filter(|hd| {
+                !TRACE_HEADERS.contains(&hd.get_key_ref().to_ascii_lowercase().as_str())
+            }) {
+                h.update(header.get_key_ref().to_ascii_lowercase().as_bytes());
+                h.update(b":");
+                h.update(header.get_value_raw());
+                h.update(b"\n");
+            }
+            h.update(b"\0");
+            h.update(message.get(body_at..).unwrap_or_default());
+        }
+        Err(_) => h.update(message),
+    }
+    h.finalize().into()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 impl MailboxStore {
-    /// Opens (creating) the store in its own sled database directory.
-    pub fn open(path: &Path) -> Result<MailboxStore, MailboxError> {
+    /// Opens (creating) the store in its own sled database directory; dedup keys count for
+    /// `retention` ms after the record that made them.
+    pub fn open(path: &Path, retention: Millis) -> Result<MailboxStore, MailboxError> {
         let open_err = |source| MailboxError::Open {
             path: path.to_owned(),
             source,
@@ -119,14 +163,61 @@ impl MailboxStore {
             ids: tree("ids")?,
             applied: tree("applied")?,
             bodies: tree("bodies")?,
+            retention,
             db,
         })
     }
 
-    /// True if `address` (lower-cased by the caller) already holds `message_id`.
-    pub fn contains(&self, address: &str, message_id: &str) -> Result<bool, MailboxError> {
-        let key = id_key(&address_key(address)?, message_id);
-        Ok(self.ids.contains_key(key)?)
+    /// True if `address` (lower-cased by the caller) holds this very message (same Message-ID and
+    /// content digest) from a record no older than the retention at `now`.
+    pub fn contains(
+        &self,
+        address: &str,
+        message_id: &str,
+        message: &[u8],
+        now: Millis,
+    ) -> Result<bool, MailboxError> {
+        let key = id_key(&address_key(address)?, message_id, &content_digest(message));
+        Ok(self.ids.get(key)?.is_some_and(|v| self.counts(&v, now)))
+    }
+
+    /// Whether a dedup entry still counts against a record made at `time`.
+    fn counts(&self, entry: &[u8], time: Millis) -> bool {
+        let made = entry
+            .get(8..16)
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_be_bytes)
+            .unwrap_or(0);
+        made.saturating_add(self.retention) > time
+    }
+
+    /// Removes dedup keys that no record can match any more: older than the retention before the
+    /// oldest newest-replayed record of `sgs`, less `margin` (for clock skew between nodes).
+    /// Returns how many went.
+    pub fn sweep_dedup(&self, sgs: &[String], margin: Millis) -> Result<usize, MailboxError> {
+        let mut horizon = Millis::MAX;
+        for sg in sgs {
+            match self.checkpoint(sg)? {
+                Some((_, t)) => horizon = horizon.min(t),
+                None => return Ok(0),
+            }
+        }
+        let cutoff = horizon.saturating_sub(margin);
+        let mut removed = 0;
+        for item in self.ids.iter() {
+            let (key, value) = item?;
+            if !self.counts(&value, cutoff) {
+                // Only if unchanged meanwhile (an apply may have renewed it).
+                if self
+                    .ids
+                    .compare_and_swap(&key, Some(value), None as Option<&[u8]>)?
+                    .is_ok()
+                {
+                    removed += 1;
+                }
+            }
+        }
+        Ok(removed)
     }
 
     /// Applies the record at `pos` of storage group `sg`'s log: every recipient not holding the
@@ -145,6 +236,9 @@ impl MailboxStore {
         }
         let seq = self.db.generate_id()?;
         let size = rec.body.len() as u64;
+        let digest = content_digest(&rec.body);
+        let mut entry = seq.to_be_bytes().to_vec();
+        entry.extend_from_slice(&rec.time_ms.to_be_bytes());
         let mut copies = Vec::with_capacity(rec.recipients.len());
         for address in &rec.recipients {
             let addr = address_key(address)?;
@@ -160,7 +254,7 @@ impl MailboxStore {
             });
             copies.push((
                 address,
-                id_key(&addr, &rec.message_id),
+                id_key(&addr, &rec.message_id, &digest),
                 message_key(&addr, seq),
                 copy,
             ));
@@ -173,10 +267,10 @@ impl MailboxStore {
             let mut added = Vec::new();
             for (address, id, message, copy) in &copies {
                 // Sees this transaction's own inserts, so a recipient listed twice gets one copy.
-                if ids.get(id)?.is_some() {
+                if ids.get(id)?.is_some_and(|v| self.counts(&v, rec.time_ms)) {
                     continue;
                 }
-                ids.insert(id.as_slice(), &seq.to_be_bytes())?;
+                ids.insert(id.as_slice(), entry.as_slice())?;
                 messages.insert(message.as_slice(), copy.as_slice())?;
                 added.push((*address).clone());
             }
@@ -190,6 +284,7 @@ impl MailboxStore {
                 time_ms: rec.time_ms,
                 seq,
                 added,
+                digest: hex(&digest),
             };
             applied.insert(key.as_slice(), encode(&record))?;
             Ok::<_, ConflictableTransactionError<MailboxError>>(count)
@@ -208,14 +303,19 @@ impl MailboxStore {
             .collect()
     }
 
-    /// The body of `message_id` in `address`, if the mailbox holds it.
+    /// The body of `message_id` in `address`, if the mailbox holds it (the first of several
+    /// different messages that share the Message-ID, in digest order).
     pub fn body(&self, address: &str, message_id: &str) -> Result<Option<Vec<u8>>, MailboxError> {
         let addr = address_key(address)?;
-        let Some(seq) = self.ids.get(id_key(&addr, message_id))? else {
+        let mut prefix = addr.clone();
+        prefix.extend_from_slice(message_id.as_bytes());
+        prefix.push(0);
+        let Some(item) = self.ids.scan_prefix(prefix).next() else {
             return Ok(None);
         };
+        let (_, entry) = item?;
         let mut message = addr;
-        message.extend_from_slice(&seq);
+        message.extend_from_slice(entry.get(..8).unwrap_or_default());
         let dangling = |what| MailboxError::Corrupt {
             what,
             reason: format!("{message_id} in {address} has no {what}"),
@@ -272,11 +372,15 @@ impl MailboxStore {
             {
                 let (key, value) = item?;
                 let applied: Applied = decode(&value, "applied record")?;
+                let digest = unhex(&applied.digest).ok_or_else(|| MailboxError::Corrupt {
+                    what: "applied record",
+                    reason: format!("bad digest {:?}", applied.digest),
+                })?;
                 let mut copies = Vec::with_capacity(applied.added.len());
                 for address in &applied.added {
                     let addr = address_key(address)?;
                     copies.push((
-                        id_key(&addr, &applied.message_id),
+                        id_key(&addr, &applied.message_id, &digest),
                         message_key(&addr, applied.seq),
                     ));
                 }
@@ -292,8 +396,11 @@ impl MailboxStore {
                     for (key, seq, copies) in &chunk {
                         for (id, message) in copies {
                             messages.remove(message.as_slice())?;
-                            // Only the dedup entry this record created (always, unless damaged).
-                            if ids.get(id)?.as_deref() == Some(seq.as_slice()) {
+                            // Only the dedup entry this record created (a later record may
+                            // have renewed an expired one).
+                            if ids.get(id)?.and_then(|v| v.get(..8).map(<[u8]>::to_vec))
+                                == Some(seq.to_vec())
+                            {
                                 ids.remove(id.as_slice())?;
                             }
                         }
@@ -359,10 +466,24 @@ fn message_key(address: &[u8], seq: u64) -> Vec<u8> {
     key
 }
 
-fn id_key(address: &[u8], message_id: &str) -> Vec<u8> {
+/// `address ++ message_id ++ 0 ++ digest`: a Message-ID holds no NUL, so the IDs of one mailbox
+/// never prefix each other's keys.
+fn id_key(address: &[u8], message_id: &str, digest: &[u8]) -> Vec<u8> {
     let mut key = address.to_vec();
     key.extend_from_slice(message_id.as_bytes());
+    key.push(0);
+    key.extend_from_slice(digest);
     key
+}
+
+fn unhex(text: &str) -> Option<Vec<u8>> {
+    (0..text.len())
+        .step_by(2)
+        .map(|i| {
+            text.get(i..i + 2)
+                .and_then(|b| u8::from_str_radix(b, 16).ok())
+        })
+        .collect()
 }
 
 fn encode<T: Serialize>(value: &T) -> Vec<u8> {

@@ -2,6 +2,8 @@ use super::*;
 
 const ALICE: &str = "alice@example.test";
 const BOB: &str = "bob@example.test";
+/// Dedup retention of the test stores (ms).
+const RETENTION: Millis = 1_000_000;
 
 fn rec(id: &str, to: &[&str], time_ms: Millis) -> LogRecord {
     LogRecord {
@@ -9,8 +11,13 @@ fn rec(id: &str, to: &[&str], time_ms: Millis) -> LogRecord {
         recipients: to.iter().map(|s| s.to_string()).collect(),
         sender: "carol@remote.test".into(),
         time_ms,
-        body: format!("Message-ID: {id}\r\n\r\nhello\r\n").into_bytes(),
+        body: body(id),
     }
+}
+
+/// The body `rec` gives a message.
+fn body(id: &str) -> Vec<u8> {
+    format!("Message-ID: {id}\r\n\r\nhello\r\n").into_bytes()
 }
 
 fn at(generation: u64, index: u32) -> LogPosition {
@@ -27,21 +34,25 @@ fn ids(store: &MailboxStore, address: &str) -> Vec<String> {
 }
 
 fn open(dir: &Path) -> MailboxStore {
-    MailboxStore::open(&dir.join("mailbox")).expect("open store")
+    MailboxStore::open(&dir.join("mailbox"), RETENTION).expect("open store")
 }
 
 #[test]
 fn same_message_id_twice_is_stored_once() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let store = open(tmp.path());
-    assert!(!store.contains(ALICE, "<m1>").expect("contains"));
+    assert!(!store
+        .contains(ALICE, "<m1>", &body("<m1>"), 0)
+        .expect("contains"));
     assert_eq!(
         store
             .apply("SG1", at(1, 0), &rec("<m1>", &[ALICE], 10))
             .expect("apply"),
         1
     );
-    assert!(store.contains(ALICE, "<m1>").expect("contains"));
+    assert!(store
+        .contains(ALICE, "<m1>", &body("<m1>"), 0)
+        .expect("contains"));
     // A resubmission from a hub's dumpster arrives as a new record with the same Message-ID.
     assert_eq!(
         store
@@ -216,8 +227,12 @@ fn discard_from_undoes_exactly_the_later_generations() {
         "alice keeps the copy from generation 1"
     );
     assert_eq!(ids(&store, BOB), ["<m2>"]);
-    assert!(!store.contains(BOB, "<m1>").expect("contains"));
-    assert!(!store.contains(ALICE, "<m3>").expect("contains"));
+    assert!(!store
+        .contains(BOB, "<m1>", &body("<m1>"), 0)
+        .expect("contains"));
+    assert!(!store
+        .contains(ALICE, "<m3>", &body("<m3>"), 0)
+        .expect("contains"));
     assert_eq!(
         store.body(ALICE, "<m1>").expect("body"),
         Some(rec("<m1>", &[], 0).body)
@@ -329,4 +344,82 @@ fn restart_keeps_everything() {
         ["<m1>", "<m2>", "<m3>"],
         "order continues after restart"
     );
+}
+
+#[test]
+fn a_copy_through_another_hub_is_a_duplicate_and_a_different_message_is_not() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let store = open(tmp.path());
+    let via = |hub: &str, text: &str| {
+        LogRecord {
+        body: format!(
+            "Received: from client.test\r\n\tby {hub} (hubrelay); Sun, 22 Nov 2026\r\nMessage-ID: <m1>\r\nSubject: s\r\n\r\n{text}\r\n"
+        )
+        .into_bytes(),
+        ..rec("<m1>", &[ALICE], 10)
+    }
+    };
+    let first = via("hub1.example.test", "hello");
+    assert_eq!(store.apply("SG1", at(1, 0), &first).expect("apply"), 1);
+    // The same message, re-sent through hub2 (another Received line): dropped.
+    let again = via("hub2.example.test", "hello");
+    assert!(store
+        .contains(ALICE, "<m1>", &again.body, 20)
+        .expect("contains"));
+    assert_eq!(store.apply("SG1", at(1, 1), &again).expect("apply"), 0);
+    // A different message that reuses the Message-ID: stored beside the first.
+    let other = via("hub1.example.test", "something else");
+    assert!(!store
+        .contains(ALICE, "<m1>", &other.body, 20)
+        .expect("contains"));
+    assert_eq!(store.apply("SG1", at(1, 2), &other).expect("apply"), 1);
+    assert_eq!(ids(&store, ALICE), vec!["<m1>", "<m1>"]);
+    // Undoing the later record removes only its copy and its key.
+    store.discard_from("SG1", 1).expect("discard all");
+    assert!(ids(&store, ALICE).is_empty());
+    assert_eq!(store.apply("SG1", at(1, 0), &first).expect("reapply"), 1);
+    assert!(store.body(ALICE, "<m1>").expect("body").is_some());
+}
+
+#[test]
+fn a_dedup_key_counts_for_the_retention_by_record_time_then_is_swept() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let store = open(tmp.path());
+    store
+        .apply("SG1", at(1, 0), &rec("<m1>", &[ALICE], 10))
+        .expect("apply");
+    assert!(store
+        .contains(ALICE, "<m1>", &body("<m1>"), 10 + RETENTION - 1)
+        .expect("contains"));
+    assert!(!store
+        .contains(ALICE, "<m1>", &body("<m1>"), 10 + RETENTION)
+        .expect("contains"));
+    // Within the retention a record of the same message adds nothing; past it, a copy is added,
+    // on the active and on any replay alike (the decision uses the record's time only).
+    assert_eq!(
+        store
+            .apply("SG1", at(1, 1), &rec("<m1>", &[ALICE], RETENTION))
+            .expect("apply"),
+        0
+    );
+    assert_eq!(
+        store
+            .apply("SG1", at(1, 2), &rec("<m1>", &[ALICE], 10 + RETENTION))
+            .expect("apply"),
+        1
+    );
+    assert_eq!(ids(&store, ALICE).len(), 2);
+    // The sweep keeps keys a record not yet replayed could still match.
+    let sgs = vec!["SG1".to_string()];
+    assert_eq!(store.sweep_dedup(&sgs, 0).expect("sweep"), 0);
+    store
+        .apply("SG1", at(1, 3), &rec("<m2>", &[BOB], 10 + 3 * RETENTION))
+        .expect("apply");
+    assert_eq!(store.sweep_dedup(&sgs, 0).expect("sweep"), 1);
+    assert!(!store
+        .contains(ALICE, "<m1>", &body("<m1>"), 10 + RETENTION)
+        .expect("contains"));
+    assert!(store
+        .contains(BOB, "<m2>", &body("<m2>"), 10 + 3 * RETENTION)
+        .expect("contains"));
 }
