@@ -144,17 +144,20 @@ fn node_status(node: &MailboxNode) -> NodeStatus {
                         newest_replayed,
                     }
                 }
-                None => SgCopyStatus {
-                    last_log_generated: generated.get(&sg).copied().unwrap_or(0),
-                    name: sg,
-                    last_log_copied: None,
-                    last_log_replayed: None,
-                    copy_queue_length: None,
-                    replay_queue_length: None,
-                    summary_copy_status: None,
-                    error: None,
-                    newest_replayed,
-                },
+                None => {
+                    let database_error = node.writer(&sg).and_then(|w| w.failure());
+                    SgCopyStatus {
+                        last_log_generated: generated.get(&sg).copied().unwrap_or(0),
+                        name: sg,
+                        last_log_copied: None,
+                        last_log_replayed: None,
+                        copy_queue_length: None,
+                        replay_queue_length: None,
+                        summary_copy_status: None,
+                        error: database_error,
+                        newest_replayed,
+                    }
+                }
             }
         })
         .collect();

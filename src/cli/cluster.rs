@@ -28,6 +28,8 @@ pub struct CmsStatus {
     pub storage_groups: Vec<SgCopyStatus>,
     /// Why a node is dismounted, if one is.
     pub dismounted_reason: Option<String>,
+    /// Storage groups whose log fails on the active node ("SG: error"): deliveries get 451.
+    pub failed_databases: Vec<String>,
     /// Every node's own report; nodes that did not answer are missing.
     pub nodes: Vec<NodeStatus>,
     /// Nodes that did not answer.
@@ -87,6 +89,14 @@ pub async fn cms_status(site: &Site, cms: &Cms) -> CmsStatus {
         witness,
         storage_groups,
         dismounted_reason: nodes.iter().find_map(|n| n.reason.clone()),
+        failed_databases: active
+            .map(|a| {
+                a.storage_groups
+                    .iter()
+                    .filter_map(|g| g.error.as_ref().map(|e| format!("{}: {e}", g.name)))
+                    .collect()
+            })
+            .unwrap_or_default(),
         nodes,
         unreachable,
     }
@@ -126,6 +136,9 @@ pub async fn status(site: &Site, cms: Option<&str>, json: bool) -> Result<(), Fa
         println!("  Quorum: {}   FileShareWitness: {}", s.quorum, s.witness);
         if let Some(r) = &s.dismounted_reason {
             println!("  Dismounted: {r}");
+        }
+        for f in &s.failed_databases {
+            println!("  DatabaseFailed: {f}");
         }
         if !s.unreachable.is_empty() {
             println!("  Unreachable: {}", s.unreachable.join(", "));
@@ -225,6 +238,19 @@ pub async fn health(site: &Site, json: bool) -> Result<(), Failure> {
                 "PASS",
                 format!("{name}: no dismounted databases"),
             ),
+        });
+        checks.push(if s.failed_databases.is_empty() {
+            check(
+                "DatabaseFailed",
+                "PASS",
+                format!("{name}: databases writable"),
+            )
+        } else {
+            check(
+                "DatabaseFailed",
+                "FAIL",
+                format!("{name}: {}", s.failed_databases.join("; ")),
+            )
         });
         for g in &s.storage_groups {
             use crate::node::replication::SummaryCopyStatus as S;

@@ -173,6 +173,9 @@ pub struct Machine {
     yielding: bool,
     /// A scheduled move away from this active node has released the lease: do not renew it.
     handing_over: bool,
+    /// This node's databases failed while it was active: it stays dismounted, and its peer
+    /// takes over, until it follows an active peer again.
+    db_failed: bool,
 }
 
 impl Machine {
@@ -209,6 +212,7 @@ impl Machine {
             superseded: None,
             yielding: false,
             handing_over: false,
+            db_failed: false,
         }
     }
 
@@ -391,6 +395,20 @@ impl Machine {
                 .is_some_and(|(_, hb)| hb.role == Role::Active)
     }
 
+    /// The active node's databases failed (a log that cannot be written or reopened): step down
+    /// and stay dismounted with the reason, so the peer takes over as after a failover (with the
+    /// resubmission that implies), and release the lease for it.
+    pub fn database_failed(&mut self, reason: String) -> Vec<Action> {
+        if self.role != Role::Active {
+            return Vec::new();
+        }
+        self.db_failed = true;
+        self.was_active = false;
+        self.handing_over = false;
+        self.role = Role::Dismounted(format!("database failed: {reason}"));
+        vec![Action::Demote, Action::ReleaseLease]
+    }
+
     /// A scheduled move away from this active node begins: it is about to release the witness
     /// lease for the target to take, so it must not renew it meanwhile.
     pub fn begin_handover(&mut self) {
@@ -515,6 +533,7 @@ impl Machine {
             // Following an active peer: this node's data is now a copy of the peer's history.
             self.role = Role::Passive;
             self.was_active = false;
+            self.db_failed = false;
             // Let the active node have the witness.
             return if self.lease.as_ref().is_some_and(|l| l.holder == self.me) {
                 vec![Action::ReleaseLease]
@@ -522,10 +541,26 @@ impl Machine {
                 Vec::new()
             };
         }
+        let peer_dismounted = self
+            .peer
+            .as_ref()
+            .is_some_and(|(_, hb)| matches!(hb.role, Role::Dismounted(_)));
+        if self.mutual(now) && peer_dismounted && self.role == Role::Passive && !self.db_failed {
+            // The peer is up but cannot serve (its databases failed, or its copy may have
+            // diverged): take over as after a failover, within the dial, asking for resubmission.
+            return if self.holds_lease(now) {
+                self.mount_after_failover()
+            } else {
+                self.try_lease(
+                    now,
+                    "waiting for the witness lease to take over from a dismounted peer",
+                )
+            };
+        }
         if self.mutual(now) {
             // Both up, neither active: the preferred node takes the role, and like any activation
             // it needs the lease first, so a stale view can never make two actives.
-            if !self.preferred_over_peer() || self.yielding {
+            if !self.preferred_over_peer() || self.yielding || self.db_failed {
                 return Vec::new();
             }
             return if self.holds_lease(now) {
@@ -549,6 +584,12 @@ impl Machine {
             ));
             return Vec::new();
         }
+        self.mount_after_failover()
+    }
+
+    /// Mounts after the active node was lost or could not serve, if the logs known missing are
+    /// within the dial; otherwise stays dismounted and says why.
+    fn mount_after_failover(&mut self) -> Vec<Action> {
         let missing: BTreeMap<String, u64> = self
             .peer_generated
             .iter()

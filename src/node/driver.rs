@@ -21,6 +21,9 @@ const HEARTBEAT_EVERY: Duration = Duration::from_millis(200);
 const COPY_EVERY: Duration = Duration::from_millis(200);
 /// How often outstanding dumpster requests are retried.
 const RESUBMIT_EVERY: Duration = Duration::from_secs(2);
+/// How long a storage group's log may stay failed (unwritable, not reopenable) before the active
+/// node gives the databases up to a healthy passive.
+const DATABASE_FAILED_AFTER: Duration = Duration::from_secs(10);
 /// How often dedup keys past their retention are swept.
 const SWEEP_EVERY: Duration = Duration::from_secs(600);
 
@@ -113,6 +116,26 @@ impl MailboxNode {
         {
             if let Ok(_one_at_a_time) = self.exec.try_lock() {
                 self.take_back_lease().await;
+            }
+        }
+        let failed = self.writers().into_iter().find_map(|(sg, w)| {
+            w.failing_for()
+                .filter(|t| *t >= DATABASE_FAILED_AFTER)
+                .and_then(|_| w.failure().map(|why| format!("{sg}: {why}")))
+        });
+        if let Some(reason) = failed {
+            let actions = {
+                let mut m = self.machine();
+                if m.peer_healthy(mono_ms()) {
+                    m.database_failed(reason.clone())
+                } else {
+                    Vec::new()
+                }
+            };
+            if !actions.is_empty() {
+                error!(node = %self.name, reason = %reason, "database failed; handing the storage groups to the other node");
+                self.execute(actions).await;
+                return;
             }
         }
         let copied = self.copied();

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use store::mailbox::MailboxStore;
 use store::txlog::{LogRecord, TxLog, TxLogError};
 use tokio::sync::{mpsc, oneshot};
-use tracing::{error, info, warn};
+use tracing::{debug, error, warn};
 
 /// Most records in one batch; bounds the latency of the first one.
 const MAX_BATCH: usize = 512;
@@ -55,8 +55,8 @@ struct Published {
     last_generated: AtomicU64,
     /// No more writes: set at demotion, before the thread sees its channel close.
     stopped: AtomicBool,
-    /// The current failure, if the log is failed.
-    failed: Mutex<Option<String>>,
+    /// The current failure, if the log is failed, and since when it has been failing.
+    failed: Mutex<Option<(String, Instant)>>,
 }
 
 /// Handle to a storage group's writer thread; clones share it.
@@ -176,7 +176,18 @@ impl SgWriter {
             .failed
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .clone()
+            .as_ref()
+            .map(|(why, _)| why.clone())
+    }
+
+    /// How long the log has been failing without a successful reopen, while it is.
+    pub fn failing_for(&self) -> Option<Duration> {
+        self.published
+            .failed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(|(_, since)| since.elapsed())
     }
 
     /// Raw bytes of a closed generation, read from disk (closed files never change).
@@ -231,11 +242,15 @@ impl Thread {
     }
 
     fn set_failed(&self, failure: Option<String>) {
-        *self
+        let mut failed = self
             .published
             .failed
             .lock()
-            .unwrap_or_else(|p| p.into_inner()) = failure;
+            .unwrap_or_else(|p| p.into_inner());
+        let since = failed
+            .as_ref()
+            .map_or_else(Instant::now, |(_, since)| *since);
+        *failed = failure.map(|why| (why, since));
     }
 
     fn seal(&mut self) -> Result<u64, String> {
@@ -257,13 +272,26 @@ impl Thread {
             return;
         }
         let (sg, store) = (self.sg.clone(), self.store.clone());
+        #[cfg(feature = "fault-injection")]
+        if let Err(e) = injected_fault(&self.dir) {
+            self.log = None;
+            return self.answer_failed(batch, e);
+        }
         let result = match self.usable() {
             Ok(log) => write_batch(&sg, log, &store, &batch),
             Err(e) => Err(e),
         };
         self.publish();
+        if result.is_ok() && !self.published_failure().is_empty() {
+            // Failed until a batch is durable again, so a log that reopens but cannot be
+            // written stays failed (and counts toward giving the databases up).
+            self.set_failed(None);
+            warn!(storage_group = %self.sg, epoch = self.epoch, "transaction log writable again; deliveries accepted");
+        }
         if let Err(e) = &result {
-            error!(storage_group = %self.sg, epoch = self.epoch, error = %e, "transaction log write failed; deliveries refused with 451 until the log is reopened");
+            if self.published_failure().is_empty() {
+                error!(storage_group = %self.sg, epoch = self.epoch, error = %e, "transaction log write failed; deliveries refused with 451 until the log is reopened");
+            }
             self.set_failed(Some(e.to_string()));
             // Recovery decides what of the batch reached the disk; none of it is acknowledged.
             self.log = None;
@@ -296,10 +324,8 @@ impl Thread {
                 }
             })?;
             log.sync()?;
-            warn!(storage_group = %self.sg, epoch = self.epoch, replayed, "transaction log reopened after a failure");
-            self.set_failed(None);
+            debug!(storage_group = %self.sg, epoch = self.epoch, replayed, "transaction log reopened after a failure");
             self.log = Some(log);
-            info!(storage_group = %self.sg, "deliveries accepted again");
         }
         Ok(self.log.as_mut().expect("opened above"))
     }
@@ -309,8 +335,35 @@ impl Thread {
             .failed
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .clone()
+            .as_ref()
+            .map(|(why, _)| why.clone())
             .unwrap_or_default()
+    }
+}
+
+impl Thread {
+    /// Answers a whole batch with a failure (fault-injection builds).
+    #[cfg(feature = "fault-injection")]
+    fn answer_failed(&mut self, batch: Vec<(Box<LogRecord>, Done)>, e: TxLogError) {
+        if self.published_failure().is_empty() {
+            error!(storage_group = %self.sg, epoch = self.epoch, error = %e, "transaction log write failed; deliveries refused with 451 until the log is reopened");
+        }
+        self.set_failed(Some(e.to_string()));
+        for (_, done) in batch {
+            let _ = done.send(Err(WriteError::Failed(e.to_string())));
+        }
+    }
+}
+
+/// A disk error while `<node>/logs/FAIL-WRITES` exists (fault-injection builds only).
+#[cfg(feature = "fault-injection")]
+fn injected_fault(dir: &std::path::Path) -> Result<(), TxLogError> {
+    match dir.parent().map(|logs| logs.join("FAIL-WRITES")) {
+        Some(switch) if switch.exists() => Err(TxLogError::Io {
+            path: switch,
+            source: std::io::Error::other("injected disk error (fault-injection build)"),
+        }),
+        _ => Ok(()),
     }
 }
 

@@ -44,6 +44,7 @@ KINDS = [
     "move-interrupted",
     "lossy-failover",
     "sigterm-active",
+    "disk-full",
 ]
 ACK_LINE = re.compile(r"^(\S+)\s+INFO\s.*\backnowledged\b.*\bnode=(\S+).*\bepoch=(\d+)")
 
@@ -100,6 +101,43 @@ class Site:
             )
         self.procs = {}
         self.paused = set()
+        self.mounts = []
+
+    def mount_logs(self):
+        """Puts each node's log directory on a filesystem of its own that `fill` can fill up.
+        Returns why not, if it cannot (mounting needs root)."""
+        for n in ("node1", "node2"):
+            path = os.path.join(self.dir, "data", n, "logs")
+            os.makedirs(path, exist_ok=True)
+            r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4g", f"campaign-{n}", path],
+                               capture_output=True)
+            if r.returncode != 0:
+                return r.stderr.decode().strip() or f"mount exited {r.returncode}"
+            self.mounts.append(path)
+        return None
+
+    def fill(self, node, seconds):
+        """Keeps the node's log filesystem full for `seconds` (taking back whatever the node
+        frees by cutting off failed writes), then frees it."""
+        path = os.path.join(self.dir, "data", node, "logs")
+        fillers = []
+        deadline = time.time() + seconds
+        while time.time() < deadline:
+            st = os.statvfs(path)
+            free = st.f_bavail * st.f_frsize
+            if free > 0:
+                filler = os.path.join(path, f"campaign-filler-{len(fillers)}")
+                fd = os.open(filler, os.O_CREAT | os.O_WRONLY, 0o600)
+                fillers.append(filler)
+                try:
+                    os.posix_fallocate(fd, 0, free)
+                except OSError:
+                    pass
+                finally:
+                    os.close(fd)
+            time.sleep(0.05)
+        for filler in fillers:
+            os.remove(filler)
 
     def log(self, name):
         return os.path.join(self.dir, f"{name}.log")
@@ -169,6 +207,11 @@ class Site:
         for name in list(self.procs):
             self.resume(name)
             self.kill9(name)
+        for path in self.mounts:
+            if self.keep:
+                # Keep the logs for inspection: copy them off the filesystem before it goes.
+                shutil.copytree(path, path + ".kept", dirs_exist_ok=True)
+            subprocess.run(["umount", path], capture_output=True)
         if not self.keep:
             shutil.rmtree(self.dir, ignore_errors=True)
 
@@ -283,6 +326,28 @@ def inject(site, kind, rng, note):
         site.pause(active)
         time.sleep(rng.uniform(5, 6))
         site.resume(active)
+    elif kind == "disk-full":
+        if not site.mounts:
+            note("disk-full: skipped, the log directories could not be mounted on their own filesystem")
+            return
+        if rng.random() < 0.5:
+            # A full disk for a moment: the log recovers by itself.
+            site.fill(active, rng.uniform(1, 3))
+            return
+        # A disk that fails every write (a switch only fault-injection builds read), past the
+        # 10 s after which the active gives its databases to a healthy passive.
+        switch = os.path.join(site.dir, "data", active, "logs", "FAIL-WRITES")
+        open(switch, "w").close()
+        try:
+            deadline = time.time() + 30
+            while time.time() < deadline and site.active() in (active, None):
+                time.sleep(0.2)
+            if site.active() in (active, None):
+                if "injected disk error" in open(site.log(active), errors="replace").read():
+                    raise Failure(f"{active}'s log failed for 30 s and it kept the databases")
+                note("disk-full: persistent variant not injected (build with --features fault-injection)")
+        finally:
+            os.remove(switch)
     elif kind == "sigterm-active":
         site.terminate(active)
         site.start(active)
@@ -434,6 +499,10 @@ def run(args, kinds, seed):
            "acknowledged": 0, "missing": 0, "duplicated": 0, "ok": False, "dir": site.dir}
     load = None
     try:
+        if "disk-full" in kinds:
+            why = site.mount_logs()
+            if why:
+                notes.append(f"disk-full skipped: {why}")
         for n in ("node1", "node2", "hub1", "hub2"):
             site.start(n)
         site.wait_active()
@@ -466,7 +535,10 @@ def run(args, kinds, seed):
         row["sent"] = load.sent if load else 0
     row["missing"] = len(result["missing"]) + len(result["missing_after_move"])
     row["duplicated"] = len(result["duplicated"])
-    row["problems"] = result["problems"] + notes
+    row["problems"] = result["problems"]
+    row["notes"] = notes
+    for n in notes:
+        print(f"  note: {n}", file=sys.stderr)
     row["ok"] = row["missing"] == 0 and row["duplicated"] == 0 and not result["problems"]
     if not row["ok"]:
         site.keep = True
@@ -481,7 +553,8 @@ def run(args, kinds, seed):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--bin", default=os.path.join(os.path.dirname(__file__), "..", "..",
-                                                  "target", "release", "hubrelay"))
+                                                  "target", "release", "hubrelay"),
+                    help="the binary (build it with --features fault-injection for disk-full)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--faults", default=",".join(KINDS), help="comma-separated fault kinds")
     ap.add_argument("--faults-per-kind", type=int, default=3)

@@ -265,6 +265,28 @@ mailboxes = ["carol@example.test"]
     }
 }
 
+impl Drop for TestSite {
+    /// A failed test keeps its site (config, data, one log per process) for inspection.
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let kept = std::env::temp_dir().join(format!(
+                "hubrelay-failed-{}-{}",
+                std::process::id(),
+                self.ports.hub1
+            ));
+            let copied = Command::new("cp")
+                .arg("-a")
+                .arg(self.dir.path())
+                .arg(&kept)
+                .status()
+                .is_ok_and(|s| s.success());
+            if copied {
+                eprintln!("test site kept in {}", kept.display());
+            }
+        }
+    }
+}
+
 /// A running `hubrelay` process; killed when dropped.
 pub struct Proc {
     pub child: Child,

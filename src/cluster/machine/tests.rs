@@ -656,3 +656,51 @@ fn a_heartbeat_counts_from_when_the_heartbeat_it_echoes_was_sent() {
     a.on_heartbeat(5_120, answer);
     assert!(a.sees_peer(5_120));
 }
+
+#[test]
+fn a_failed_database_hands_over_to_the_passive_as_a_failover() {
+    let t = Timing::default();
+    let mut a = fresh_active_node1(t);
+    let mut b = Machine::new("node2", false, Persisted::default(), t, DIAL, 0, 2);
+    exchange(&mut a, &mut b, 10);
+    assert_eq!(
+        a.database_failed("SG1: disk full".into()),
+        vec![Action::Demote, Action::ReleaseLease]
+    );
+    a.on_released();
+    assert!(!a.may_serve(20));
+    assert!(matches!(a.role(), Role::Dismounted(r) if r.contains("disk full")));
+    exchange(&mut a, &mut b, 20);
+    assert!(
+        !a.on_tick(30).contains(&Action::AcquireLease(1)),
+        "the failed node must not take the role back while its peer can"
+    );
+    assert!(b.on_tick(30).contains(&Action::AcquireLease(0)));
+    let acts = b.on_lease(
+        40,
+        Some(LeaseView {
+            holder: "node2".into(),
+            expires_ms: 40 + t.lease_duration,
+            epoch: 1,
+            ..Default::default()
+        }),
+    );
+    assert!(
+        matches!(
+            &acts[0],
+            Action::Mount {
+                epoch: 2,
+                failover: true,
+                ..
+            }
+        ),
+        "a takeover from a failed database asks the hubs to resubmit: {acts:?}"
+    );
+    exchange(&mut a, &mut b, 50);
+    assert_eq!(
+        a.role(),
+        &Role::Passive,
+        "the failed node follows the new active"
+    );
+    assert!(b.may_serve(60) && !a.may_serve(60));
+}
