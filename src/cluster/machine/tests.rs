@@ -1,6 +1,7 @@
 //! The failover rules under randomized fault schedules: lost, delayed and reordered heartbeats
 //! (each direction), an unreachable witness, crashes and restarts at every step, each node on its
-//! own monotonic clock with a wall clock that is skewed and steps (the witness holds wall times).
+//! own monotonic clock with a wall clock that is skewed and steps (the witness holds wall times),
+//! and witness operations that take up to 1.5 s to answer.
 //! Invariants checked at every instant: at most one node may serve; no mount is lossier than the
 //! dial allows.
 
@@ -80,8 +81,12 @@ struct Sim {
     head: u64,
     /// Heartbeats on the way: (arrival time, receiver, heartbeat).
     in_flight: Vec<(Millis, usize, Heartbeat)>,
-    /// Whether heartbeats may be delayed and reordered.
+    /// Whether heartbeats may be delayed and reordered, and witness operations take time.
     delays: bool,
+    /// A lease operation whose outcome a node has not learnt yet: (when it learns it, outcome).
+    /// The witness changed when the operation began; the node waits meanwhile, as the driver's
+    /// execution lock makes it.
+    pending_lease: [Option<(Millis, Option<LeaseView>)>; 2],
 }
 
 impl Sim {
@@ -108,6 +113,7 @@ impl Sim {
             head: 0,
             in_flight: Vec::new(),
             delays: !crash_only,
+            pending_lease: [None, None],
         };
         sim.start(0);
         sim.start(1);
@@ -146,6 +152,7 @@ impl Sim {
             let (now, wall) = (self.mono(i), self.wall(i));
             let name = self.nodes[i].name;
             match a {
+                Action::AcquireLease(_) if self.pending_lease[i].is_some() => {}
                 Action::AcquireLease(epoch) => {
                     let m = self.nodes[i].machine.as_mut().expect("running");
                     let result = if self.witness_reachable[i] {
@@ -163,6 +170,11 @@ impl Sim {
                     } else {
                         None
                     };
+                    if self.delays && self.rng.gen_bool(0.3) {
+                        let took = self.rng.gen_range(1..1_500);
+                        self.pending_lease[i] = Some((self.now + took, result));
+                        continue;
+                    }
                     let m = self.nodes[i].machine.as_mut().expect("running");
                     // As in the driver: a further lease request waits for the next tick.
                     queue.extend(
@@ -282,6 +294,22 @@ impl Sim {
                     0
                 };
                 self.in_flight.push((self.now + delay, 1 - i, hb));
+            }
+        }
+        // Slow witness operations end.
+        for i in 0..2 {
+            if self.nodes[i].machine.is_none() {
+                self.pending_lease[i] = None;
+            }
+            if let Some((_, result)) = self.pending_lease[i].take_if(|(due, _)| *due <= self.now) {
+                let now = self.mono(i);
+                let m = self.nodes[i].machine.as_mut().expect("running");
+                let actions = m
+                    .on_lease(now, result)
+                    .into_iter()
+                    .filter(|a| !matches!(a, Action::AcquireLease(_)))
+                    .collect();
+                self.apply(i, actions);
             }
         }
         // Deliver what is due, in random order (a delayed heartbeat can overtake or be overtaken).
