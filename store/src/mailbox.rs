@@ -13,8 +13,8 @@
 //! equals the log replayed up to some position, and that position is the replay checkpoint. Applies
 //! are not fsynced: after a crash sled recovers to an earlier consistent state and the node replays
 //! the durable log from the checkpoint; applying a position twice is a no-op, so replay is safe to
-//! repeat. Dedup by Message-ID is what lets the hubs' dumpster resubmissions after a lossy failover
-//! bring back exactly the messages that were lost.
+//! repeat. Dedup by Message-ID and content is what lets the hubs' dumpster resubmissions after a
+//! lossy failover bring back exactly the messages that were lost.
 
 #[cfg(test)]
 mod tests;
@@ -36,7 +36,7 @@ const DISCARD_CHUNK: usize = 512;
 pub struct StoredMessage {
     /// The mailbox (lower-cased address).
     pub address: String,
-    /// Message-ID, unique per mailbox.
+    /// Message-ID; different messages that reuse one are each stored.
     pub message_id: String,
     /// Body size in bytes.
     pub size: u64,
@@ -84,8 +84,8 @@ pub struct MailboxStore {
     db: sled::Db,
     /// `address ++ seq` → [`Copy`]: each mailbox's messages in delivery order.
     messages: Tree,
-    /// `address ++ message_id ++ 0 ++ digest` → seq ++ record time: the dedup index, and the way
-    /// from a Message-ID to its copies.
+    /// `address ++ message_id ++ 0 ++ digest` → seq ++ record time: the dedup index (a key counts
+    /// for `retention` after its record time, and is swept after that).
     ids: Tree,
     /// How long a dedup key counts after the record that made it (ms).
     retention: Millis,
@@ -111,7 +111,7 @@ struct Applied {
     time_ms: Millis,
     /// Sequence number of the copies this record added (one per record, from sled's id generator).
     seq: u64,
-    /// Mailboxes that received a copy (the others already held the Message-ID).
+    /// Mailboxes that received a copy (the others already held this very message).
     added: Vec<String>,
     /// The content digest (hex) of the dedup keys it made.
     #[serde(default)]
@@ -123,7 +123,7 @@ const TRACE_HEADERS: [&str; 3] = ["received", "return-path", "delivered-to"];
 
 /// What a re-sent or resubmitted copy keeps of a message: every header but the trace headers (name
 /// and raw value, in order) and the body, hashed. Unparsable headers hash the whole message.
-pub fn content_digest(message: &[u8]) -> [u8; 32] {
+fn content_digest(message: &[u8]) -> [u8; 32] {
     use sha2::{Digest, Sha256};
     let mut h = Sha256::new();
     match mailparse::parse_headers(message) {
@@ -220,8 +220,8 @@ impl MailboxStore {
         Ok(removed)
     }
 
-    /// Applies the record at `pos` of storage group `sg`'s log: every recipient not holding the
-    /// Message-ID yet gets a copy (the body is stored once for all of them), and `pos` becomes the
+    /// Applies the record at `pos` of storage group `sg`'s log: every recipient not holding this
+    /// message (Message-ID and content digest, within the retention) gets a copy (the body is stored once for all of them), and `pos` becomes the
     /// checkpoint, in one transaction. Returns how many copies were added (0: all duplicates, or the
     /// position was applied before).
     pub fn apply(
@@ -303,30 +303,28 @@ impl MailboxStore {
             .collect()
     }
 
-    /// The body of `message_id` in `address`, if the mailbox holds it (the first of several
-    /// different messages that share the Message-ID, in digest order).
+    /// The body of `message_id` in `address`, if the mailbox holds it. A mailbox may hold several
+    /// different messages that reuse one Message-ID: this is the first delivered of them. It scans
+    /// the mailbox in delivery order rather than the dedup index, whose keys expire and are swept
+    /// while the copies stay.
     pub fn body(&self, address: &str, message_id: &str) -> Result<Option<Vec<u8>>, MailboxError> {
-        let addr = address_key(address)?;
-        let mut prefix = addr.clone();
-        prefix.extend_from_slice(message_id.as_bytes());
-        prefix.push(0);
-        let Some(item) = self.ids.scan_prefix(prefix).next() else {
+        let mut first = None;
+        for item in self.messages.scan_prefix(address_key(address)?) {
+            let (_, value) = item?;
+            let copy: Copy = decode(&value, "mailbox entry")?;
+            if copy.message.message_id == message_id {
+                first = Some(copy);
+                break;
+            }
+        }
+        let Some(copy) = first else {
             return Ok(None);
         };
-        let (_, entry) = item?;
-        let mut message = addr;
-        message.extend_from_slice(entry.get(..8).unwrap_or_default());
-        let dangling = |what| MailboxError::Corrupt {
-            what,
-            reason: format!("{message_id} in {address} has no {what}"),
-        };
-        let copy = self
-            .messages
-            .get(&message)?
-            .ok_or_else(|| dangling("mailbox entry"))?;
-        let copy: Copy = decode(&copy, "mailbox entry")?;
         let key = record_key(&sg_key(&copy.sg)?, copy.message.position);
-        let body = self.bodies.get(key)?.ok_or_else(|| dangling("body"))?;
+        let body = self.bodies.get(key)?.ok_or_else(|| MailboxError::Corrupt {
+            what: "body",
+            reason: format!("{message_id} in {address} has no body"),
+        })?;
         Ok(Some(body.to_vec()))
     }
 
