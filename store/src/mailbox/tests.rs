@@ -42,7 +42,7 @@ fn same_message_id_twice_is_stored_once() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let store = open(tmp.path());
     assert!(!store
-        .contains(ALICE, "<m1>", &body("<m1>"), 0)
+        .contains(ALICE, "<m1>", &ContentDigest::of(&body("<m1>")), 0)
         .expect("contains"));
     assert_eq!(
         store
@@ -51,7 +51,7 @@ fn same_message_id_twice_is_stored_once() {
         1
     );
     assert!(store
-        .contains(ALICE, "<m1>", &body("<m1>"), 0)
+        .contains(ALICE, "<m1>", &ContentDigest::of(&body("<m1>")), 0)
         .expect("contains"));
     // A resubmission from a hub's dumpster arrives as a new record with the same Message-ID.
     assert_eq!(
@@ -228,10 +228,10 @@ fn discard_from_undoes_exactly_the_later_generations() {
     );
     assert_eq!(ids(&store, BOB), ["<m2>"]);
     assert!(!store
-        .contains(BOB, "<m1>", &body("<m1>"), 0)
+        .contains(BOB, "<m1>", &ContentDigest::of(&body("<m1>")), 0)
         .expect("contains"));
     assert!(!store
-        .contains(ALICE, "<m3>", &body("<m3>"), 0)
+        .contains(ALICE, "<m3>", &ContentDigest::of(&body("<m3>")), 0)
         .expect("contains"));
     assert_eq!(
         store.body(ALICE, "<m1>").expect("body"),
@@ -381,7 +381,7 @@ fn the_same_message_through_another_hub_or_with_other_trace_headers_is_a_duplica
     for (i, copy) in copies.iter().enumerate() {
         assert!(
             store
-                .contains(ALICE, "<m1>", &copy.body, copy.time_ms)
+                .contains(ALICE, "<m1>", &ContentDigest::of(&copy.body), copy.time_ms)
                 .expect("contains"),
             "copy {i}"
         );
@@ -408,7 +408,12 @@ fn a_different_message_reusing_a_message_id_is_stored_beside_the_first() {
     for (i, other) in [&other_body, &other_subject].into_iter().enumerate() {
         assert!(
             !store
-                .contains(ALICE, "<m1>", &other.body, other.time_ms)
+                .contains(
+                    ALICE,
+                    "<m1>",
+                    &ContentDigest::of(&other.body),
+                    other.time_ms
+                )
                 .expect("contains"),
             "message {i}"
         );
@@ -423,7 +428,7 @@ fn a_different_message_reusing_a_message_id_is_stored_beside_the_first() {
     assert_eq!(ids(&store, ALICE), ["<m1>", "<m1>", "<m1>"]);
     // Each is then a duplicate of itself only.
     assert!(store
-        .contains(ALICE, "<m1>", &other_body.body, 40)
+        .contains(ALICE, "<m1>", &ContentDigest::of(&other_body.body), 40)
         .expect("contains"));
     assert_eq!(
         store
@@ -464,10 +469,10 @@ fn replay_and_discard_keep_messages_sharing_a_message_id_apart() {
     assert_eq!(store.discard_from("SG1", 2).expect("discard"), 1);
     assert_eq!(store.list(ALICE).expect("list"), before[..1]);
     assert!(store
-        .contains(ALICE, "<m1>", &resent.body, 40)
+        .contains(ALICE, "<m1>", &ContentDigest::of(&resent.body), 40)
         .expect("contains"));
     assert!(!store
-        .contains(ALICE, "<m1>", &other.body, 40)
+        .contains(ALICE, "<m1>", &ContentDigest::of(&other.body), 40)
         .expect("contains"));
     // The new active's generation 2 delivers the other message again: stored once more.
     assert_eq!(store.apply("SG1", at(2, 0), &other).expect("apply"), 1);
@@ -483,10 +488,20 @@ fn a_dedup_key_counts_for_the_retention_by_record_time_then_is_swept() {
         .apply("SG1", at(1, 0), &rec("<m1>", &[ALICE], 10))
         .expect("apply");
     assert!(store
-        .contains(ALICE, "<m1>", &body("<m1>"), 10 + RETENTION - 1)
+        .contains(
+            ALICE,
+            "<m1>",
+            &ContentDigest::of(&body("<m1>")),
+            10 + RETENTION - 1
+        )
         .expect("contains"));
     assert!(!store
-        .contains(ALICE, "<m1>", &body("<m1>"), 10 + RETENTION)
+        .contains(
+            ALICE,
+            "<m1>",
+            &ContentDigest::of(&body("<m1>")),
+            10 + RETENTION
+        )
         .expect("contains"));
     // Within the retention a record of the same message adds nothing; past it, a copy is added,
     // on the active and on any replay alike (the decision uses the record's time only).
@@ -511,10 +526,20 @@ fn a_dedup_key_counts_for_the_retention_by_record_time_then_is_swept() {
         .expect("apply");
     assert_eq!(store.sweep_dedup(&sgs, 0).expect("sweep"), 1);
     assert!(!store
-        .contains(ALICE, "<m1>", &body("<m1>"), 10 + RETENTION)
+        .contains(
+            ALICE,
+            "<m1>",
+            &ContentDigest::of(&body("<m1>")),
+            10 + RETENTION
+        )
         .expect("contains"));
     assert!(store
-        .contains(BOB, "<m2>", &body("<m2>"), 10 + 3 * RETENTION)
+        .contains(
+            BOB,
+            "<m2>",
+            &ContentDigest::of(&body("<m2>")),
+            10 + 3 * RETENTION
+        )
         .expect("contains"));
     // The copies stay, and can still be read, without their keys.
     assert_eq!(ids(&store, ALICE), ["<m1>", "<m1>"]);
@@ -556,4 +581,42 @@ fn sweeping_never_changes_a_dedup_decision() {
         );
     }
     assert_eq!(ids(&replayed, ALICE), ["<m1>", "<m2>", "<m1>", "<m1>"]);
+}
+
+#[test]
+fn each_storage_group_sweeps_by_its_own_checkpoint() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let store = open(tmp.path());
+    const DAVE: &str = "dave@example.test";
+    let sgs = vec!["SG1".to_string(), "SG2".to_string(), "SG3".to_string()];
+    store
+        .apply("SG1", at(1, 0), &rec("<m1>", &[ALICE], 10))
+        .expect("apply");
+    store
+        .apply("SG2", at(1, 0), &rec("<o1>", &[DAVE], 20))
+        .expect("apply");
+    // SG1 moves on past the retention; SG2 stays quiet and SG3 never had mail.
+    store
+        .apply("SG1", at(1, 1), &rec("<m2>", &[ALICE], 20 + 2 * RETENTION))
+        .expect("apply");
+    assert_eq!(store.sweep_dedup(&sgs, 0).expect("sweep"), 1);
+    let old = |address, id| {
+        store
+            .contains(address, id, &ContentDigest::of(&body(id)), 20)
+            .expect("contains")
+    };
+    assert!(!old(ALICE, "<m1>"), "SG1's expired key is gone");
+    assert!(
+        old(DAVE, "<o1>"),
+        "a later record of SG2 could still match it"
+    );
+    // With SG2's checkpoint past the retention too, its key goes as well; the margin holds keys
+    // back by that much.
+    store
+        .apply("SG2", at(1, 1), &rec("<o2>", &[DAVE], 20 + RETENTION))
+        .expect("apply");
+    assert_eq!(store.sweep_dedup(&sgs, 1).expect("sweep"), 0);
+    assert_eq!(store.sweep_dedup(&sgs, 0).expect("sweep"), 1);
+    assert!(!old(DAVE, "<o1>"));
+    assert_eq!(ids(&store, DAVE), ["<o1>", "<o2>"], "the copies stay");
 }
