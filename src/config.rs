@@ -130,11 +130,12 @@ fn default_max_connections() -> usize {
 fn default_idle_timeout() -> Dur {
     Dur(Duration::from_secs(300))
 }
-fn default_dedup_retention() -> Dur {
-    Dur(Duration::from_secs(14 * 86_400))
+// Spanned defaults sit at offset 0: an error about a key left at its default points at line 1.
+fn default_dedup_retention() -> Spanned<Dur> {
+    Spanned::new(0..0, Dur(Duration::from_secs(14 * 86_400)))
 }
-fn default_resubmit_rate() -> u64 {
-    500
+fn default_resubmit_rate() -> Spanned<u64> {
+    Spanned::new(0..0, 500)
 }
 fn default_dial() -> AutoDatabaseMountDial {
     AutoDatabaseMountDial::GoodAvailability
@@ -177,9 +178,9 @@ struct RawSite {
     #[serde(default = "default_idle_timeout")]
     idle_timeout: Dur,
     #[serde(default = "default_resubmit_rate")]
-    resubmit_rate: u64,
+    resubmit_rate: Spanned<u64>,
     #[serde(default = "default_dedup_retention")]
-    dedup_retention: Dur,
+    dedup_retention: Spanned<Dur>,
     admin_token: Option<Spanned<String>>,
     admin_token_file: Option<Spanned<PathBuf>>,
 }
@@ -514,16 +515,22 @@ fn build(at: &Locator, raw: RawConfig) -> Result<Site, ConfigError> {
             "max_recipients and max_connections must be at least 1",
         ));
     }
-    if site.dedup_retention.0 < site.max_dumpster_time.0 {
+    let dedup_retention = site.dedup_retention.get_ref().0;
+    if dedup_retention < site.max_dumpster_time.0 {
         return Err(at.err(
-            &whole,
+            &site.dedup_retention.span(),
             "site.dedup_retention",
-            "must not be shorter than max_dumpster_time (a resubmitted copy would no longer be recognised as a duplicate)",
+            format!(
+                "must not be shorter than max_dumpster_time ({}; it is {}): a resubmitted copy would no longer be recognised as a duplicate",
+                humantime::format_duration(site.max_dumpster_time.0),
+                humantime::format_duration(dedup_retention)
+            ),
         ));
     }
-    if site.resubmit_rate == 0 {
+    let resubmit_rate = *site.resubmit_rate.get_ref();
+    if resubmit_rate == 0 {
         return Err(at.err(
-            &whole,
+            &site.resubmit_rate.span(),
             "site.resubmit_rate",
             "must be at least 1 (messages per second)",
         ));
@@ -613,8 +620,8 @@ fn build(at: &Locator, raw: RawConfig) -> Result<Site, ConfigError> {
         max_recipients: site.max_recipients,
         max_connections: site.max_connections,
         idle_timeout: site.idle_timeout.0,
-        resubmit_rate: site.resubmit_rate,
-        dedup_retention: site.dedup_retention.0,
+        resubmit_rate,
+        dedup_retention,
         admin_token,
         hubs,
         cms: cms_list,
@@ -816,6 +823,49 @@ mod tests {
             seen += 1;
         }
         assert!(seen >= 5, "only {seen} bad config fixtures");
+    }
+
+    #[test]
+    fn resubmit_rate_and_dedup_retention_default_and_are_checked_at_their_line() {
+        let text = GOOD
+            .lines()
+            .filter(|l| !l.starts_with("resubmit_rate") && !l.starts_with("dedup_retention"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let site = parse(&text).expect("defaults");
+        assert_eq!(site.resubmit_rate, 500);
+        assert_eq!(site.dedup_retention, Duration::from_secs(14 * 86_400));
+        let line_of = |text: &str, key: &str| {
+            text.lines()
+                .position(|l| l.starts_with(key))
+                .expect("key in text")
+                + 1
+        };
+
+        let zero = GOOD.replace("resubmit_rate = 500", "resubmit_rate = 0");
+        let e = err(&zero);
+        let line = line_of(&zero, "resubmit_rate");
+        assert!(
+            e.starts_with(&format!("site.toml:{line}: site.resubmit_rate:")),
+            "{e}"
+        );
+
+        let short = GOOD.replace("dedup_retention = \"14d\"", "dedup_retention = \"6d\"");
+        let e = err(&short);
+        let line = line_of(&short, "dedup_retention");
+        assert!(
+            e.starts_with(&format!("site.toml:{line}: site.dedup_retention:")),
+            "{e}"
+        );
+        assert!(e.contains("max_dumpster_time (7days; it is 6days)"), "{e}");
+        // Equal to max_dumpster_time is enough; a longer dumpster needs a longer retention.
+        let equal = GOOD.replace("dedup_retention = \"14d\"", "dedup_retention = \"7d\"");
+        assert_eq!(
+            parse(&equal).expect("equal").dedup_retention,
+            Duration::from_secs(7 * 86_400)
+        );
+        let e = err(&text.replace("max_dumpster_time = \"7d\"", "max_dumpster_time = \"15d\""));
+        assert!(e.contains("site.dedup_retention"), "{e}");
     }
 
     #[test]

@@ -698,11 +698,16 @@ fn a_resubmitted_copy_that_fails_is_not_returned_to_the_sender() {
     );
     let bob = site.wait_mailbox("bob@example.test", WAIT, |ids| !ids.is_empty());
     wait_queue_empty(site.ports.hub1_admin);
-    wait_for(WAIT, "the resubmitted copy to fail", || {
+    let warning = wait_for(WAIT, "the resubmitted copy to fail", || {
         hub.log()
-            .contains("not returned to the sender")
-            .then_some(())
+            .lines()
+            .find(|l| l.contains("not returned to the sender"))
+            .map(str::to_string)
     });
+    // The operator learns which message of which request failed, and for whom.
+    for part in ["<delivered@client.test>", "request=", "dave@example.test"] {
+        assert!(warning.contains(part), "{warning}");
+    }
     // Exactly one DSN, for the fresh message; none for the copy bob had delivered before.
     assert_eq!(metric(site.ports.hub1_admin, "hubrelay_dsn_total"), 1);
     assert_eq!(site.mailbox_ids("bob@example.test"), bob);

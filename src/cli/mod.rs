@@ -69,7 +69,8 @@ pub enum Command {
         /// The mailbox address.
         #[arg(long)]
         address: String,
-        /// Print this message (its Message-ID, with angle brackets) as stored, instead of the listing.
+        /// Print this message (its Message-ID, with angle brackets) as stored, instead of the listing;
+        /// of several different messages that reuse the ID, the first delivered.
         #[arg(long = "message-id", value_name = "ID")]
         message_id: Option<String>,
     },

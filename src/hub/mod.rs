@@ -4,7 +4,7 @@
 //! A message's life: [`inbound`] accepts it and writes it to the store; [`commit`] makes the write
 //! durable (shared fsync) before the 250; a delivery task sends it ([`delivery`]); the outcome of every
 //! attempt is recorded atomically with the dumpster entries it creates; temporary failures go to the
-//! retry [`scheduler`]; permanent ones to a [`dsn`] for the sender.
+//! retry [`scheduler`]; permanent ones to a [`dsn`] for the sender (never for a resubmitted copy).
 
 pub mod commit;
 pub mod delivery;
@@ -307,19 +307,23 @@ impl Hub {
     }
 
     /// Queues a DSN for the sender, if it can be routed inside the site (a hub relays only to its
-    /// CMSs) and is not the null sender (RFC 5321: never bounce a bounce).
+    /// CMSs), is not the null sender (RFC 5321: never bounce a bounce), and the message is not a
+    /// dumpster resubmission (only logged: the sender was served by the original delivery).
     async fn return_to_sender(
         self: &Arc<Self>,
         msg: &QueuedMessage,
         body: &[u8],
         failed: &[FailedRecipient],
     ) {
-        if msg.sender.is_empty() {
+        if let Some(request) = &msg.resubmission {
+            // The sender had the message delivered once already: this copy only repairs a
+            // mailbox server's loss, so its failure is the operator's concern, not the sender's.
+            for f in failed {
+                warn!(message_id = %msg.message_id, request = %request, rcpt = %f.address, code = f.code, reason = %f.reason, "a resubmitted copy could not be delivered; not returned to the sender, who had it delivered before");
+            }
             return;
         }
-        if let Some(request) = &msg.resubmission {
-            // The sender was told once already: this copy only repairs a mailbox server's loss.
-            warn!(request = %request, failed = failed.len(), "a resubmitted copy could not be delivered; not returned to the sender, who had it delivered before");
+        if msg.sender.is_empty() {
             return;
         }
         let Some(route) = self.site.route(&msg.sender) else {

@@ -56,13 +56,14 @@ impl Backend for NodeInbound {
         }
         let epoch = node.machine().epoch();
         let now = now_ms();
+        let digest = store::mailbox::ContentDigest::of(&msg.data);
         let mut by_sg: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for rcpt in &msg.recipients {
             let addr = rcpt.to_ascii_lowercase();
             let Some(route) = node.site.route(&addr) else {
                 continue;
             };
-            match node.store.contains(&addr, &msg.message_id, &msg.data, now) {
+            match node.store.contains(&addr, &msg.message_id, &digest, now) {
                 Ok(true) => {}
                 Ok(false) => by_sg.entry(route.storage_group).or_default().push(addr),
                 Err(e) => {

@@ -13,12 +13,13 @@
 //! equals the log replayed up to some position, and that position is the replay checkpoint. Applies
 //! are not fsynced: after a crash sled recovers to an earlier consistent state and the node replays
 //! the durable log from the checkpoint; applying a position twice is a no-op, so replay is safe to
-//! repeat. Dedup by Message-ID is what lets the hubs' dumpster resubmissions after a lossy failover
-//! bring back exactly the messages that were lost.
+//! repeat. Dedup by Message-ID and content is what lets the hubs' dumpster resubmissions after a
+//! lossy failover bring back exactly the messages that were lost.
 
 #[cfg(test)]
 mod tests;
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
@@ -36,7 +37,7 @@ const DISCARD_CHUNK: usize = 512;
 pub struct StoredMessage {
     /// The mailbox (lower-cased address).
     pub address: String,
-    /// Message-ID, unique per mailbox.
+    /// Message-ID; different messages that reuse one are each stored.
     pub message_id: String,
     /// Body size in bytes.
     pub size: u64,
@@ -84,8 +85,8 @@ pub struct MailboxStore {
     db: sled::Db,
     /// `address ++ seq` → [`Copy`]: each mailbox's messages in delivery order.
     messages: Tree,
-    /// `address ++ message_id ++ 0 ++ digest` → seq ++ record time: the dedup index, and the way
-    /// from a Message-ID to its copies.
+    /// `address ++ message_id ++ 0 ++ digest` → seq ++ record time: the dedup index (a key counts
+    /// for `retention` after its record time, and is swept after that).
     ids: Tree,
     /// How long a dedup key counts after the record that made it (ms).
     retention: Millis,
@@ -111,7 +112,7 @@ struct Applied {
     time_ms: Millis,
     /// Sequence number of the copies this record added (one per record, from sled's id generator).
     seq: u64,
-    /// Mailboxes that received a copy (the others already held the Message-ID).
+    /// Mailboxes that received a copy (the others already held this very message).
     added: Vec<String>,
     /// The content digest (hex) of the dedup keys it made.
     #[serde(default)]
@@ -121,27 +122,37 @@ struct Applied {
 /// Headers a relay adds or rewrites on the way; they do not make a message a different one.
 const TRACE_HEADERS: [&str; 3] = ["received", "return-path", "delivered-to"];
 
-/// What a re-sent or resubmitted copy keeps of a message: every header but the trace headers (name
-/// and raw value, in order) and the body, hashed. Unparsable headers hash the whole message.
-pub fn content_digest(message: &[u8]) -> [u8; 32] {
-    use sha2::{Digest, Sha256};
-    let mut h = Sha256::new();
-    match mailparse::parse_headers(message) {
-        Ok((headers, body_at)) => {
-            for header in headers.iter().filter(|hd| {
-                !TRACE_HEADERS.contains(&hd.get_key_ref().to_ascii_lowercase().as_str())
-            }) {
-                h.update(header.get_key_ref().to_ascii_lowercase().as_bytes());
-                h.update(b":");
-                h.update(header.get_value_raw());
-                h.update(b"\n");
+/// What a re-sent or resubmitted copy keeps of a message, hashed (SHA-256): every header but the
+/// trace headers (name and raw value, in order) and the body. With the Message-ID it tells a copy
+/// of a message from a different message reusing the ID. It depends on the message bytes alone,
+/// so the active node and a passive replaying the log compute the same digest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ContentDigest([u8; 32]);
+
+impl ContentDigest {
+    /// The digest of `message` (headers and body as delivered). A header block mailparse cannot
+    /// split is hashed whole, trace headers included: such a message is only a duplicate of the
+    /// very same bytes.
+    pub fn of(message: &[u8]) -> ContentDigest {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        match mailparse::parse_headers(message) {
+            Ok((headers, body_at)) => {
+                for header in headers.iter().filter(|hd| {
+                    !TRACE_HEADERS.contains(&hd.get_key_ref().to_ascii_lowercase().as_str())
+                }) {
+                    h.update(header.get_key_ref().to_ascii_lowercase().as_bytes());
+                    h.update(b":");
+                    h.update(header.get_value_raw());
+                    h.update(b"\n");
+                }
+                h.update(b"\0");
+                h.update(message.get(body_at..).unwrap_or_default());
             }
-            h.update(b"\0");
-            h.update(message.get(body_at..).unwrap_or_default());
+            Err(_) => h.update(message),
         }
-        Err(_) => h.update(message),
+        ContentDigest(h.finalize().into())
     }
-    h.finalize().into()
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -174,10 +185,10 @@ impl MailboxStore {
         &self,
         address: &str,
         message_id: &str,
-        message: &[u8],
+        digest: &ContentDigest,
         now: Millis,
     ) -> Result<bool, MailboxError> {
-        let key = id_key(&address_key(address)?, message_id, &content_digest(message));
+        let key = id_key(&address_key(address)?, message_id, &digest.0);
         Ok(self.ids.get(key)?.is_some_and(|v| self.counts(&v, now)))
     }
 
@@ -191,37 +202,68 @@ impl MailboxStore {
         made.saturating_add(self.retention) > time
     }
 
-    /// Removes dedup keys that no record can match any more: older than the retention before the
-    /// oldest newest-replayed record of `sgs`, less `margin` (for clock skew between nodes).
+    /// Removes dedup keys that no record can match any more: a key of a mailbox of storage group
+    /// `sg` goes once it no longer counts at the time of `sg`'s newest applied record less `margin`
+    /// (for clock skew between nodes), since records after it are not older than that. Each SG is
+    /// judged by its own checkpoint (a mailbox is in one SG, and only its SG's records consult its
+    /// keys), so a quiet SG does not hold back the others'; an SG with nothing applied has no keys.
     /// Returns how many went.
     pub fn sweep_dedup(&self, sgs: &[String], margin: Millis) -> Result<usize, MailboxError> {
-        let mut horizon = Millis::MAX;
+        let mut cutoffs = HashMap::new();
         for sg in sgs {
-            match self.checkpoint(sg)? {
-                Some((_, t)) => horizon = horizon.min(t),
-                None => return Ok(0),
+            if let Some((_, t)) = self.checkpoint(sg)? {
+                cutoffs.insert(sg.as_str(), t.saturating_sub(margin));
             }
         }
-        let cutoff = horizon.saturating_sub(margin);
+        let Some(&latest) = cutoffs.values().max() else {
+            return Ok(0);
+        };
         let mut removed = 0;
         for item in self.ids.iter() {
             let (key, value) = item?;
-            if !self.counts(&value, cutoff) {
-                // Only if unchanged meanwhile (an apply may have renewed it).
-                if self
+            if self.counts(&value, latest) {
+                continue;
+            }
+            // The SG of the copy that made the key; a key whose SG is unknown here stays.
+            let Some(cutoff) = self
+                .sg_of_key(&key, &value)?
+                .and_then(|sg| cutoffs.get(sg.as_str()).copied())
+            else {
+                continue;
+            };
+            // Only if unchanged meanwhile (an apply may have renewed it).
+            if !self.counts(&value, cutoff)
+                && self
                     .ids
                     .compare_and_swap(&key, Some(value), None as Option<&[u8]>)?
                     .is_ok()
-                {
-                    removed += 1;
-                }
+            {
+                removed += 1;
             }
         }
         Ok(removed)
     }
 
-    /// Applies the record at `pos` of storage group `sg`'s log: every recipient not holding the
-    /// Message-ID yet gets a copy (the body is stored once for all of them), and `pos` becomes the
+    /// The storage group of the copy a dedup entry points at (`None` if the copy is gone).
+    fn sg_of_key(&self, key: &[u8], entry: &[u8]) -> Result<Option<String>, MailboxError> {
+        let damaged = || MailboxError::Corrupt {
+            what: "dedup key",
+            reason: format!("{} bytes, too short for its address and entry", key.len()),
+        };
+        let len = key
+            .get(..2)
+            .map(|b| usize::from(u16::from_be_bytes([b[0], b[1]])))
+            .ok_or_else(damaged)?;
+        let mut message = key.get(..2 + len).ok_or_else(damaged)?.to_vec();
+        message.extend_from_slice(entry.get(..8).ok_or_else(damaged)?);
+        match self.messages.get(message)? {
+            Some(copy) => Ok(Some(decode::<Copy>(&copy, "mailbox entry")?.sg)),
+            None => Ok(None),
+        }
+    }
+
+    /// Applies the record at `pos` of storage group `sg`'s log: every recipient not holding this
+    /// message (Message-ID and content digest, within the retention) gets a copy (the body is stored once for all of them), and `pos` becomes the
     /// checkpoint, in one transaction. Returns how many copies were added (0: all duplicates, or the
     /// position was applied before).
     pub fn apply(
@@ -236,7 +278,7 @@ impl MailboxStore {
         }
         let seq = self.db.generate_id()?;
         let size = rec.body.len() as u64;
-        let digest = content_digest(&rec.body);
+        let digest = ContentDigest::of(&rec.body).0;
         let mut entry = seq.to_be_bytes().to_vec();
         entry.extend_from_slice(&rec.time_ms.to_be_bytes());
         let mut copies = Vec::with_capacity(rec.recipients.len());
@@ -303,30 +345,28 @@ impl MailboxStore {
             .collect()
     }
 
-    /// The body of `message_id` in `address`, if the mailbox holds it (the first of several
-    /// different messages that share the Message-ID, in digest order).
+    /// The body of `message_id` in `address`, if the mailbox holds it. A mailbox may hold several
+    /// different messages that reuse one Message-ID: this is the first delivered of them. It scans
+    /// the mailbox in delivery order rather than the dedup index, whose keys expire and are swept
+    /// while the copies stay.
     pub fn body(&self, address: &str, message_id: &str) -> Result<Option<Vec<u8>>, MailboxError> {
-        let addr = address_key(address)?;
-        let mut prefix = addr.clone();
-        prefix.extend_from_slice(message_id.as_bytes());
-        prefix.push(0);
-        let Some(item) = self.ids.scan_prefix(prefix).next() else {
+        let mut first = None;
+        for item in self.messages.scan_prefix(address_key(address)?) {
+            let (_, value) = item?;
+            let copy: Copy = decode(&value, "mailbox entry")?;
+            if copy.message.message_id == message_id {
+                first = Some(copy);
+                break;
+            }
+        }
+        let Some(copy) = first else {
             return Ok(None);
         };
-        let (_, entry) = item?;
-        let mut message = addr;
-        message.extend_from_slice(entry.get(..8).unwrap_or_default());
-        let dangling = |what| MailboxError::Corrupt {
-            what,
-            reason: format!("{message_id} in {address} has no {what}"),
-        };
-        let copy = self
-            .messages
-            .get(&message)?
-            .ok_or_else(|| dangling("mailbox entry"))?;
-        let copy: Copy = decode(&copy, "mailbox entry")?;
         let key = record_key(&sg_key(&copy.sg)?, copy.message.position);
-        let body = self.bodies.get(key)?.ok_or_else(|| dangling("body"))?;
+        let body = self.bodies.get(key)?.ok_or_else(|| MailboxError::Corrupt {
+            what: "body",
+            reason: format!("{message_id} in {address} has no body"),
+        })?;
         Ok(Some(body.to_vec()))
     }
 

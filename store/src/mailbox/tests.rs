@@ -42,7 +42,7 @@ fn same_message_id_twice_is_stored_once() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let store = open(tmp.path());
     assert!(!store
-        .contains(ALICE, "<m1>", &body("<m1>"), 0)
+        .contains(ALICE, "<m1>", &ContentDigest::of(&body("<m1>")), 0)
         .expect("contains"));
     assert_eq!(
         store
@@ -51,7 +51,7 @@ fn same_message_id_twice_is_stored_once() {
         1
     );
     assert!(store
-        .contains(ALICE, "<m1>", &body("<m1>"), 0)
+        .contains(ALICE, "<m1>", &ContentDigest::of(&body("<m1>")), 0)
         .expect("contains"));
     // A resubmission from a hub's dumpster arrives as a new record with the same Message-ID.
     assert_eq!(
@@ -228,10 +228,10 @@ fn discard_from_undoes_exactly_the_later_generations() {
     );
     assert_eq!(ids(&store, BOB), ["<m2>"]);
     assert!(!store
-        .contains(BOB, "<m1>", &body("<m1>"), 0)
+        .contains(BOB, "<m1>", &ContentDigest::of(&body("<m1>")), 0)
         .expect("contains"));
     assert!(!store
-        .contains(ALICE, "<m3>", &body("<m3>"), 0)
+        .contains(ALICE, "<m3>", &ContentDigest::of(&body("<m3>")), 0)
         .expect("contains"));
     assert_eq!(
         store.body(ALICE, "<m1>").expect("body"),
@@ -346,39 +346,138 @@ fn restart_keeps_everything() {
     );
 }
 
-#[test]
-fn a_copy_through_another_hub_is_a_duplicate_and_a_different_message_is_not() {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let store = open(tmp.path());
-    let via = |hub: &str, text: &str| {
-        LogRecord {
+/// Message `<m1>` to alice at `time_ms` as hub `hub` stamped it, with `extra` headers a relay added
+/// on top (trace headers), `subject` and `text` as its originator wrote them.
+fn stamped(hub: &str, extra: &str, subject: &str, text: &str, time_ms: Millis) -> LogRecord {
+    LogRecord {
         body: format!(
-            "Received: from client.test\r\n\tby {hub} (hubrelay); Sun, 22 Nov 2026\r\nMessage-ID: <m1>\r\nSubject: s\r\n\r\n{text}\r\n"
+            "{extra}Received: from client.test ([127.0.0.1])\r\n\tby {hub} (hubrelay) with ESMTP id {time_ms};\r\n\t\
+             Sun, 22 Nov 2026 10:00:00 +0000\r\nFrom: carol@remote.test\r\nMessage-ID: <m1>\r\n\
+             Subject: {subject}\r\n\r\n{text}\r\n"
         )
         .into_bytes(),
-        ..rec("<m1>", &[ALICE], 10)
+        ..rec("<m1>", &[ALICE], time_ms)
     }
-    };
-    let first = via("hub1.example.test", "hello");
+}
+
+#[test]
+fn the_same_message_through_another_hub_or_with_other_trace_headers_is_a_duplicate() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let store = open(tmp.path());
+    let first = stamped("hub1.site1", "", "s", "hello", 10);
     assert_eq!(store.apply("SG1", at(1, 0), &first).expect("apply"), 1);
-    // The same message, re-sent through hub2 (another Received line): dropped.
-    let again = via("hub2.example.test", "hello");
+    let copies = [
+        // Re-sent by the client through the other hub: another Received line.
+        stamped("hub2.site1", "", "s", "hello", 20),
+        // Trace headers other relays add or rewrite.
+        stamped(
+            "hub2.site1",
+            "Return-Path: <carol@remote.test>\r\nDelivered-To: alice@example.test\r\n",
+            "s",
+            "hello",
+            30,
+        ),
+    ];
+    for (i, copy) in copies.iter().enumerate() {
+        assert!(
+            store
+                .contains(ALICE, "<m1>", &ContentDigest::of(&copy.body), copy.time_ms)
+                .expect("contains"),
+            "copy {i}"
+        );
+        assert_eq!(
+            store
+                .apply("SG1", at(1, i as u32 + 1), copy)
+                .expect("apply"),
+            0,
+            "copy {i}"
+        );
+    }
+    assert_eq!(ids(&store, ALICE), ["<m1>"]);
+    assert_eq!(store.body(ALICE, "<m1>").expect("body"), Some(first.body));
+}
+
+#[test]
+fn a_different_message_reusing_a_message_id_is_stored_beside_the_first() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let store = open(tmp.path());
+    let first = stamped("hub1.site1", "", "s", "hello", 10);
+    assert_eq!(store.apply("SG1", at(1, 0), &first).expect("apply"), 1);
+    let other_body = stamped("hub1.site1", "", "s", "something else", 20);
+    let other_subject = stamped("hub1.site1", "", "another subject", "hello", 30);
+    for (i, other) in [&other_body, &other_subject].into_iter().enumerate() {
+        assert!(
+            !store
+                .contains(
+                    ALICE,
+                    "<m1>",
+                    &ContentDigest::of(&other.body),
+                    other.time_ms
+                )
+                .expect("contains"),
+            "message {i}"
+        );
+        assert_eq!(
+            store
+                .apply("SG1", at(1, i as u32 + 1), other)
+                .expect("apply"),
+            1,
+            "message {i}"
+        );
+    }
+    assert_eq!(ids(&store, ALICE), ["<m1>", "<m1>", "<m1>"]);
+    // Each is then a duplicate of itself only.
     assert!(store
-        .contains(ALICE, "<m1>", &again.body, 20)
+        .contains(ALICE, "<m1>", &ContentDigest::of(&other_body.body), 40)
         .expect("contains"));
-    assert_eq!(store.apply("SG1", at(1, 1), &again).expect("apply"), 0);
-    // A different message that reuses the Message-ID: stored beside the first.
-    let other = via("hub1.example.test", "something else");
+    assert_eq!(
+        store
+            .apply(
+                "SG1",
+                at(1, 3),
+                &stamped("hub2.site1", "", "s", "something else", 40)
+            )
+            .expect("apply"),
+        0
+    );
+    // `body` answers with the first delivered of the messages sharing the Message-ID.
+    assert_eq!(store.body(ALICE, "<m1>").expect("body"), Some(first.body));
+}
+
+#[test]
+fn replay_and_discard_keep_messages_sharing_a_message_id_apart() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let store = open(tmp.path());
+    let first = stamped("hub1.site1", "", "s", "hello", 10);
+    let resent = stamped("hub2.site1", "", "s", "hello", 20);
+    let other = stamped("hub1.site1", "", "s", "something else", 30);
+    let log = [(at(1, 0), &first), (at(2, 0), &resent), (at(2, 1), &other)];
+    let added: Vec<usize> = log
+        .iter()
+        .map(|(pos, r)| store.apply("SG1", *pos, r).expect("apply"))
+        .collect();
+    assert_eq!(added, [1, 0, 1]);
+    let before = store.list(ALICE).expect("list");
+    // A replay of the same positions (a passive, or a restart) changes nothing.
+    for (pos, r) in &log {
+        assert_eq!(store.apply("SG1", *pos, r).expect("re-apply"), 0);
+    }
+    assert_eq!(store.list(ALICE).expect("list"), before);
+
+    // Generation 2 diverged: undoing it removes the other message and its key, and keeps the
+    // first message's key (the re-sent copy made none).
+    assert_eq!(store.discard_from("SG1", 2).expect("discard"), 1);
+    assert_eq!(store.list(ALICE).expect("list"), before[..1]);
+    assert!(store
+        .contains(ALICE, "<m1>", &ContentDigest::of(&resent.body), 40)
+        .expect("contains"));
     assert!(!store
-        .contains(ALICE, "<m1>", &other.body, 20)
+        .contains(ALICE, "<m1>", &ContentDigest::of(&other.body), 40)
         .expect("contains"));
-    assert_eq!(store.apply("SG1", at(1, 2), &other).expect("apply"), 1);
-    assert_eq!(ids(&store, ALICE), vec!["<m1>", "<m1>"]);
-    // Undoing the later record removes only its copy and its key.
-    store.discard_from("SG1", 1).expect("discard all");
-    assert!(ids(&store, ALICE).is_empty());
-    assert_eq!(store.apply("SG1", at(1, 0), &first).expect("reapply"), 1);
-    assert!(store.body(ALICE, "<m1>").expect("body").is_some());
+    // The new active's generation 2 delivers the other message again: stored once more.
+    assert_eq!(store.apply("SG1", at(2, 0), &other).expect("apply"), 1);
+    assert_eq!(ids(&store, ALICE), ["<m1>", "<m1>"]);
+    assert_eq!(store.body(ALICE, "<m1>").expect("body"), Some(first.body));
 }
 
 #[test]
@@ -389,10 +488,20 @@ fn a_dedup_key_counts_for_the_retention_by_record_time_then_is_swept() {
         .apply("SG1", at(1, 0), &rec("<m1>", &[ALICE], 10))
         .expect("apply");
     assert!(store
-        .contains(ALICE, "<m1>", &body("<m1>"), 10 + RETENTION - 1)
+        .contains(
+            ALICE,
+            "<m1>",
+            &ContentDigest::of(&body("<m1>")),
+            10 + RETENTION - 1
+        )
         .expect("contains"));
     assert!(!store
-        .contains(ALICE, "<m1>", &body("<m1>"), 10 + RETENTION)
+        .contains(
+            ALICE,
+            "<m1>",
+            &ContentDigest::of(&body("<m1>")),
+            10 + RETENTION
+        )
         .expect("contains"));
     // Within the retention a record of the same message adds nothing; past it, a copy is added,
     // on the active and on any replay alike (the decision uses the record's time only).
@@ -417,9 +526,97 @@ fn a_dedup_key_counts_for_the_retention_by_record_time_then_is_swept() {
         .expect("apply");
     assert_eq!(store.sweep_dedup(&sgs, 0).expect("sweep"), 1);
     assert!(!store
-        .contains(ALICE, "<m1>", &body("<m1>"), 10 + RETENTION)
+        .contains(
+            ALICE,
+            "<m1>",
+            &ContentDigest::of(&body("<m1>")),
+            10 + RETENTION
+        )
         .expect("contains"));
     assert!(store
-        .contains(BOB, "<m2>", &body("<m2>"), 10 + 3 * RETENTION)
+        .contains(
+            BOB,
+            "<m2>",
+            &ContentDigest::of(&body("<m2>")),
+            10 + 3 * RETENTION
+        )
         .expect("contains"));
+    // The copies stay, and can still be read, without their keys.
+    assert_eq!(ids(&store, ALICE), ["<m1>", "<m1>"]);
+    assert_eq!(store.body(ALICE, "<m1>").expect("body"), Some(body("<m1>")));
+}
+
+#[test]
+fn sweeping_never_changes_a_dedup_decision() {
+    // The active sweeps on its own schedule; a passive replaying the same records must still
+    // decide alike, so a sweep may only remove keys no later record can match.
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let swept = MailboxStore::open(&tmp.path().join("swept"), RETENTION).expect("open");
+    let replayed = MailboxStore::open(&tmp.path().join("replayed"), RETENTION).expect("open");
+    let log = [
+        rec("<m1>", &[ALICE], 10),
+        rec("<m2>", &[ALICE, BOB], 20),
+        rec("<m1>", &[ALICE, BOB], 9 + RETENTION),
+        rec("<m1>", &[ALICE], 10 + RETENTION),
+        rec("<m2>", &[BOB], 19 + RETENTION),
+        rec("<m3>", &[BOB], 10 + 3 * RETENTION),
+        rec("<m1>", &[ALICE, BOB], 10 + 3 * RETENTION),
+    ];
+    let sgs = vec!["SG1".to_string()];
+    let mut swept_keys = 0;
+    for (i, r) in log.iter().enumerate() {
+        let pos = at(1, i as u32);
+        assert_eq!(
+            swept.apply("SG1", pos, r).expect("apply"),
+            replayed.apply("SG1", pos, r).expect("apply"),
+            "record {i}"
+        );
+        swept_keys += swept.sweep_dedup(&sgs, 0).expect("sweep");
+    }
+    assert!(swept_keys > 0, "the log outlives the retention");
+    for address in [ALICE, BOB] {
+        assert_eq!(
+            swept.list(address).expect("list"),
+            replayed.list(address).expect("list")
+        );
+    }
+    assert_eq!(ids(&replayed, ALICE), ["<m1>", "<m2>", "<m1>", "<m1>"]);
+}
+
+#[test]
+fn each_storage_group_sweeps_by_its_own_checkpoint() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let store = open(tmp.path());
+    const DAVE: &str = "dave@example.test";
+    let sgs = vec!["SG1".to_string(), "SG2".to_string(), "SG3".to_string()];
+    store
+        .apply("SG1", at(1, 0), &rec("<m1>", &[ALICE], 10))
+        .expect("apply");
+    store
+        .apply("SG2", at(1, 0), &rec("<o1>", &[DAVE], 20))
+        .expect("apply");
+    // SG1 moves on past the retention; SG2 stays quiet and SG3 never had mail.
+    store
+        .apply("SG1", at(1, 1), &rec("<m2>", &[ALICE], 20 + 2 * RETENTION))
+        .expect("apply");
+    assert_eq!(store.sweep_dedup(&sgs, 0).expect("sweep"), 1);
+    let old = |address, id| {
+        store
+            .contains(address, id, &ContentDigest::of(&body(id)), 20)
+            .expect("contains")
+    };
+    assert!(!old(ALICE, "<m1>"), "SG1's expired key is gone");
+    assert!(
+        old(DAVE, "<o1>"),
+        "a later record of SG2 could still match it"
+    );
+    // With SG2's checkpoint past the retention too, its key goes as well; the margin holds keys
+    // back by that much.
+    store
+        .apply("SG2", at(1, 1), &rec("<o2>", &[DAVE], 20 + RETENTION))
+        .expect("apply");
+    assert_eq!(store.sweep_dedup(&sgs, 1).expect("sweep"), 0);
+    assert_eq!(store.sweep_dedup(&sgs, 0).expect("sweep"), 1);
+    assert!(!old(DAVE, "<o1>"));
+    assert_eq!(ids(&store, DAVE), ["<o1>", "<o2>"], "the copies stay");
 }
