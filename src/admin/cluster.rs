@@ -139,7 +139,7 @@ fn node_status(node: &MailboxNode) -> NodeStatus {
                         last_log_replayed: Some(replayed.min(copied)),
                         copy_queue_length: Some(gen - copied),
                         replay_queue_length: Some(copied - replayed.min(copied)),
-                        summary_copy_status: Some(c.status),
+                        summary_copy_status: Some(c.reported_status()),
                         error: c.error.clone(),
                         newest_replayed,
                     }

@@ -70,7 +70,26 @@ pub async fn cms_status(site: &Site, cms: &Cms) -> CmsStatus {
         .iter()
         .find(|n| Some(&n.node) == passive_node.as_ref());
     let storage_groups = match (passive, active) {
-        (Some(p), _) => p.storage_groups.clone(),
+        // The active node's own LastLogGenerated is the truth; the passive's is as of its last
+        // copy round, and a queue measured against it would look shorter than it is.
+        (Some(p), Some(a)) => p
+            .storage_groups
+            .iter()
+            .map(|s| {
+                let generated = a
+                    .storage_groups
+                    .iter()
+                    .find(|g| g.name == s.name)
+                    .map_or(s.last_log_generated, |g| g.last_log_generated)
+                    .max(s.last_log_generated);
+                SgCopyStatus {
+                    last_log_generated: generated,
+                    copy_queue_length: s.last_log_copied.map(|c| generated.saturating_sub(c)),
+                    ..s.clone()
+                }
+            })
+            .collect(),
+        (Some(p), None) => p.storage_groups.clone(),
         (None, Some(a)) => a
             .storage_groups
             .iter()

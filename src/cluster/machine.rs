@@ -386,15 +386,6 @@ impl Machine {
         vec![Action::Demote, Action::ReleaseLease]
     }
 
-    /// Whether the peer is seen and says it is active (a passive node copies from it then).
-    pub fn peer_active(&self, now: Millis) -> bool {
-        self.sees_peer(now)
-            && self
-                .peer
-                .as_ref()
-                .is_some_and(|(_, hb)| hb.role == Role::Active)
-    }
-
     /// The active node's databases failed (a log that cannot be written or reopened): step down
     /// and stay dismounted with the reason, so the peer takes over as after a failover (with the
     /// resubmission that implies), and release the lease for it.

@@ -39,9 +39,10 @@ pub fn spawn(node: Arc<MailboxNode>, shutdown: CancellationToken) {
     let stop = shutdown.clone();
     tokio::spawn(async move {
         every(COPY_EVERY, &stop, || async {
-            let copy =
-                { n.machine().peer_active(mono_ms()) && *n.machine().role() != Role::Active };
-            if copy {
+            // Not gated on heartbeats: the peer's log status says whether it is active (and in
+            // which epoch), so a copy keeps up while heartbeats are late.
+            let active = *n.machine().role() == Role::Active;
+            if !active {
                 n.copy_round().await;
             }
         })

@@ -1,5 +1,6 @@
 //! The node's side of an SMTP session from a hub: only the active node takes mail, only for this
-//! CMS's mailboxes, and a Message-ID a mailbox already holds is dropped.
+//! CMS's mailboxes, a message a mailbox already holds (Message-ID and content) is dropped, and
+//! nothing is acknowledged without authority for the epoch the log was written in.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -2,9 +2,10 @@
 //!
 //! While active, the node accepts deliveries from hubs: each message is appended to its storage
 //! group's transaction log, the log is fsynced (one fsync for every message that arrived meanwhile),
-//! the records are applied to the mailbox store, and only then does the hub get its 250. A message
-//! whose Message-ID a mailbox already holds is acknowledged and dropped, so redelivery — after a hub
-//! crash, or a dumpster resubmission — never doubles mail.
+//! the records are applied to the mailbox store, and only then — if the node still holds authority
+//! for the epoch it wrote in — does the hub get its 250. A message a mailbox already holds (same
+//! Message-ID and content) is acknowledged and dropped, so redelivery — after a hub crash, or a
+//! dumpster resubmission — never doubles mail.
 //!
 //! While passive, it pulls the active node's closed log generations ([`replication`]), verifies and
 //! replays them. The [`driver`] feeds the cluster state machine (`crate::cluster::machine`) and carries

@@ -10,7 +10,7 @@
 use serde::{Deserialize, Serialize};
 use store::mailbox::MailboxStore;
 use store::txlog::{LogCopy, LogPosition};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::state::EpochStart;
 use super::{MailboxNode, NodeError};
@@ -60,6 +60,8 @@ pub struct CopyState {
     pub suspended: bool,
     /// The active epoch this copy was last checked against (generation by generation).
     pub verified_epoch: Option<u64>,
+    /// When a copy round last heard from the active node: a status older than that is stale.
+    pub contact: Option<std::time::Instant>,
 }
 
 impl CopyState {
@@ -72,6 +74,7 @@ impl CopyState {
             error: None,
             suspended: false,
             verified_epoch: None,
+            contact: None,
         }
     }
 }
@@ -125,6 +128,24 @@ fn apply_generation(
     }
     Ok(applied)
 }
+
+impl CopyState {
+    /// SummaryCopyStatus as reported now: Healthy or Synchronizing only while copy rounds reach
+    /// the active node, so a copy that has stopped hearing from it never looks caught up.
+    pub fn reported_status(&self) -> SummaryCopyStatus {
+        match self.status {
+            SummaryCopyStatus::Healthy | SummaryCopyStatus::Synchronizing
+                if self.contact.is_none_or(|t| t.elapsed() > STALE_CONTACT) =>
+            {
+                SummaryCopyStatus::ServiceDown
+            }
+            s => s,
+        }
+    }
+}
+
+/// How long a copy may go without hearing from the active node before it reports ServiceDown.
+const STALE_CONTACT: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl MailboxNode {
     /// One round of copying for every storage group from the active peer.
@@ -195,6 +216,7 @@ impl MailboxNode {
         let mut copies = self.copies();
         if let Some(cs) = copies.get_mut(sg) {
             cs.remote_generated = status.last_generated;
+            cs.contact = Some(std::time::Instant::now());
             cs.status = if cs.copy.last_copied() >= status.last_closed {
                 SummaryCopyStatus::Healthy
             } else {
@@ -217,6 +239,7 @@ impl MailboxNode {
     fn follow_epoch(&self, sg: &str, status: &LogStatus) -> Result<bool, NodeError> {
         let known = self.machine().highest_known_epoch();
         if status.epoch < known || !status.epochs.iter().any(|e| e.epoch == status.epoch) {
+            debug!(node = %self.name, storage_group = %sg, epoch = status.epoch, known, "ignoring a log status from an epoch that has lost its authority");
             return Ok(false);
         }
         let verified = self

@@ -316,7 +316,8 @@ def inject(site, kind, rng, note):
     passive = "node2" if active == "node1" else "node1"
     if kind == "kill-active":
         site.kill9(active)
-        time.sleep(rng.uniform(0, 3))
+        # Back before the failover timeout (it resumes its role) or after it (the passive mounts).
+        time.sleep(rng.uniform(0, 8))
         site.start(active)
     elif kind == "kill-passive":
         site.kill9(passive)
