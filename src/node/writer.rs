@@ -59,6 +59,16 @@ struct Published {
     failed: Mutex<Option<(String, Instant)>>,
 }
 
+impl Published {
+    /// The current failure and since when, if the log is failed.
+    fn failure(&self) -> Option<(String, Instant)> {
+        self.failed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
 /// Handle to a storage group's writer thread; clones share it.
 #[derive(Clone)]
 pub struct SgWriter {
@@ -172,22 +182,12 @@ impl SgWriter {
 
     /// Why the log is failed, while it is.
     pub fn failure(&self) -> Option<String> {
-        self.published
-            .failed
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_ref()
-            .map(|(why, _)| why.clone())
+        self.published.failure().map(|(why, _)| why)
     }
 
-    /// How long the log has been failing without a successful reopen, while it is.
+    /// How long the log has been failing without a durable batch, while it is.
     pub fn failing_for(&self) -> Option<Duration> {
-        self.published
-            .failed
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_ref()
-            .map(|(_, since)| since.elapsed())
+        self.published.failure().map(|(_, since)| since.elapsed())
     }
 
     /// Raw bytes of a closed generation, read from disk (closed files never change).
@@ -332,11 +332,8 @@ impl Thread {
 
     fn published_failure(&self) -> String {
         self.published
-            .failed
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_ref()
-            .map(|(why, _)| why.clone())
+            .failure()
+            .map(|(why, _)| why)
             .unwrap_or_default()
     }
 }
