@@ -273,6 +273,8 @@ impl Thread {
         }
         let (sg, store) = (self.sg.clone(), self.store.clone());
         #[cfg(feature = "fault-injection")]
+        injected_delay(&self.dir);
+        #[cfg(feature = "fault-injection")]
         if let Err(e) = injected_fault(&self.dir) {
             self.log = None;
             return self.answer_failed(batch, e);
@@ -349,6 +351,18 @@ impl Thread {
         for (_, done) in batch {
             let _ = done.send(Err(WriteError::Failed(e.to_string())));
         }
+    }
+}
+
+/// A disk that takes 3 s per write while `<node>/logs/SLOW-WRITES` exists (fault-injection builds
+/// only): the writer thread waits, and nothing else of the node may.
+#[cfg(feature = "fault-injection")]
+fn injected_delay(dir: &std::path::Path) {
+    if dir
+        .parent()
+        .is_some_and(|logs| logs.join("SLOW-WRITES").exists())
+    {
+        std::thread::sleep(Duration::from_secs(3));
     }
 }
 
