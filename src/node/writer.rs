@@ -274,24 +274,19 @@ impl Thread {
         let (sg, store) = (self.sg.clone(), self.store.clone());
         #[cfg(feature = "fault-injection")]
         injected_delay(&self.dir);
-        #[cfg(feature = "fault-injection")]
-        if let Err(e) = injected_fault(&self.dir) {
-            self.log = None;
-            return self.answer_failed(batch, e);
-        }
-        let result = match self.usable() {
+        let result = match injected_fault(&self.dir).and_then(|()| self.usable()) {
             Ok(log) => write_batch(&sg, log, &store, &batch),
             Err(e) => Err(e),
         };
         self.publish();
-        if result.is_ok() && !self.published_failure().is_empty() {
+        if result.is_ok() && self.published.failure().is_some() {
             // Failed until a batch is durable again, so a log that reopens but cannot be
             // written stays failed (and counts toward giving the databases up).
             self.set_failed(None);
             warn!(storage_group = %self.sg, epoch = self.epoch, "transaction log writable again; deliveries accepted");
         }
         if let Err(e) = &result {
-            if self.published_failure().is_empty() {
+            if self.published.failure().is_none() {
                 error!(storage_group = %self.sg, epoch = self.epoch, error = %e, "transaction log write failed; deliveries refused with 451 until the log is reopened");
             }
             self.set_failed(Some(e.to_string()));
@@ -313,7 +308,11 @@ impl Thread {
             if self.last_reopen.is_some_and(|t| t.elapsed() < REOPEN_EVERY) {
                 return Err(TxLogError::Poisoned {
                     storage_group: self.sg.clone(),
-                    reason: self.published_failure(),
+                    reason: self
+                        .published
+                        .failure()
+                        .map(|(why, _)| why)
+                        .unwrap_or_default(),
                 });
             }
             self.last_reopen = Some(Instant::now());
@@ -330,27 +329,6 @@ impl Thread {
             self.log = Some(log);
         }
         Ok(self.log.as_mut().expect("opened above"))
-    }
-
-    fn published_failure(&self) -> String {
-        self.published
-            .failure()
-            .map(|(why, _)| why)
-            .unwrap_or_default()
-    }
-}
-
-impl Thread {
-    /// Answers a whole batch with a failure (fault-injection builds).
-    #[cfg(feature = "fault-injection")]
-    fn answer_failed(&mut self, batch: Vec<(Box<LogRecord>, Done)>, e: TxLogError) {
-        if self.published_failure().is_empty() {
-            error!(storage_group = %self.sg, epoch = self.epoch, error = %e, "transaction log write failed; deliveries refused with 451 until the log is reopened");
-        }
-        self.set_failed(Some(e.to_string()));
-        for (_, done) in batch {
-            let _ = done.send(Err(WriteError::Failed(e.to_string())));
-        }
     }
 }
 
@@ -376,6 +354,12 @@ fn injected_fault(dir: &std::path::Path) -> Result<(), TxLogError> {
         }),
         _ => Ok(()),
     }
+}
+
+/// Production builds have no disk-error switch.
+#[cfg(not(feature = "fault-injection"))]
+fn injected_fault(_dir: &std::path::Path) -> Result<(), TxLogError> {
+    Ok(())
 }
 
 fn write_batch(
