@@ -11,8 +11,11 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use ipnet::IpNet;
 use serde::{Deserialize, Deserializer};
 use toml::Spanned;
+
+use crate::smtp::BareNewline;
 
 /// A configuration error, already located in the file.
 #[derive(Debug, thiserror::Error)]
@@ -121,14 +124,29 @@ fn default_retry_min() -> Dur {
 fn default_retry_max() -> Dur {
     Dur(Duration::from_secs(300))
 }
-fn default_max_recipients() -> usize {
-    100
+fn default_max_recipients() -> Spanned<usize> {
+    Spanned::new(0..0, 100)
 }
-fn default_max_connections() -> usize {
-    500
+fn default_max_connections() -> Spanned<usize> {
+    Spanned::new(0..0, 500)
 }
 fn default_idle_timeout() -> Dur {
     Dur(Duration::from_secs(300))
+}
+fn default_data_timeout() -> Dur {
+    Dur(Duration::from_secs(180))
+}
+fn default_max_connections_per_client() -> Spanned<usize> {
+    Spanned::new(0..0, 50)
+}
+fn default_connection_limit_exceptions() -> Vec<IpNet> {
+    ["127.0.0.0/8", "::1/128"]
+        .iter()
+        .map(|n| {
+            n.parse()
+                .expect("the default exceptions are valid networks")
+        })
+        .collect()
 }
 // Spanned defaults sit at offset 0: an error about a key left at its default points at line 1.
 fn default_dedup_retention() -> Spanned<Dur> {
@@ -172,11 +190,19 @@ struct RawSite {
     #[serde(default = "default_retry_max")]
     retry_max: Dur,
     #[serde(default = "default_max_recipients")]
-    max_recipients: usize,
+    max_recipients: Spanned<usize>,
     #[serde(default = "default_max_connections")]
-    max_connections: usize,
+    max_connections: Spanned<usize>,
     #[serde(default = "default_idle_timeout")]
     idle_timeout: Dur,
+    #[serde(default = "default_max_connections_per_client")]
+    max_connections_per_client: Spanned<usize>,
+    #[serde(default = "default_connection_limit_exceptions")]
+    connection_limit_exceptions: Vec<IpNet>,
+    #[serde(default = "default_data_timeout")]
+    data_timeout: Dur,
+    #[serde(default)]
+    bare_newline: BareNewline,
     #[serde(default = "default_resubmit_rate")]
     resubmit_rate: Spanned<u64>,
     #[serde(default = "default_dedup_retention")]
@@ -251,8 +277,17 @@ pub struct Site {
     pub max_recipients: usize,
     /// Concurrent SMTP connections per listener before 421.
     pub max_connections: usize,
-    /// How long an SMTP session may stay silent.
+    /// How long an SMTP session may stay silent between commands.
     pub idle_timeout: Duration,
+    /// Concurrent SMTP sessions one client address may hold on a hub.
+    pub max_connections_per_client: usize,
+    /// Client networks `max_connections_per_client` does not apply to (like Postfix's
+    /// `smtpd_client_event_limit_exceptions`, loopback by default).
+    pub connection_limit_exceptions: Vec<IpNet>,
+    /// How long an SMTP session may stay silent in the middle of a message.
+    pub data_timeout: Duration,
+    /// What a bare CR or LF in a message leads to.
+    pub bare_newline: BareNewline,
     /// Dumpster entries per second one hub puts back in its queue for a resubmission request, so
     /// normal traffic to the new active keeps flowing.
     pub resubmit_rate: u64,
@@ -415,6 +450,34 @@ struct Locator<'a> {
 }
 
 impl Locator<'_> {
+    /// The dotted key whose value is at byte `offset` (`site.bare_newline`): the `key =` that
+    /// starts its line, under the last table header above it. `None` inside a multi-line value.
+    fn key_at(&self, offset: usize) -> Option<String> {
+        let before = self.text.get(..offset.min(self.text.len()))?;
+        let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+        let line = self.text[line_start..].lines().next()?;
+        let (key, _) = line.split_once('=')?;
+        let key = key.trim();
+        let bare = |k: &str| {
+            !k.is_empty()
+                && k.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
+        };
+        if !bare(key) {
+            return None;
+        }
+        let table = self.text[..line_start]
+            .lines()
+            .rev()
+            .map(str::trim)
+            .find(|l| l.starts_with('['))
+            .map(|l| l.trim_matches(['[', ']']).trim());
+        Some(match table {
+            Some(table) if bare(table) => format!("{table}.{key}"),
+            _ => key.to_string(),
+        })
+    }
+
     fn line(&self, span: &Range<usize>) -> usize {
         let end = span.start.min(self.text.len());
         self.text[..end].bytes().filter(|&b| b == b'\n').count() + 1
@@ -438,7 +501,10 @@ impl Locator<'_> {
             .next()
             .unwrap_or("invalid TOML")
             .to_string();
-        let key = key_from_toml_message(e.message()).unwrap_or_else(|| "(document)".to_string());
+        let named = key_from_toml_message(e.message());
+        let key = named
+            .or_else(|| e.span().and_then(|span| self.key_at(span.start)))
+            .unwrap_or_else(|| "(document)".to_string());
         ConfigError::Invalid {
             file: self.file.to_path_buf(),
             line,
@@ -449,11 +515,14 @@ impl Locator<'_> {
 }
 
 /// toml reports unknown and missing keys as "unknown field `x`" / "missing field `x`"; the key is the
-/// backquoted name.
+/// backquoted name. Other messages quote the bad *value* (e.g. "unknown variant `strip`"), so only
+/// these two are read for a key.
 fn key_from_toml_message(message: &str) -> Option<String> {
-    let start = message.find('`')? + 1;
-    let len = message[start..].find('`')?;
-    Some(message[start..start + len].to_string())
+    let rest = message
+        .strip_prefix("unknown field `")
+        .or_else(|| message.strip_prefix("missing field `"))?;
+    let len = rest.find('`')?;
+    Some(rest[..len].to_string())
 }
 
 /// Remembers where each name was first seen so a duplicate can point at both.
@@ -501,19 +570,23 @@ impl<'a> Seen<'a> {
 
 fn build(at: &Locator, raw: RawConfig) -> Result<Site, ConfigError> {
     let site = raw.site;
-    let whole = 0..0;
     let admin_token = admin_token(at, &site)?;
     let accepted_domains = site
         .accepted_domains
         .iter()
         .map(|d| checked_domain(at, d, "site.accepted_domains"))
         .collect::<Result<Vec<_>, _>>()?;
-    if site.max_recipients == 0 || site.max_connections == 0 {
-        return Err(at.err(
-            &whole,
-            "site",
-            "max_recipients and max_connections must be at least 1",
-        ));
+    for (value, key) in [
+        (&site.max_recipients, "site.max_recipients"),
+        (&site.max_connections, "site.max_connections"),
+        (
+            &site.max_connections_per_client,
+            "site.max_connections_per_client",
+        ),
+    ] {
+        if *value.get_ref() == 0 {
+            return Err(at.err(&value.span(), key, "must be at least 1"));
+        }
     }
     let dedup_retention = site.dedup_retention.get_ref().0;
     if dedup_retention < site.max_dumpster_time.0 {
@@ -617,9 +690,13 @@ fn build(at: &Locator, raw: RawConfig) -> Result<Site, ConfigError> {
         message_expiry: site.message_expiry.0,
         retry_min: site.retry_min.0,
         retry_max: site.retry_max.0.max(site.retry_min.0),
-        max_recipients: site.max_recipients,
-        max_connections: site.max_connections,
+        max_recipients: site.max_recipients.into_inner(),
+        max_connections: site.max_connections.into_inner(),
         idle_timeout: site.idle_timeout.0,
+        max_connections_per_client: site.max_connections_per_client.into_inner(),
+        connection_limit_exceptions: site.connection_limit_exceptions,
+        data_timeout: site.data_timeout.0,
+        bare_newline: site.bare_newline,
         resubmit_rate,
         dedup_retention,
         admin_token,
@@ -826,6 +903,66 @@ mod tests {
     }
 
     #[test]
+    fn smtp_edge_keys_default_and_bad_values_name_the_key() {
+        let keys = [
+            "max_connections_per_client",
+            "connection_limit_exceptions",
+            "data_timeout",
+            "bare_newline",
+        ];
+        let text = GOOD
+            .lines()
+            .filter(|l| !keys.iter().any(|k| l.starts_with(k)))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let site = parse(&text).expect("defaults");
+        assert_eq!(site.max_connections_per_client, 50);
+        assert_eq!(site.data_timeout, Duration::from_secs(180));
+        assert_eq!(site.bare_newline, BareNewline::Normalize);
+        for ip in ["127.0.0.1", "127.9.9.9", "::1"] {
+            let ip: std::net::IpAddr = ip.parse().expect("an address");
+            assert!(
+                site.connection_limit_exceptions
+                    .iter()
+                    .any(|n| n.contains(&ip)),
+                "{ip} is exempt by default"
+            );
+        }
+        let site =
+            parse(&GOOD.replace("bare_newline = \"normalize\"", "bare_newline = \"reject\""))
+                .expect("reject is a policy");
+        assert_eq!(site.bare_newline, BareNewline::Reject);
+
+        for (from, to, key) in [
+            (
+                "bare_newline = \"normalize\"",
+                "bare_newline = \"strip\"",
+                "bare_newline",
+            ),
+            (
+                "connection_limit_exceptions = [\"127.0.0.0/8\"",
+                "connection_limit_exceptions = [\"127.0.0.0/33\"",
+                "connection_limit_exceptions",
+            ),
+            (
+                "data_timeout = \"3m\"",
+                "data_timeout = \"soon\"",
+                "data_timeout",
+            ),
+            (
+                "max_connections_per_client = 50",
+                "max_connections_per_client = 0",
+                "max_connections_per_client",
+            ),
+        ] {
+            let bad = GOOD.replace(from, to);
+            assert_ne!(bad, GOOD, "{from} is in config/site.toml");
+            let e = err(&bad);
+            assert!(e.contains(key), "{key}: {e}");
+        }
+    }
+
+    #[test]
     fn resubmit_rate_and_dedup_retention_default_and_are_checked_at_their_line() {
         let text = GOOD
             .lines()
@@ -874,5 +1011,94 @@ mod tests {
         assert!(e.contains("site.admin_token"), "{e}");
         let e = err(&GOOD.replace("\"bob@example.test\"", "\"bob\""));
         assert!(e.contains("not a mailbox address"), "{e}");
+    }
+
+    mod props {
+        use proptest::prelude::*;
+
+        use super::{parse, GOOD};
+        use crate::config::ConfigError;
+
+        /// Each `key = value` line of the example, by index, with its key.
+        fn key_lines() -> Vec<(usize, String)> {
+            GOOD.lines()
+                .enumerate()
+                .filter_map(|(i, l)| {
+                    let (key, _) = l.split_once(" = ")?;
+                    (!l.starts_with('#')).then(|| (i, key.trim().to_string()))
+                })
+                .collect()
+        }
+
+        /// The char boundary at or before `i` in the example.
+        fn char_boundary(mut i: usize) -> usize {
+            while !GOOD.is_char_boundary(i) {
+                i -= 1;
+            }
+            i
+        }
+
+        /// Well-formed TOML values of every type; a syntax error (which may surface lines
+        /// later, as an unclosed array does) is covered by `no_text_makes_the_loader_panic`.
+        fn wrong_value() -> impl Strategy<Value = String> {
+            prop_oneof![
+                prop::sample::select(vec![
+                    "\"\"",
+                    "0",
+                    "-1",
+                    "true",
+                    "[]",
+                    "{}",
+                    "1.5",
+                    "\"garbage\"",
+                    "\"-5m\"",
+                    "\"99999999999999999999TB\"",
+                    "[\"\"]",
+                    "\"127.0.0.1\"",
+                    "\"0d\"",
+                    "18446744073709551616",
+                    "\"Lossless\"",
+                ])
+                .prop_map(str::to_string),
+                any::<i64>().prop_map(|n| n.to_string()),
+                "\"[ -!#-\\[\\]-~]{0,12}\"",
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            #[test]
+            fn every_error_names_the_key_it_is_about(
+                which in any::<prop::sample::Index>(),
+                value in wrong_value(),
+            ) {
+                let lines = key_lines();
+                let (at, key) = &lines[which.index(lines.len())];
+                let text: Vec<String> = GOOD
+                    .lines()
+                    .enumerate()
+                    .map(|(i, l)| if i == *at { format!("{key} = {value}") } else { l.to_string() })
+                    .collect();
+                if let Err(e) = parse(&text.join("\n")) {
+                    let ConfigError::Invalid { key: named, .. } = &e else {
+                        return Err(TestCaseError::fail(format!("not located: {e}")));
+                    };
+                    prop_assert!(named.ends_with(key.as_str()), "{} = {}: {}", key, value, e);
+                }
+            }
+
+            #[test]
+            fn no_text_makes_the_loader_panic(
+                from in any::<prop::sample::Index>(),
+                len in 0usize..40,
+                junk in "[ -~\n\\[\\]=\"]{0,40}",
+            ) {
+                let start = char_boundary(from.index(GOOD.len()));
+                let end = char_boundary((start + len).min(GOOD.len()));
+                let text = format!("{}{junk}{}", &GOOD[..start], &GOOD[end..]);
+                let _ = parse(&text);
+            }
+        }
     }
 }

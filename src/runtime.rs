@@ -115,11 +115,26 @@ async fn bind(
     ))
 }
 
-fn smtp_config(site: &Site, hostname: &str) -> SmtpConfig {
+/// Which role a listener serves: a node's clients are the site's own hubs, each of which
+/// opens up to one connection per delivery in flight, so the per-client cap is for hubs only.
+#[derive(Clone, Copy)]
+enum Listener {
+    Hub,
+    Node,
+}
+
+fn smtp_config(site: &Site, hostname: &str, role: Listener) -> SmtpConfig {
     let mut c = SmtpConfig::new(hostname, site.max_message_size);
     c.max_recipients = site.max_recipients;
     c.max_connections = site.max_connections;
+    c.max_connections_per_client = match role {
+        Listener::Hub => site.max_connections_per_client,
+        Listener::Node => site.max_connections,
+    };
+    c.connection_limit_exceptions = site.connection_limit_exceptions.clone();
     c.idle_timeout = site.idle_timeout;
+    c.data_timeout = site.data_timeout;
+    c.bare_newline = site.bare_newline;
     c
 }
 
@@ -145,7 +160,7 @@ pub async fn start_hub(
     let smtp = (
         smtp_l,
         Arc::new(HubInbound(hub.clone())),
-        smtp_config(site, &hub.hostname),
+        smtp_config(site, &hub.hostname, Listener::Hub),
     );
     let admin = (admin_l, admin::hub_router(hub.clone()));
     spawn_listeners(tasks, name, smtp, admin, site, shutdown);
@@ -174,7 +189,7 @@ pub async fn start_node(
     let smtp = (
         smtp_l,
         Arc::new(NodeInbound(node.clone())),
-        smtp_config(site, &node.hostname),
+        smtp_config(site, &node.hostname, Listener::Node),
     );
     let admin = (admin_l, admin::node_router(node.clone()));
     spawn_listeners(tasks, name, smtp, admin, site, shutdown);

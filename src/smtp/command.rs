@@ -6,7 +6,8 @@ use smtp_proto::{
     Error as ParseError, MailFrom, RcptTo, Request, MAIL_BODY_7BIT, MAIL_BODY_8BITMIME,
 };
 
-use super::{Backend, Reply, SmtpConfig};
+use super::path::{self, PathKind};
+use super::{Backend, BareNewline, Reply, SmtpConfig};
 
 /// Verbs we recognise but do not offer; RFC 5321 §4.2.4 wants 502 for them, not 500.
 const NOT_IMPLEMENTED: &[&str] = &[
@@ -89,8 +90,45 @@ impl Commands {
         {
             return self.error(Reply::new(502, "5.5.1", "command not implemented"), config);
         }
-        match Request::parse(&mut line.iter()) {
-            Ok(request) => self.request(request, backend, config),
+        if config.bare_newline == BareNewline::Reject && !line.ends_with(b"\r\n") {
+            return self.error(
+                Reply::new(500, "5.5.2", "command line ends in a bare LF; use CRLF"),
+                config,
+            );
+        }
+        let kind = if verb.eq_ignore_ascii_case(b"MAIL") {
+            Some(PathKind::Reverse)
+        } else if verb.eq_ignore_ascii_case(b"RCPT") {
+            Some(PathKind::Forward)
+        } else {
+            None
+        };
+        let Some((kind, parsed)) = kind.and_then(|k| path::parse(line, k).map(|p| (k, p))) else {
+            return match Request::parse(&mut line.iter()) {
+                Ok(request) => self.request(request, backend, config),
+                Err(e) => self.error(parse_error(e), config),
+            };
+        };
+        let path = match parsed {
+            Ok(path) => path,
+            Err(e) => return self.error(e.reply(kind), config),
+        };
+        // The path is ours (see `path.rs`); smtp-proto reads the parameters, given a
+        // placeholder path it accepts.
+        let placeholder: &[u8] = match kind {
+            PathKind::Reverse => b"MAIL FROM:<>",
+            PathKind::Forward => b"RCPT TO:<postmaster@localhost>",
+        };
+        let rebuilt = [placeholder, path.rest].concat();
+        match Request::parse(&mut rebuilt.iter()) {
+            Ok(mut request) => {
+                match &mut request {
+                    Request::Mail { from } => from.address = path.mailbox,
+                    Request::Rcpt { to } => to.address = path.mailbox,
+                    _ => {}
+                }
+                self.request(request, backend, config)
+            }
             Err(e) => self.error(parse_error(e), config),
         }
     }
@@ -203,9 +241,6 @@ impl Commands {
         };
         if to.orcpt.is_some() || to.rrvs != 0 || to.flags != 0 {
             return self.error(unsupported_params(), config);
-        }
-        if to.address.is_empty() {
-            return self.error(Reply::new(501, "5.1.3", "empty recipient address"), config);
         }
         if envelope.recipients.len() >= config.max_recipients {
             return Step::reply(Reply::new(452, "4.5.3", "too many recipients"));

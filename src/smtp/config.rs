@@ -1,6 +1,11 @@
 //! Limits and identity of one SMTP listener.
 
+use std::net::IpAddr;
 use std::time::Duration;
+
+use ipnet::IpNet;
+
+use super::BareNewline;
 
 /// Server limits and identity.
 ///
@@ -16,8 +21,22 @@ pub struct SmtpConfig {
     pub max_recipients: usize,
     /// Concurrent sessions; a connection beyond this gets `421 4.7.0`. Default 500.
     pub max_connections: usize,
-    /// Time allowed without a complete command (or, during DATA, without any bytes). Default 300 s.
+    /// Concurrent sessions from one client address; beyond it `421 4.7.0`, so one client
+    /// cannot take every slot of `max_connections` (Postfix's
+    /// `smtpd_client_connection_count_limit`). Default 50.
+    pub max_connections_per_client: usize,
+    /// Client networks `max_connections_per_client` does not apply to. Default: none (the
+    /// site config defaults it to loopback, as Postfix exempts `$mynetworks`).
+    pub connection_limit_exceptions: Vec<IpNet>,
+    /// Time allowed without a complete command: the server timeout of RFC 5321 §4.5.3.2.7.
+    /// Default 300 s.
     pub idle_timeout: Duration,
+    /// Time allowed without any bytes while a message is received: the data block timeout
+    /// of RFC 5321 §4.5.3.2.5. Default 180 s.
+    pub data_timeout: Duration,
+    /// What a bare CR or LF in a message (or, under `Reject`, in a command) leads to.
+    /// Default: normalised.
+    pub bare_newline: BareNewline,
     /// Longest command line, CRLF included (RFC 5321 §4.5.3.1.4). Default 512.
     pub max_line_length: usize,
     /// Longest DATA line, CRLF included and the stuffing dot not (RFC 5321 §4.5.3.1.6). Default 1000.
@@ -38,11 +57,22 @@ impl SmtpConfig {
             max_message_size,
             max_recipients: 100,
             max_connections: 500,
+            max_connections_per_client: 50,
+            connection_limit_exceptions: Vec::new(),
             idle_timeout: Duration::from_secs(300),
+            data_timeout: Duration::from_secs(180),
+            bare_newline: BareNewline::Normalize,
             max_line_length: 512,
             max_data_line_length: 1000,
             max_errors: 20,
             shutdown_grace: Duration::from_secs(30),
         }
+    }
+
+    /// True when `ip` is exempt from the per-client cap.
+    pub(crate) fn is_limit_exempt(&self, ip: IpAddr) -> bool {
+        self.connection_limit_exceptions
+            .iter()
+            .any(|net| net.contains(&ip))
     }
 }

@@ -6,26 +6,61 @@
 //!
 //! - The data ends **only** at `CRLF . CRLF`, where the first CRLF ends the last line of
 //!   the message (so data that starts with `.CRLF` is an empty message).
-//! - Bare CR and bare LF are content: kept byte-for-byte, and never a line end — not for the
-//!   terminator, not for dot-unstuffing, not for line length. Keeping them (instead of
-//!   normalising to CRLF) leaves the message exactly as sent; a well-behaved client never
-//!   sends them, and a `\n.\n` kept as content cannot end the data at our own mailbox nodes,
-//!   which run this same receiver.
+//! - Bare CR and bare LF in the input are never a line end of SMTP — not for the terminator,
+//!   not for dot-unstuffing. What becomes of them is the [`BareNewline`] policy: normalised
+//!   (bare LF becomes CRLF, bare CR is removed) or the message refused. Either way nothing
+//!   this server passes on holds a bare CR or LF, so a lenient next hop cannot be made to end
+//!   the message early and run smuggled commands (RFC 5321 §2.3.8, Postfix's
+//!   `smtpd_forbid_bare_newline`). Normalising here, before the message is stamped and
+//!   queued, means the queue, the dumpster, resubmission and the dedup digest all see the
+//!   same bytes.
 //! - A line that starts with `..` loses its first dot; any other line starting with a dot is
 //!   kept as sent (lenient towards clients that forget to stuff).
-//! - The size limit counts the unstuffed bytes; a line longer than the line limit (CRLF
-//!   included, stuffing dot not) fails the message. Either failure stops buffering but keeps
-//!   reading to the terminator, so the session stays in step and memory stays bounded.
+//! - The size limit counts the bytes kept (unstuffed, normalised); a line longer than the
+//!   line limit (CRLF included, stuffing dot not) fails the message. Any failure stops
+//!   buffering but keeps reading to the terminator, so the session stays in step and memory
+//!   stays bounded.
 
-/// Why a received message is refused; both are answered `552 5.3.4` after the terminator.
+use super::Reply;
+
+/// What happens to a bare CR or LF in a message (the config key `bare_newline`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BareNewline {
+    /// Bare LF becomes CRLF and bare CR is removed (so `CR CR LF`, the usual product of a
+    /// double line-end conversion, becomes one CRLF). The default: the message is delivered,
+    /// and nothing passed on holds a bare line end.
+    #[default]
+    Normalize,
+    /// The message is refused with `550 5.5.2` after its terminator (the session stays in
+    /// step), and a command line ending in a bare LF gets `500 5.5.2`.
+    Reject,
+}
+
+/// Why a received message is refused after its terminator.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub(crate) enum DataError {
     /// More bytes than `max_message_size`.
     #[error("message exceeds fixed maximum message size")]
     TooLarge,
+    /// A bare CR or LF under [`BareNewline::Reject`].
+    #[error("message contains a bare CR or LF; lines must end with CRLF")]
+    BareNewline,
     /// A line longer than `max_data_line_length`.
     #[error("message line too long")]
     LineTooLong,
+}
+
+impl DataError {
+    /// The reply the client gets for the refused message.
+    pub(crate) fn reply(self) -> Reply {
+        match self {
+            DataError::TooLarge | DataError::LineTooLong => {
+                Reply::new(552, "5.3.4", self.to_string())
+            }
+            DataError::BareNewline => Reply::new(550, "5.5.2", self.to_string()),
+        }
+    }
 }
 
 /// Where the receiver is relative to the last real CRLF; pending bytes (a dot or CR whose
@@ -47,6 +82,7 @@ enum State {
 /// Consumes the bytes after `354` until the terminator, returning the unstuffed message.
 #[derive(Debug)]
 pub(crate) struct DataReceiver {
+    policy: BareNewline,
     state: State,
     body: Vec<u8>,
     size: u64,
@@ -55,12 +91,14 @@ pub(crate) struct DataReceiver {
     max_line: usize,
     too_large: bool,
     line_too_long: bool,
+    bare_newline: bool,
 }
 
 impl DataReceiver {
-    /// A receiver for one message under the given limits.
-    pub(crate) fn new(max_size: u64, max_line: usize) -> Self {
+    /// A receiver for one message under the given limits and bare line-end policy.
+    pub(crate) fn new(max_size: u64, max_line: usize, policy: BareNewline) -> Self {
         DataReceiver {
+            policy,
             state: State::LineStart,
             body: Vec::new(),
             size: 0,
@@ -69,6 +107,7 @@ impl DataReceiver {
             max_line,
             too_large: false,
             line_too_long: false,
+            bare_newline: false,
         }
     }
 
@@ -79,7 +118,8 @@ impl DataReceiver {
         let mut i = 0;
         while i < input.len() {
             if self.state == State::Text {
-                // Fast path: everything up to the next CR is plain content.
+                // Fast path: everything up to the next CR is content (a bare LF in it is
+                // handled by `emit`).
                 let run = input[i..].iter().position(|&b| b == b'\r');
                 let end = run.map_or(input.len(), |r| i + r);
                 self.emit(&input[i..end]);
@@ -116,8 +156,7 @@ impl DataReceiver {
                     State::Text
                 }
                 (State::Cr, b'\n') => {
-                    self.emit(b"\r\n");
-                    self.line_len = 0;
+                    self.line_end();
                     State::LineStart
                 }
                 (State::Cr, b'\r') => {
@@ -137,6 +176,8 @@ impl DataReceiver {
     pub(crate) fn finish(self) -> Result<Vec<u8>, DataError> {
         if self.too_large {
             Err(DataError::TooLarge)
+        } else if self.bare_newline {
+            Err(DataError::BareNewline)
         } else if self.line_too_long {
             Err(DataError::LineTooLong)
         } else {
@@ -144,13 +185,38 @@ impl DataReceiver {
         }
     }
 
-    /// Appends message bytes, enforcing both limits before buffering anything.
+    /// Appends content. Every CR or LF the state machine passes here is bare (a CRLF line end
+    /// goes through [`line_end`](Self::line_end)), so this is where the policy applies.
     fn emit(&mut self, bytes: &[u8]) {
+        let mut rest = bytes;
+        while let Some(at) = rest.iter().position(|&b| b == b'\r' || b == b'\n') {
+            self.keep(&rest[..at]);
+            match self.policy {
+                BareNewline::Reject => {
+                    self.bare_newline = true;
+                    self.body = Vec::new();
+                }
+                BareNewline::Normalize if rest[at] == b'\n' => self.line_end(),
+                BareNewline::Normalize => {}
+            }
+            rest = &rest[at + 1..];
+        }
+        self.keep(rest);
+    }
+
+    /// Appends a CRLF: the end of a line of the message as it will be passed on.
+    fn line_end(&mut self) {
+        self.keep(b"\r\n");
+        self.line_len = 0;
+    }
+
+    /// Appends bytes as they are, enforcing both limits before buffering anything.
+    fn keep(&mut self, bytes: &[u8]) {
         self.size += bytes.len() as u64;
         self.line_len += bytes.len();
         self.too_large |= self.size > self.max_size;
         self.line_too_long |= self.line_len > self.max_line;
-        if self.too_large || self.line_too_long {
+        if self.too_large || self.line_too_long || self.bare_newline {
             // The message is refused anyway: free what was buffered and keep nothing more.
             self.body = Vec::new();
         } else {
@@ -161,7 +227,7 @@ impl DataReceiver {
 
 #[cfg(test)]
 mod tests {
-    use super::{DataError, DataReceiver};
+    use super::{BareNewline, DataError, DataReceiver};
 
     /// What feeding a case must produce: bytes consumed and the message, or "needs more".
     type Outcome = Option<(usize, Result<Vec<u8>, DataError>)>;
@@ -171,8 +237,9 @@ mod tests {
         chunks: impl IntoIterator<Item = &'a [u8]>,
         max_size: u64,
         max_line: usize,
+        policy: BareNewline,
     ) -> Outcome {
-        let mut rx = DataReceiver::new(max_size, max_line);
+        let mut rx = DataReceiver::new(max_size, max_line, policy);
         let mut offset = 0;
         for chunk in chunks {
             if let Some(n) = rx.feed(chunk) {
@@ -244,44 +311,44 @@ mod tests {
                 b"a\n.\nb\r\n.\r\n",
                 big,
                 1000,
-                done(10, b"a\n.\nb\r\n"),
+                done(10, b"a\r\n.\r\nb\r\n"),
             ),
             (
                 "bare CR dot bare CR",
                 b"a\r.\rb\r\n.\r\n",
                 big,
                 1000,
-                done(10, b"a\r.\rb\r\n"),
+                done(10, b"a.b\r\n"),
             ),
             (
                 "bare LF dot CRLF",
                 b"a\n.\r\nb\r\n.\r\n",
                 big,
                 1000,
-                done(11, b"a\n.\r\nb\r\n"),
+                done(11, b"a\r\n.\r\nb\r\n"),
             ),
             (
                 "CRLF dot CR CRLF",
                 b"a\r\n.\r\r\nb\r\n.\r\n",
                 big,
                 1000,
-                done(13, b"a\r\n.\r\r\nb\r\n"),
+                done(13, b"a\r\n.\r\nb\r\n"),
             ),
             (
                 "CRLF dot CR x",
                 b"a\r\n.\rx\r\n.\r\n",
                 big,
                 1000,
-                done(11, b"a\r\n.\rx\r\n"),
+                done(11, b"a\r\n.x\r\n"),
             ),
             (
                 "CRLF dot bare LF",
                 b"a\r\n.\nb\r\n.\r\n",
                 big,
                 1000,
-                done(11, b"a\r\n.\nb\r\n"),
+                done(11, b"a\r\n.\r\nb\r\n"),
             ),
-            ("CR CR LF", b"a\r\r\n.\r\n", big, 1000, done(7, b"a\r\r\n")),
+            ("CR CR LF", b"a\r\r\n.\r\n", big, 1000, done(7, b"a\r\n")),
             (
                 "dot dot bare LF after CRLF",
                 b"a\r\n..\n.\r\n",
@@ -294,7 +361,7 @@ mod tests {
                 b"a\n..b\r\n.\r\n",
                 big,
                 1000,
-                done(10, b"a\n..b\r\n"),
+                done(10, b"a\r\n..b\r\n"),
             ),
             ("unterminated", b"a\r\n.\r", big, 1000, None),
             ("dot LF only", b".\n", big, 1000, None),
@@ -341,11 +408,18 @@ mod tests {
                 done(14, b".2345678\r\n"),
             ),
             (
-                "bare LF is not a line end",
+                "normalised bare LF ends a line",
                 b"1234\n6789\r\n.\r\n",
                 big,
                 10,
-                failed(14, DataError::LineTooLong),
+                done(14, b"1234\r\n6789\r\n"),
+            ),
+            (
+                "size counts normalised bytes",
+                b"a\nbcd\r\n.\r\n",
+                5,
+                1000,
+                failed(10, DataError::TooLarge),
             ),
             (
                 "line limit resets per line",
@@ -362,32 +436,56 @@ mod tests {
                 failed(17, DataError::TooLarge),
             ),
         ];
-        for (name, input, max_size, max_line, expected) in cases {
-            assert_eq!(
-                run([input], max_size, max_line),
-                expected,
-                "{name}: one chunk"
-            );
-            let bytes = input.chunks(1);
-            assert_eq!(
-                run(bytes, max_size, max_line),
-                expected,
-                "{name}: byte by byte"
-            );
-            for k in 0..=input.len() {
-                let (a, b) = input.split_at(k);
+        for (name, input, max_size, max_line, normalized) in cases {
+            let rejected = match &normalized {
+                Some((n, Ok(_))) if has_bare_line_end(input, *n) => {
+                    failed(*n, DataError::BareNewline)
+                }
+                Some((n, Err(DataError::LineTooLong))) if has_bare_line_end(input, *n) => {
+                    failed(*n, DataError::BareNewline)
+                }
+                other => other.clone(),
+            };
+            for (policy, expected) in [
+                (BareNewline::Normalize, normalized),
+                (BareNewline::Reject, rejected),
+            ] {
                 assert_eq!(
-                    run([a, b], max_size, max_line),
+                    run([input], max_size, max_line, policy),
                     expected,
-                    "{name}: split at {k}"
+                    "{name} ({policy:?}): one chunk"
                 );
+                let bytes = input.chunks(1);
+                assert_eq!(
+                    run(bytes, max_size, max_line, policy),
+                    expected,
+                    "{name} ({policy:?}): byte by byte"
+                );
+                for k in 0..=input.len() {
+                    let (a, b) = input.split_at(k);
+                    assert_eq!(
+                        run([a, b], max_size, max_line, policy),
+                        expected,
+                        "{name} ({policy:?}): split at {k}"
+                    );
+                }
             }
         }
     }
 
+    /// True when the first `n` bytes hold a CR not followed by LF or an LF not after a CR.
+    fn has_bare_line_end(input: &[u8], n: usize) -> bool {
+        let data = &input[..n];
+        data.iter().enumerate().any(|(i, &b)| match b {
+            b'\r' => data.get(i + 1) != Some(&b'\n'),
+            b'\n' => i == 0 || data[i - 1] != b'\r',
+            _ => false,
+        })
+    }
+
     #[test]
     fn refused_message_is_not_buffered() {
-        let mut rx = DataReceiver::new(10, 1000);
+        let mut rx = DataReceiver::new(10, 1000, BareNewline::Normalize);
         assert_eq!(rx.feed(&[b'x'; 100]), None);
         assert!(
             rx.body.is_empty(),
@@ -395,5 +493,85 @@ mod tests {
         );
         assert_eq!(rx.feed(b"\r\n.\r\n"), Some(5));
         assert_eq!(rx.finish(), Err(DataError::TooLarge));
+    }
+
+    #[test]
+    fn rejected_message_is_not_buffered() {
+        let mut rx = DataReceiver::new(1 << 20, 1000, BareNewline::Reject);
+        assert_eq!(rx.feed(b"a\nbcdef"), None);
+        assert!(rx.body.is_empty(), "a refused message must not be kept");
+        assert_eq!(rx.feed(b"\r\n.\r\n"), Some(5));
+        assert_eq!(rx.finish(), Err(DataError::BareNewline));
+    }
+
+    mod props {
+        use proptest::prelude::*;
+
+        use super::super::BareNewline;
+        use super::{has_bare_line_end, run};
+
+        /// Bytes that matter to the receiver, drawn often enough to meet in every order.
+        fn smtp_bytes() -> impl Strategy<Value = Vec<u8>> {
+            let alphabet = vec![b'\r', b'\n', b'.', b'a', b'\r', b'\n'];
+            prop::collection::vec(prop::sample::select(alphabet), 0..80)
+        }
+
+        fn policy() -> impl Strategy<Value = BareNewline> {
+            prop_oneof![Just(BareNewline::Normalize), Just(BareNewline::Reject)]
+        }
+
+        /// Where RFC 5321 says the data ends: after `.CRLF` opening it, or else after the
+        /// first CRLF.CRLF (every CRLF of the raw input is a line end).
+        fn reference_end(input: &[u8]) -> Option<usize> {
+            if input.starts_with(b".\r\n") {
+                return Some(3);
+            }
+            input
+                .windows(5)
+                .position(|w| w == b"\r\n.\r\n")
+                .map(|i| i + 5)
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(512))]
+
+            #[test]
+            fn only_crlf_dot_crlf_ends_data(input in smtp_bytes(), policy in policy()) {
+                let consumed = run([input.as_slice()], 1 << 20, 1 << 20, policy).map(|(n, _)| n);
+                prop_assert_eq!(consumed, reference_end(&input));
+            }
+
+            #[test]
+            fn any_split_gives_the_same_result(
+                input in smtp_bytes(),
+                cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..6),
+                policy in policy(),
+                max_line in prop_oneof![Just(1usize << 20), 2usize..12],
+            ) {
+                let mut at: Vec<usize> = cuts.iter().map(|c| c.index(input.len() + 1)).collect();
+                at.sort_unstable();
+                let mut chunks = Vec::new();
+                let mut from = 0;
+                for to in at.into_iter().chain([input.len()]) {
+                    chunks.push(&input[from..to]);
+                    from = to;
+                }
+                prop_assert_eq!(
+                    run(chunks, 1 << 20, max_line, policy),
+                    run([input.as_slice()], 1 << 20, max_line, policy)
+                );
+            }
+
+            #[test]
+            fn nothing_kept_holds_a_bare_line_end(input in smtp_bytes(), policy in policy()) {
+                if let Some((n, Ok(body))) = run([input.as_slice()], 1 << 20, 1 << 20, policy) {
+                    prop_assert!(!has_bare_line_end(&body, body.len()), "{:?}", body);
+                    prop_assert!(body.is_empty() || body.ends_with(b"\r\n"), "{:?}", body);
+                    if policy == BareNewline::Reject {
+                        prop_assert!(!has_bare_line_end(&input, n), "accepted bare line ends");
+                    }
+                }
+            }
+        }
     }
 }

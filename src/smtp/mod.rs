@@ -6,16 +6,21 @@
 //! whatever the backend promises (durable on disk).
 //!
 //! # Layout
-//! - `server.rs`: accept loop, connection cap, shutdown and drain.
+//! - `server.rs`: accept loop, connection caps, shutdown and drain; `clients.rs`: the
+//!   per-client-address count.
 //! - `session.rs`: one connection: line framing, pipelined replies, timeouts, delivery.
 //! - `command.rs`: the command state machine (EHLO to QUIT), free of I/O.
-//! - `data.rs`: the DATA receiver: terminator, dot-unstuffing, size and line limits.
+//! - `path.rs`: the MAIL and RCPT paths, strictly per RFC 5321 §4.1.2.
+//! - `data.rs`: the DATA receiver: terminator, dot-unstuffing, bare line ends, size and line
+//!   limits.
 //! - `stamp.rs`: the `Received:` and `Message-ID:` headers.
 //! - `reply.rs`, `config.rs`: [`Reply`] and [`SmtpConfig`].
 
+mod clients;
 mod command;
 mod config;
 mod data;
+mod path;
 mod reply;
 mod server;
 mod session;
@@ -27,6 +32,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 
 pub use config::SmtpConfig;
+pub use data::BareNewline;
 pub use reply::Reply;
 pub use server::serve;
 
@@ -40,7 +46,8 @@ pub struct Incoming {
     /// With `<>`: the message's own Message-ID (trimmed), or the one generated for it.
     pub message_id: String,
     /// The message: `Received:` prepended, `Message-ID:` added if missing, otherwise the
-    /// bytes as received with dot-stuffing removed (CRLF line ends; bare CR/LF kept as sent).
+    /// bytes as received with dot-stuffing removed and CRLF line ends only (bare CR and LF
+    /// normalised, see [`BareNewline`]).
     pub data: Vec<u8>,
     /// The client's address, for logs and policy.
     pub peer: SocketAddr,

@@ -1,4 +1,5 @@
-//! The accept loop: connection cap, one task per session, shutdown and drain.
+//! The accept loop: connection caps (overall and per client), one task per session, shutdown
+//! and drain.
 
 use std::future::Future;
 use std::io;
@@ -12,6 +13,7 @@ use tokio::task::JoinSet;
 use tokio::time::{sleep, timeout};
 use tracing::{error, info, warn};
 
+use super::clients::ClientSlots;
 use super::session::run_session;
 use super::{Backend, Reply, SmtpConfig};
 
@@ -37,6 +39,7 @@ pub async fn serve<B: Backend>(
     info!(%local, hostname = %config.hostname, "smtp listening");
     let config = Arc::new(config);
     let slots = Arc::new(Semaphore::new(config.max_connections));
+    let clients = ClientSlots::new(config.max_connections_per_client);
     let (stop, stopped) = watch::channel(false);
     let mut sessions = JoinSet::new();
     let mut backoff = Duration::ZERO;
@@ -47,21 +50,27 @@ pub async fn serve<B: Backend>(
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     backoff = Duration::ZERO;
-                    match slots.clone().try_acquire_owned() {
-                        Ok(permit) => {
-                            let (backend, config, stopped) = (backend.clone(), config.clone(), stopped.clone());
-                            sessions.spawn(async move {
-                                if let Err(e) = run_session(stream, peer, backend, config, stopped).await {
-                                    info!(%peer, error = %e, "session ended with an I/O error");
-                                }
-                                drop(permit);
-                            });
+                    let Ok(permit) = slots.clone().try_acquire_owned() else {
+                        warn!(%peer, limit = config.max_connections, "connection refused: too many connections");
+                        sessions.spawn(refuse(stream, "too many connections, try again later"));
+                        continue;
+                    };
+                    let client = if config.is_limit_exempt(peer.ip()) {
+                        None
+                    } else if let Some(client) = clients.try_acquire(peer.ip()) {
+                        Some(client)
+                    } else {
+                        warn!(%peer, limit = config.max_connections_per_client, "connection refused: too many connections from this address");
+                        sessions.spawn(refuse(stream, "too many connections from your address, try again later"));
+                        continue;
+                    };
+                    let (backend, config, stopped) = (backend.clone(), config.clone(), stopped.clone());
+                    sessions.spawn(async move {
+                        if let Err(e) = run_session(stream, peer, backend, config, stopped).await {
+                            info!(%peer, error = %e, "session ended with an I/O error");
                         }
-                        Err(_) => {
-                            warn!(%peer, limit = config.max_connections, "connection refused: too many connections");
-                            sessions.spawn(refuse(stream));
-                        }
-                    }
+                        drop((permit, client));
+                    });
                 }
                 Err(e) => {
                     backoff = (backoff * 2).clamp(Duration::from_millis(10), MAX_ACCEPT_BACKOFF);
@@ -88,10 +97,10 @@ pub async fn serve<B: Backend>(
     Ok(())
 }
 
-/// Tells a connection over the cap why it is being closed (RFC 5321 §3.8).
-async fn refuse(mut stream: TcpStream) {
+/// Tells a connection over a cap why it is being closed (RFC 5321 §3.8).
+async fn refuse(mut stream: TcpStream, why: &'static str) {
     let mut out = Vec::new();
-    Reply::new(421, "4.7.0", "too many connections, try again later").write_to(&mut out);
+    Reply::new(421, "4.7.0", why).write_to(&mut out);
     // Best effort: the client is going away either way.
     let _ = timeout(REFUSE_WRITE_TIMEOUT, async {
         stream.write_all(&out).await?;

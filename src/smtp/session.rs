@@ -104,8 +104,8 @@ struct Session<S, B> {
     output: Vec<u8>,
     /// Dropping the rest of an over-long command line; it is answered once its LF arrives.
     discarding: bool,
-    /// When the client has been silent too long: moved on by each complete command line,
-    /// and by any bytes during DATA.
+    /// When the client has been silent too long: moved on by `idle_timeout` with each
+    /// complete command line, and by `data_timeout` with any bytes during DATA.
     deadline: Instant,
     phase: Phase,
     commands: Commands,
@@ -142,6 +142,16 @@ where
                     );
                     return Ok(());
                 }
+                Event::Idle if matches!(self.phase, Phase::Data { .. }) => {
+                    info!("data timeout");
+                    return self
+                        .close(Reply::new(
+                            421,
+                            "4.4.2",
+                            "timeout receiving data, closing connection",
+                        ))
+                        .await;
+                }
                 Event::Idle => {
                     info!("idle timeout");
                     return self
@@ -167,6 +177,7 @@ where
                 {
                     let reply = self.finish_message(receiver, envelope).await;
                     self.queue(&reply);
+                    self.deadline = Instant::now() + self.config.idle_timeout;
                 }
                 continue;
             }
@@ -189,8 +200,10 @@ where
                     let receiver = DataReceiver::new(
                         self.config.max_message_size,
                         self.config.max_data_line_length,
+                        self.config.bare_newline,
                     );
                     self.phase = Phase::Data { receiver, envelope };
+                    self.deadline = Instant::now() + self.config.data_timeout;
                 }
                 Next::Close => return Ok(Flow::Close),
             }
@@ -230,7 +243,7 @@ where
             Ok(body) => body,
             Err(error) => {
                 info!(id, %error, "message refused");
-                return Reply::new(552, "5.3.4", error.to_string());
+                return error.reply();
             }
         };
         let stamped = stamp(
@@ -274,7 +287,7 @@ where
             () = shutdown_signalled(&mut self.shutdown), if between_commands => Event::Shutdown,
         };
         if matches!(event, Event::Bytes) && !between_commands {
-            self.deadline = Instant::now() + self.config.idle_timeout;
+            self.deadline = Instant::now() + self.config.data_timeout;
         }
         Ok(event)
     }

@@ -4,7 +4,7 @@
 use std::sync::atomic::Ordering;
 
 use super::{config, Harness, TestBackend, HOST};
-use crate::smtp::SmtpConfig;
+use crate::smtp::{BareNewline, SmtpConfig};
 
 /// One write to the server and the reply prefixes it must produce, in order.
 type Step = (Vec<u8>, Vec<&'static str>);
@@ -172,11 +172,32 @@ fn cases() -> Vec<Case> {
                 step("MAIL FROM:<sender@remote.test> SMTPUTF8\r\n", &["555 5.5.4"]),
                 step("MAIL FROM:<sender@remote.test> XFOO=1\r\n", &["555 5.5.4"]),
                 step("MAIL FROM:<sender@remote.test> BODY=8BITMIME SIZE=20\r\n", &["250 2.1.0"]),
-                step("RCPT TO:<>\r\n", &["501 5.1.3"]),
+                step("RCPT TO:<>\r\n", &["553 5.1.3"]),
                 step("RCPT TO:<bob@example.test> NOTIFY=NEVER\r\n", &["555 5.5.4"]),
                 step("RCPT TO:<bob@example.test>\r\n", &["250 2.1.5"]),
             ],
             vec![],
+        ),
+        Case::new(
+            "malformed paths, sender and recipient",
+            vec![
+                ehlo(),
+                step("MAIL FROM:<user@>\r\n", &["553 5.1.7"]),
+                step("MAIL FROM:<@remote.test>\r\n", &["553 5.1.7"]),
+                step("MAIL FROM:<sender@remote.test\r\n", &["501 5.1.7"]),
+                step("MAIL FROM:<send er@remote.test>\r\n", &["501 5.1.7"]),
+                step("MAIL FROM:<sender@remote..test>\r\n", &["553 5.1.7"]),
+                step("MAIL FROM:<sender@remote.test>x\r\n", &["501 5.1.7"]),
+                step("MAIL FROM:<@relay.test:sender@remote.test>\r\n", &["250 2.1.0"]),
+                step("RCPT TO:<alice@>\r\n", &["553 5.1.3"]),
+                step("RCPT TO:<@example.test>\r\n", &["553 5.1.3"]),
+                step("RCPT TO:<ali\x01ce@example.test>\r\n", &["501 5.1.3"]),
+                step("RCPT TO:<alice@example.test>>\r\n", &["501 5.1.3"]),
+                step("RCPT TO:<alice@example.test> \r\n", &["250 2.1.5"]),
+                step("RCPT TO:<\"bob\"@example.test>\r\nDATA\r\n", &["250 2.1.5", "354"]),
+                step("\r\n.\r\n", &["250 2.0.0"]),
+            ],
+            vec![2],
         ),
         Case::new(
             "backend refusals per recipient",
@@ -429,23 +450,73 @@ async fn dot_stuffing_is_removed() {
 async fn smuggled_commands_are_body_text() {
     let smuggled =
         "MAIL FROM:<evil@remote.test>\r\nRCPT TO:<bob@example.test>\r\nDATA\r\nforged\r\n";
-    for fake_end in ["\n.\n", "\r.\r", "\n.\r\n", "\r\n.\r\r\n"] {
-        let mut h = Harness::greeted(config(), TestBackend::default()).await;
-        h.begin("sender@remote.test", &["alice@example.test"]).await;
-        let body = format!("Subject: s\r\n\r\nbefore{fake_end}{smuggled}");
-        h.client.send(format!("{body}.\r\n")).await;
-        h.client.expect("250 2.0.0 queued").await;
-        let reply = h.cmd("NOOP", "").await;
-        assert_eq!(
-            reply, "250 2.0.0 ok\r\n",
-            "{fake_end:?}: the smuggled commands were executed"
-        );
-        let msgs = h.backend.delivered();
-        assert_eq!(msgs.len(), 1, "{fake_end:?}");
-        assert_eq!(msgs[0].recipients, ["alice@example.test"], "{fake_end:?}");
-        assert!(
-            msgs[0].data.ends_with(body.as_bytes()),
-            "{fake_end:?}: body altered"
-        );
+    // Each fake end of data, and what it becomes once normalised: no bare CR or LF is left
+    // for a lenient next hop to misread.
+    let fake_ends = [
+        ("\n.\n", "\r\n.\r\n"),
+        ("\r.\r", "."),
+        ("\n.\r\n", "\r\n.\r\n"),
+        ("\r\n.\r\r\n", "\r\n.\r\n"),
+        ("\r.\r\n", ".\r\n"),
+    ];
+    for (fake_end, normalised) in fake_ends {
+        for policy in [BareNewline::Normalize, BareNewline::Reject] {
+            let mut cfg = config();
+            cfg.bare_newline = policy;
+            let mut h = Harness::greeted(cfg, TestBackend::default()).await;
+            h.begin("sender@remote.test", &["alice@example.test"]).await;
+            let body = format!("Subject: s\r\n\r\nbefore{fake_end}{smuggled}");
+            h.client.send(format!("{body}.\r\n")).await;
+            let expected = match policy {
+                BareNewline::Normalize => "250 2.0.0 queued",
+                BareNewline::Reject => "550 5.5.2",
+            };
+            h.client.expect(expected).await;
+            let reply = h.cmd("NOOP", "").await;
+            assert_eq!(
+                reply, "250 2.0.0 ok\r\n",
+                "{fake_end:?} {policy:?}: the smuggled commands were executed"
+            );
+            let msgs = h.backend.delivered();
+            if policy == BareNewline::Reject {
+                assert!(msgs.is_empty(), "{fake_end:?}: refused yet delivered");
+                continue;
+            }
+            assert_eq!(msgs.len(), 1, "{fake_end:?}");
+            assert_eq!(msgs[0].recipients, ["alice@example.test"], "{fake_end:?}");
+            let expected = format!("Subject: s\r\n\r\nbefore{normalised}{smuggled}");
+            assert!(
+                msgs[0].data.ends_with(expected.as_bytes()),
+                "{fake_end:?}: {:?}",
+                String::from_utf8_lossy(&msgs[0].data)
+            );
+        }
     }
+}
+
+#[tokio::test]
+async fn reject_policy_refuses_command_lines_with_bare_lf() {
+    let mut cfg = config();
+    cfg.bare_newline = BareNewline::Reject;
+    let mut h = Harness::greeted(cfg, TestBackend::default()).await;
+    h.client.send("EHLO client.test\n").await;
+    h.client.expect("500 5.5.2").await;
+    h.cmd("EHLO client.test", "250").await;
+    h.cmd("QUIT", "221").await;
+    h.finished().await;
+}
+
+#[tokio::test]
+async fn source_route_is_dropped_and_quotes_kept() {
+    let mut h = Harness::greeted(config(), TestBackend::default()).await;
+    h.begin(
+        "@relay.test,@b.test:sender@remote.test",
+        &["\"j doe\"@example.test"],
+    )
+    .await;
+    h.client.send("\r\n.\r\n").await;
+    h.client.expect("250 2.0.0").await;
+    let msgs = h.backend.delivered();
+    assert_eq!(msgs[0].sender, "sender@remote.test");
+    assert_eq!(msgs[0].recipients, ["\"j doe\"@example.test"]);
 }

@@ -1,4 +1,5 @@
-//! Idle timeout and shutdown of a single session, on paused tokio time where time matters.
+//! Idle and data timeouts and shutdown of a single session, on paused tokio time where time
+//! matters.
 
 use std::time::Duration;
 
@@ -7,6 +8,7 @@ use tokio::time::{sleep, Instant};
 use super::{config, Harness, TestBackend};
 
 const IDLE: Duration = Duration::from_secs(300);
+const DATA: Duration = Duration::from_secs(180);
 
 /// A session whose client waits far longer than the idle timeout without failing the test.
 async fn patient_session() -> Harness {
@@ -60,11 +62,12 @@ async fn complete_commands_keep_the_session() {
 async fn data_progress_keeps_the_session() {
     let mut h = patient_session().await;
     h.begin("sender@remote.test", &["alice@example.test"]).await;
+    // Each pause is under the data timeout; together they are well over the idle timeout.
     for line in ["Subject: slow\r\n", "\r\n", "one\r\n", "two\r\n"] {
-        sleep(Duration::from_secs(200)).await;
+        sleep(Duration::from_secs(170)).await;
         h.client.send(line).await;
     }
-    sleep(Duration::from_secs(200)).await;
+    sleep(Duration::from_secs(170)).await;
     h.client.send(".\r\n").await;
     h.client.expect("250 2.0.0").await;
     let start = Instant::now();
@@ -79,8 +82,22 @@ async fn stalled_data_times_out_without_delivery() {
     h.begin("sender@remote.test", &["alice@example.test"]).await;
     h.client.send("Subject: never finished\r\n").await;
     let start = Instant::now();
+    let reply = h.client.expect("421 4.4.2").await;
+    assert!(reply.contains("receiving data"), "{reply}");
+    assert_elapsed(start, DATA);
+    assert!(h.backend.delivered().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn data_timeout_is_its_own_setting() {
+    let mut cfg = config();
+    cfg.data_timeout = Duration::from_secs(30);
+    let mut h = Harness::greeted(cfg, TestBackend::default()).await;
+    h.client.guard = Duration::from_secs(3600);
+    h.begin("sender@remote.test", &["alice@example.test"]).await;
+    let start = Instant::now();
     h.client.expect("421 4.4.2").await;
-    assert_elapsed(start, IDLE);
+    assert_elapsed(start, Duration::from_secs(30));
     assert!(h.backend.delivered().is_empty());
 }
 

@@ -3,6 +3,7 @@
 
 mod dialog;
 mod limits;
+mod props;
 mod server;
 
 use std::io;

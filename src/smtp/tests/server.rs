@@ -92,6 +92,49 @@ async fn connection_over_the_cap_is_refused_and_the_first_goes_on() {
 }
 
 #[tokio::test]
+async fn connections_over_the_per_client_cap_are_refused_until_one_closes() {
+    let mut cfg = config();
+    cfg.max_connections_per_client = 2;
+    let server = start(cfg).await;
+
+    let mut first = connect(server.addr).await;
+    first.expect("220").await;
+    let mut second = connect(server.addr).await;
+    second.expect("220").await;
+
+    let mut third = connect(server.addr).await;
+    let refused = third.expect("421 4.7.0").await;
+    assert!(refused.contains("from your address"), "{refused}");
+    third.expect_eof().await;
+
+    second.send("NOOP\r\n").await;
+    second.expect("250 2.0.0").await;
+    first.send("QUIT\r\n").await;
+    first.expect("221").await;
+    first.expect_eof().await;
+
+    // The slot comes back when the session ends, which the server learns after the client
+    // saw the close: retry until it has.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let mut fourth = loop {
+        let mut client = connect(server.addr).await;
+        let greeting = client.reply().await;
+        if greeting.starts_with("220") {
+            break client;
+        }
+        assert!(greeting.starts_with("421 4.7.0"), "{greeting}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the closed session's slot never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    fourth.send("QUIT\r\n").await;
+    fourth.expect("221").await;
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn serve_stops_on_shutdown() {
     let server = start(config()).await;
     let mut client = connect(server.addr).await;

@@ -258,3 +258,107 @@ impl<'a> Cursor<'a> {
         std::str::from_utf8(self.bytes()?).ok().map(str::to_owned)
     }
 }
+
+#[cfg(test)]
+mod props {
+    use proptest::prelude::*;
+
+    use super::{encode_frame, encode_header, encode_seal, parse_header, scan, End, LogRecord};
+
+    fn record() -> impl Strategy<Value = LogRecord> {
+        (
+            "[ -~]{0,24}",
+            "[ -~]{0,24}",
+            any::<u64>(),
+            prop::collection::vec("[a-z]{1,8}@[a-z]{1,8}\\.test", 0..4),
+            prop::collection::vec(any::<u8>(), 0..96),
+        )
+            .prop_map(
+                |(message_id, sender, time_ms, recipients, body)| LogRecord {
+                    message_id,
+                    recipients,
+                    sender,
+                    time_ms,
+                    body,
+                },
+            )
+    }
+
+    /// The frames of `records`, and where each one starts.
+    fn frames(records: &[LogRecord]) -> (Vec<u8>, Vec<usize>) {
+        let mut bytes = Vec::new();
+        let mut starts = Vec::new();
+        for r in records {
+            starts.push(bytes.len());
+            bytes.extend(encode_frame(r).expect("small records frame"));
+        }
+        (bytes, starts)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn scan_and_parse_header_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
+            let s = scan(&bytes);
+            prop_assert!(s.valid <= bytes.len());
+            let _ = parse_header(&bytes);
+        }
+
+        #[test]
+        fn records_round_trip_through_a_sealed_generation(
+            records in prop::collection::vec(record(), 0..6),
+        ) {
+            let (mut bytes, _) = frames(&records);
+            bytes.extend(encode_seal(records.len() as u32));
+            let s = scan(&bytes);
+            prop_assert_eq!(&s.records, &records);
+            let sealed_with_count = matches!(s.end, End::Sealed { count, trailing: 0 } if count as usize == records.len());
+            prop_assert!(sealed_with_count);
+        }
+
+        #[test]
+        fn a_flipped_bit_is_never_accepted(
+            records in prop::collection::vec(record(), 1..6),
+            at in any::<prop::sample::Index>(),
+            bit in 0u8..8,
+        ) {
+            let (mut bytes, starts) = frames(&records);
+            let i = at.index(bytes.len());
+            bytes[i] ^= 1 << bit;
+            let damaged = starts.iter().rposition(|&s| s <= i).expect("the first frame starts at 0");
+            let s = scan(&bytes);
+            prop_assert_eq!(&s.records, &records[..damaged], "only the frames before the damage are read");
+            prop_assert!(matches!(s.end, End::Bad(_)));
+        }
+
+        #[test]
+        fn a_torn_record_is_never_accepted(
+            records in prop::collection::vec(record(), 1..6),
+            at in any::<prop::sample::Index>(),
+        ) {
+            let (bytes, starts) = frames(&records);
+            let last = *starts.last().expect("one record at least");
+            let cut = last + 1 + at.index(bytes.len() - last - 1);
+            let s = scan(&bytes[..cut]);
+            prop_assert_eq!(&s.records, &records[..records.len() - 1]);
+            prop_assert!(matches!(s.end, End::Bad(_)));
+        }
+
+        #[test]
+        fn a_damaged_header_is_refused(
+            sg in "[A-Za-z0-9]{1,16}",
+            generation in any::<u64>(),
+            epoch in any::<u64>(),
+            at in any::<prop::sample::Index>(),
+            bit in 0u8..8,
+        ) {
+            let mut header = encode_header(&sg, generation, epoch);
+            let parsed = parse_header(&header).expect("a fresh header parses");
+            prop_assert_eq!((parsed.storage_group, parsed.generation, parsed.epoch), (sg, generation, epoch));
+            let i = at.index(header.len());
+            header[i] ^= 1 << bit;
+            prop_assert!(parse_header(&header).is_err());
+        }
+    }
+}
