@@ -4,8 +4,11 @@
 
 use smtp_proto::{
     Error as ParseError, MailFrom, RcptTo, Request, MAIL_BODY_7BIT, MAIL_BODY_8BITMIME,
+    MAIL_RET_FULL, MAIL_RET_HDRS, RCPT_NOTIFY_DELAY, RCPT_NOTIFY_FAILURE, RCPT_NOTIFY_NEVER,
+    RCPT_NOTIFY_SUCCESS,
 };
 
+use super::dsn::{self, Dsn};
 use super::{Backend, Reply, SmtpConfig};
 
 /// Verbs we recognise but do not offer; RFC 5321 §4.2.4 wants 502 for them, not 500.
@@ -32,6 +35,8 @@ pub(crate) struct Envelope {
     pub sender: String,
     /// The recipients the backend accepted.
     pub recipients: Vec<String>,
+    /// The DSN parameters of MAIL and of each accepted RCPT.
+    pub dsn: Dsn,
 }
 
 /// What the session does after sending a reply.
@@ -90,7 +95,7 @@ impl Commands {
             return self.error(Reply::new(502, "5.5.1", "command not implemented"), config);
         }
         match Request::parse(&mut line.iter()) {
-            Ok(request) => self.request(request, backend, config),
+            Ok(request) => self.request(request, line, backend, config),
             Err(e) => self.error(parse_error(e), config),
         }
     }
@@ -103,24 +108,28 @@ impl Commands {
     fn request<B: Backend>(
         &mut self,
         request: Request<String>,
+        line: &[u8],
         backend: &B,
         config: &SmtpConfig,
     ) -> Step {
         match request {
             Request::Ehlo { host } => {
                 self.greet(host, true);
-                let text = format!(
+                let mut text = format!(
                     "{}\nSIZE {}\nPIPELINING\n8BITMIME\nENHANCEDSTATUSCODES",
                     config.hostname, config.max_message_size
                 );
+                if backend.offers_dsn() {
+                    text.push_str("\nDSN");
+                }
                 Step::reply(Reply::new(250, "", text))
             }
             Request::Helo { host } => {
                 self.greet(host, false);
                 Step::reply(Reply::new(250, "", config.hostname.clone()))
             }
-            Request::Mail { from } => self.mail(from, backend, config),
-            Request::Rcpt { to } => self.rcpt(to, backend, config),
+            Request::Mail { from } => self.mail(from, line, backend, config),
+            Request::Rcpt { to } => self.rcpt(to, line, backend, config),
             Request::Data => self.data(config),
             Request::Rset => {
                 self.envelope = None;
@@ -167,6 +176,7 @@ impl Commands {
     fn mail<B: Backend>(
         &mut self,
         from: MailFrom<String>,
+        line: &[u8],
         backend: &B,
         config: &SmtpConfig,
     ) -> Step {
@@ -176,9 +186,13 @@ impl Commands {
         if self.envelope.is_some() {
             return self.error(Reply::new(503, "5.5.1", "sender already specified"), config);
         }
-        if has_unsupported_mail_params(&from) {
+        if has_unsupported_mail_params(&from, backend.offers_dsn()) {
             return self.error(unsupported_params(), config);
         }
+        let message_dsn = match dsn::mail_params(line) {
+            Ok(d) => d,
+            Err(e) => return self.error(e.reply(), config),
+        };
         if from.size as u64 > config.max_message_size {
             return Step::reply(Reply::new(
                 552,
@@ -193,17 +207,31 @@ impl Commands {
             helo: helo.clone(),
             sender: from.address,
             recipients: Vec::new(),
+            dsn: Dsn {
+                message: message_dsn,
+                recipients: Vec::new(),
+            },
         });
         Step::reply(Reply::new(250, "2.1.0", "sender ok"))
     }
 
-    fn rcpt<B: Backend>(&mut self, to: RcptTo<String>, backend: &B, config: &SmtpConfig) -> Step {
+    fn rcpt<B: Backend>(
+        &mut self,
+        to: RcptTo<String>,
+        line: &[u8],
+        backend: &B,
+        config: &SmtpConfig,
+    ) -> Step {
         let Some(envelope) = &mut self.envelope else {
             return self.error(Reply::new(503, "5.5.1", "need MAIL before RCPT"), config);
         };
-        if to.orcpt.is_some() || to.rrvs != 0 || to.flags != 0 {
+        if has_unsupported_rcpt_params(&to, backend.offers_dsn()) {
             return self.error(unsupported_params(), config);
         }
+        let rcpt_dsn = match dsn::rcpt_params(line) {
+            Ok(d) => d,
+            Err(e) => return self.error(e.reply(), config),
+        };
         if to.address.is_empty() {
             return self.error(Reply::new(501, "5.1.3", "empty recipient address"), config);
         }
@@ -214,6 +242,7 @@ impl Commands {
             return Step::reply(reply);
         }
         envelope.recipients.push(to.address);
+        envelope.dsn.recipients.push(rcpt_dsn);
         Step::reply(Reply::new(250, "2.1.5", "recipient ok"))
     }
 
@@ -247,17 +276,29 @@ impl Commands {
 }
 
 /// smtp-proto parses every MAIL extension it knows; we accept only what we advertise.
-fn has_unsupported_mail_params(from: &MailFrom<String>) -> bool {
-    from.flags & !(MAIL_BODY_7BIT | MAIL_BODY_8BITMIME) != 0
+fn has_unsupported_mail_params(from: &MailFrom<String>, dsn: bool) -> bool {
+    let dsn_flags = if dsn {
+        MAIL_RET_FULL | MAIL_RET_HDRS
+    } else {
+        0
+    };
+    from.flags & !(MAIL_BODY_7BIT | MAIL_BODY_8BITMIME | dsn_flags) != 0
         || from.trans_id.is_some()
         || from.by != 0
-        || from.env_id.is_some()
+        || (from.env_id.is_some() && !dsn)
         || from.solicit.is_some()
         || from.mtrk.is_some()
         || from.auth.is_some()
         || from.hold_for != 0
         || from.hold_until != 0
         || from.mt_priority != 0
+}
+
+/// The same for RCPT: NOTIFY and ORCPT only where DSN is advertised.
+fn has_unsupported_rcpt_params(to: &RcptTo<String>, dsn: bool) -> bool {
+    let notify = RCPT_NOTIFY_SUCCESS | RCPT_NOTIFY_FAILURE | RCPT_NOTIFY_DELAY | RCPT_NOTIFY_NEVER;
+    let dsn_flags = if dsn { notify } else { 0 };
+    to.rrvs != 0 || to.flags & !dsn_flags != 0 || (to.orcpt.is_some() && !dsn)
 }
 
 fn unsupported_params() -> Reply {

@@ -1,8 +1,8 @@
 //! Inbound SMTP (RFC 5321) shared by the hub and the mailbox node.
 //!
-//! The server speaks ESMTP with SIZE, PIPELINING, 8BITMIME and ENHANCEDSTATUSCODES, enforces
-//! every limit with its RFC reply and goes on, and hands each complete, stamped message to
-//! a role-specific [`Backend`], whose reply is what the client sees — so a `250` means
+//! The server speaks ESMTP with SIZE, PIPELINING, 8BITMIME, ENHANCEDSTATUSCODES and, for a
+//! backend that sends delivery reports, DSN; it enforces every limit with its RFC reply and
+//! goes on, and hands each complete, stamped message to a role-specific [`Backend`], whose reply is what the client sees — so a `250` means
 //! whatever the backend promises (durable on disk).
 //!
 //! # Layout
@@ -11,11 +11,13 @@
 //! - `command.rs`: the command state machine (EHLO to QUIT), free of I/O.
 //! - `data.rs`: the DATA receiver: terminator, dot-unstuffing, size and line limits.
 //! - `stamp.rs`: the `Received:` and `Message-ID:` headers.
+//! - `dsn.rs`: the DSN parameters of MAIL and RCPT (RFC 3461), for backends that offer DSN.
 //! - `reply.rs`, `config.rs`: [`Reply`] and [`SmtpConfig`].
 
 mod command;
 mod config;
 mod data;
+mod dsn;
 mod reply;
 mod server;
 mod session;
@@ -27,6 +29,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 
 pub use config::SmtpConfig;
+pub use dsn::Dsn;
 pub use reply::Reply;
 pub use server::serve;
 
@@ -44,6 +47,9 @@ pub struct Incoming {
     pub data: Vec<u8>,
     /// The client's address, for logs and policy.
     pub peer: SocketAddr,
+    /// RET, ENVID and each recipient's NOTIFY and ORCPT (RFC 3461); all absent unless the
+    /// backend [offers DSN](Backend::offers_dsn).
+    pub dsn: Dsn,
 }
 
 /// What a role (hub or mailbox node) plugs into the server.
@@ -59,4 +65,9 @@ pub trait Backend: Send + Sync + 'static {
     ///
     /// The reply is sent as-is; after any reply the session takes a new transaction.
     fn deliver(&self, msg: Incoming) -> impl Future<Output = Reply> + Send;
+    /// Whether EHLO advertises DSN and MAIL/RCPT take its parameters (RFC 3461): only a role
+    /// that sends the reports may promise them. Mailbox nodes do not; the hub reports for them.
+    fn offers_dsn(&self) -> bool {
+        false
+    }
 }
