@@ -1,12 +1,14 @@
 //! The relay path end to end, with real processes and sockets: SMTP in, durable queue, delivery to
-//! the active node, dedup by Message-ID, crash recovery, retries and DSNs.
+//! the active node, dedup by Message-ID, crash recovery, retries and DSNs (with the RFC 3461
+//! parameters that decide them).
 
 mod common;
 
 use std::process::Command;
 use std::time::Duration;
 
-use common::{message, smtplib_send, wait_queue_empty, Raw, TestSite};
+use common::{message, metric, smtplib_send, smtplib_send_with, wait_queue_empty, Raw, TestSite};
+use mailparse::{MailHeaderMap, ParsedMail};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -224,15 +226,14 @@ fn node_down_then_up_is_retried_and_rejected_recipient_gets_a_dsn() {
     });
     let bob = site.wait_mailbox("bob@example.test", WAIT, |ids| ids.len() == 1);
     let stored = site.stored_message("bob@example.test", &bob[0]);
-    let dsn = String::from_utf8_lossy(&stored);
-    assert!(dsn.contains("report-type=delivery-status"), "{dsn}");
-    assert!(
-        dsn.contains("Final-Recipient: rfc822; dave@example.test"),
-        "{dsn}"
-    );
-    assert!(
-        !dsn.contains("Final-Recipient: rfc822; alice@example.test"),
-        "{dsn}"
+    let reported: Vec<_> = dsn_fields(&stored)[1..]
+        .iter()
+        .map(|r| field(r, "Final-Recipient").map(str::to_string))
+        .collect();
+    assert_eq!(
+        reported,
+        [Some("rfc822; dave@example.test".to_string())],
+        "only the refused recipient"
     );
 }
 
@@ -291,4 +292,197 @@ fn fixture_messages_arrive_intact() {
             assert!(String::from_utf8_lossy(&stored).contains(&format!("Message-ID: {id}")));
         }
     }
+}
+
+/// The `message/delivery-status` part of a stored DSN as field blocks: the per-message fields
+/// first, then one block per recipient.
+fn dsn_fields(raw: &[u8]) -> Vec<Vec<(String, String)>> {
+    let report = mailparse::parse_mail(raw).expect("a DSN is valid MIME");
+    assert_eq!(report.ctype.mimetype, "multipart/report");
+    let status: &ParsedMail = report
+        .subparts
+        .iter()
+        .find(|p| p.ctype.mimetype == "message/delivery-status")
+        .expect("a message/delivery-status part");
+    let text = status.get_body().expect("readable status");
+    text.split("\r\n\r\n")
+        .filter(|b| !b.trim().is_empty())
+        .map(|b| {
+            b.lines()
+                .filter_map(|l| l.split_once(": "))
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        })
+        .collect()
+}
+
+fn field<'a>(block: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    block
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+#[test]
+fn dsn_is_advertised_by_the_hub_only_and_bad_parameters_get_501() {
+    let site = TestSite::new("", &[]);
+    let _s = site.start(&["site"]);
+    let mut hub = Raw::connect(site.ports.hub1);
+    assert!(hub.cmd("EHLO client.test").contains("250 DSN"));
+    assert!(hub
+        .cmd("MAIL FROM:<bob@example.test> RET=FULL RET=HDRS")
+        .starts_with("501 5.5.4"));
+    assert!(hub
+        .cmd("MAIL FROM:<bob@example.test> RET=HDRS ENVID=x+2By")
+        .starts_with("250"));
+    assert!(hub
+        .cmd("RCPT TO:<alice@example.test> NOTIFY=NEVER,SUCCESS")
+        .starts_with("501 5.5.4"));
+    assert!(hub
+        .cmd("RCPT TO:<alice@example.test> ORCPT=rfc822;bad+xx")
+        .starts_with("501 5.5.4"));
+    assert!(hub
+        .cmd("RCPT TO:<alice@example.test> NOTIFY=DELAY ORCPT=rfc822;alice+40example.test")
+        .starts_with("250"));
+    // The mailbox nodes are final delivery behind the hub, which reports for them.
+    let mut node = Raw::connect(site.ports.node1);
+    assert!(!node.cmd("EHLO client.test").contains("DSN"));
+}
+
+#[test]
+fn notify_success_sends_a_delivered_dsn_with_the_senders_ids() {
+    let site = TestSite::new("", &[]);
+    let _s = site.start(&["site"]);
+    let (code, out) = smtplib_send_with(
+        site.ports.hub1,
+        "bob@example.test",
+        &["RET=FULL", "ENVID=env+2B1"],
+        &[
+            (
+                "alice@example.test",
+                &["NOTIFY=SUCCESS", "ORCPT=rfc822;Alice+40old.test"],
+            ),
+            // No NOTIFY: reported only if it fails, so not in this report.
+            ("carol@example.test", &[]),
+        ],
+        &message(Some("<success@client.test>"), "success"),
+    );
+    assert_eq!(code, 0, "{out}");
+    site.wait_mailbox("alice@example.test", WAIT, |ids| ids.len() == 1);
+    site.wait_mailbox("carol@example.test", WAIT, |ids| ids.len() == 1);
+    let bob = site.wait_mailbox("bob@example.test", WAIT, |ids| ids.len() == 1);
+    let raw = site.stored_message("bob@example.test", &bob[0]);
+    let blocks = dsn_fields(&raw);
+    assert_eq!(blocks.len(), 2, "one recipient reported: {blocks:?}");
+    assert_eq!(field(&blocks[0], "Original-Envelope-Id"), Some("env+1"));
+    assert_eq!(field(&blocks[0], "Reporting-MTA"), Some("dns; hub1.test"));
+    let r = &blocks[1];
+    assert_eq!(
+        field(r, "Final-Recipient"),
+        Some("rfc822; alice@example.test")
+    );
+    assert_eq!(
+        field(r, "Original-Recipient"),
+        Some("rfc822;Alice@old.test")
+    );
+    assert_eq!(field(r, "Action"), Some("delivered"));
+    assert_eq!(field(r, "Status"), Some("2.0.0"));
+    let remote = field(r, "Remote-MTA").unwrap_or_default();
+    assert!(
+        remote == "dns; node1" || remote == "dns; node2",
+        "the node that took it: {r:?}"
+    );
+    let report = mailparse::parse_mail(&raw).expect("valid MIME");
+    assert_eq!(
+        report.headers.get_first_value("In-Reply-To").as_deref(),
+        Some("<success@client.test>")
+    );
+    let text = String::from_utf8_lossy(&raw);
+    assert!(
+        text.contains("Subject: success"),
+        "the original's header: {text}"
+    );
+    assert!(
+        !text.contains("Hello from success."),
+        "RET=FULL returns the body with failures only: {text}"
+    );
+    wait_queue_empty(site.ports.hub1_admin);
+    assert_eq!(metric(site.ports.hub1_admin, "hubrelay_dsn_total"), 1);
+}
+
+#[test]
+fn notify_never_sends_no_failure_dsn_and_notify_failure_does() {
+    // The hub's config knows dave, erin and frank; the nodes' config does not, so the node
+    // refuses them for good.
+    let extra = [
+        "dave@example.test",
+        "erin@example.test",
+        "frank@example.test",
+    ];
+    let site = TestSite::new("", &extra);
+    let node_config = site.write_config("node.toml", "", &[]);
+    let _hub = site.start(&["hub", "--name", "hub1"]);
+    let _n1 = site.start_with(&node_config, &["node", "--name", "node1"]);
+    let _n2 = site.start_with(&node_config, &["node", "--name", "node2"]);
+
+    let (code, out) = smtplib_send_with(
+        site.ports.hub1,
+        "bob@example.test",
+        &[],
+        &[("dave@example.test", &["NOTIFY=NEVER"])],
+        &message(Some("<never@client.test>"), "never"),
+    );
+    assert_eq!(code, 0, "{out}");
+    // Its one attempt is over once the queue is empty; a DSN would have been queued right after.
+    wait_queue_empty(site.ports.hub1_admin);
+
+    let (code, out) = smtplib_send_with(
+        site.ports.hub1,
+        "bob@example.test",
+        &["RET=FULL", "ENVID=second"],
+        &[
+            ("dave@example.test", &["NOTIFY=NEVER"]),
+            (
+                "erin@example.test",
+                &["NOTIFY=FAILURE", "ORCPT=rfc822;erin+40old.test"],
+            ),
+            ("frank@example.test", &["NOTIFY=SUCCESS"]),
+        ],
+        &message(Some("<failure@client.test>"), "failure"),
+    );
+    assert_eq!(code, 0, "{out}");
+    let bob = site.wait_mailbox("bob@example.test", WAIT, |ids| !ids.is_empty());
+    wait_queue_empty(site.ports.hub1_admin);
+    assert_eq!(
+        site.mailbox_ids("bob@example.test"),
+        bob,
+        "one DSN only: none for the NOTIFY=NEVER message"
+    );
+    assert_eq!(metric(site.ports.hub1_admin, "hubrelay_dsn_total"), 1);
+    let raw = site.stored_message("bob@example.test", &bob[0]);
+    let blocks = dsn_fields(&raw);
+    assert_eq!(blocks.len(), 2, "only erin asked for failures: {blocks:?}");
+    assert_eq!(field(&blocks[0], "Original-Envelope-Id"), Some("second"));
+    let r = &blocks[1];
+    assert_eq!(
+        field(r, "Final-Recipient"),
+        Some("rfc822; erin@example.test")
+    );
+    assert_eq!(field(r, "Original-Recipient"), Some("rfc822;erin@old.test"));
+    assert_eq!(field(r, "Action"), Some("failed"));
+    assert!(
+        field(r, "Status").is_some_and(|s| s.starts_with("5.")),
+        "{r:?}"
+    );
+    let remote = field(r, "Remote-MTA").unwrap_or_default();
+    assert!(
+        remote.starts_with("dns; node"),
+        "the node that refused: {r:?}"
+    );
+    assert!(field(r, "Diagnostic-Code").is_some_and(|d| d.starts_with("smtp; 5")));
+    let text = String::from_utf8_lossy(&raw);
+    assert!(
+        text.contains("Hello from failure."),
+        "RET=FULL returns the whole message with a failure: {text}"
+    );
 }

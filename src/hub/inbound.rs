@@ -16,6 +16,11 @@ impl Backend for HubInbound {
         Ok(())
     }
 
+    /// The hub generates every DSN: the mailbox nodes behind it are final delivery.
+    fn offers_dsn(&self) -> bool {
+        true
+    }
+
     fn check_rcpt(&self, rcpt: &str) -> Result<(), Reply> {
         let site = &self.0.site;
         if site.route(rcpt).is_some() {
@@ -38,7 +43,7 @@ impl Backend for HubInbound {
     async fn deliver(&self, msg: Incoming) -> Reply {
         let hub = &self.0;
         let mut recipients: Vec<Recipient> = Vec::with_capacity(msg.recipients.len());
-        for addr in &msg.recipients {
+        for (i, addr) in msg.recipients.iter().enumerate() {
             let Some(route) = hub.site.route(addr) else {
                 return Reply::new(550, "5.1.1", format!("<{addr}>: no such mailbox here"));
             };
@@ -53,11 +58,18 @@ impl Backend for HubInbound {
                 cms: hub.site.cms[route.cms].name.clone(),
                 storage_group: route.storage_group,
                 status: RcptStatus::Pending,
+                dsn: msg.dsn.recipients.get(i).cloned().unwrap_or_default(),
             });
         }
         let message_id = msg.message_id.clone();
         match hub
-            .submit(msg.message_id, msg.sender, recipients, msg.data)
+            .submit(
+                msg.message_id,
+                msg.sender,
+                msg.dsn.message,
+                recipients,
+                msg.data,
+            )
             .await
         {
             // The session logs the message with this reply; no second line per message.

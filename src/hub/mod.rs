@@ -4,7 +4,8 @@
 //! A message's life: [`inbound`] accepts it and writes it to the store; [`commit`] makes the write
 //! durable (shared fsync) before the 250; a delivery task sends it ([`delivery`]); the outcome of every
 //! attempt is recorded atomically with the dumpster entries it creates; temporary failures go to the
-//! retry [`scheduler`]; permanent ones to a [`dsn`] for the sender (never for a resubmitted copy).
+//! retry [`scheduler`]; permanent ones, and deliveries the sender asked to hear about (RFC 3461
+//! NOTIFY), to a [`dsn`] for the sender (never for a resubmitted copy).
 
 pub mod commit;
 pub mod delivery;
@@ -19,10 +20,10 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{TimeZone, Utc};
+use chrono::Utc;
 use store::hub::{
-    DumpsterEntry, DumpsterLimits, HubStore, HubStoreError, Millis, NewMessage, QueuedMessage,
-    RcptStatus, Recipient,
+    DumpsterEntry, DumpsterLimits, HubStore, HubStoreError, MessageDsn, Millis, NewMessage,
+    QueuedMessage, RcptDsn, RcptStatus, Recipient,
 };
 use tokio::sync::Semaphore;
 use tracing::{info, info_span, warn, Instrument};
@@ -31,7 +32,7 @@ use crate::config::Site;
 use crate::runtime::now_ms;
 use commit::GroupCommit;
 use delivery::{CmsLink, Outcome};
-use dsn::FailedRecipient;
+use dsn::{Action, Notice};
 use metrics::HubMetrics;
 use scheduler::Scheduler;
 
@@ -119,11 +120,12 @@ impl Hub {
     }
 
     /// Stores a new message durably and starts its delivery; returns its queue id only once the
-    /// message is on disk.
+    /// message is on disk. `dsn` is the sender's RET and ENVID, kept for the reports.
     pub async fn submit(
         self: &Arc<Self>,
         message_id: String,
         sender: String,
+        dsn: MessageDsn,
         recipients: Vec<Recipient>,
         body: Vec<u8>,
     ) -> Result<u64, HubError> {
@@ -134,6 +136,7 @@ impl Hub {
             received_ms: now,
             expires_ms: now + self.site.message_expiry.as_millis() as u64,
             recipients,
+            dsn,
         };
         let store = self.store.clone();
         let queued = tokio::task::spawn_blocking(move || store.enqueue(new, &body, now))
@@ -178,12 +181,12 @@ impl Hub {
         async move {
             let body = self.store.body(msg.blob)?.unwrap_or_default();
             let now = now_ms();
-            let mut failed = Vec::new();
+            let mut notices = Vec::new();
             let delivered_now = if now >= msg.expires_ms {
-                expire(&mut msg, now, &mut failed);
+                expire(&mut msg, now, &mut notices);
                 Vec::new()
             } else {
-                self.deliver_pending(&mut msg, &body, &mut failed).await
+                self.deliver_pending(&mut msg, &body, &mut notices).await
             };
             let delivered = self.dumpster_entries(&msg, &delivered_now, now_ms());
             msg.attempts += 1;
@@ -200,8 +203,8 @@ impl Hub {
             if pending {
                 self.scheduler.at(msg.next_attempt_ms, msg.id);
             }
-            if !failed.is_empty() {
-                self.return_to_sender(&msg, &body, &failed).await;
+            if !notices.is_empty() {
+                self.return_to_sender(&msg, &body, &notices).await;
             }
             Ok(())
         }
@@ -214,7 +217,7 @@ impl Hub {
         &self,
         msg: &mut QueuedMessage,
         body: &[u8],
-        failed: &mut Vec<FailedRecipient>,
+        notices: &mut Vec<Notice>,
     ) -> Vec<usize> {
         let mut delivered = Vec::new();
         let mut by_cms: BTreeMap<String, Vec<usize>> = BTreeMap::new();
@@ -233,7 +236,8 @@ impl Hub {
                             code: 550,
                             reason: format!("CMS {cms} is no longer in the site configuration"),
                         },
-                        failed,
+                        None,
+                        notices,
                     );
                 }
                 continue;
@@ -259,7 +263,7 @@ impl Hub {
                         warn!(rcpt = %msg.recipients[i].address, code, reason = %reason, "failed");
                     }
                 }
-                set_outcome(msg, i, outcome, failed);
+                set_outcome(msg, i, outcome, node.as_deref(), notices);
             }
         }
         delivered
@@ -313,13 +317,15 @@ impl Hub {
         self: &Arc<Self>,
         msg: &QueuedMessage,
         body: &[u8],
-        failed: &[FailedRecipient],
+        notices: &[Notice],
     ) {
         if let Some(request) = &msg.resubmission {
             // The sender had the message delivered once already: this copy only repairs a
             // mailbox server's loss, so its failure is the operator's concern, not the sender's.
-            for f in failed {
-                warn!(message_id = %msg.message_id, request = %request, rcpt = %f.address, code = f.code, reason = %f.reason, "a resubmitted copy could not be delivered; not returned to the sender, who had it delivered before");
+            for n in notices {
+                if let Action::Failed { code, reason } = &n.action {
+                    warn!(message_id = %msg.message_id, request = %request, rcpt = %n.address, code, reason = %reason, "a resubmitted copy could not be delivered; not returned to the sender, who had it delivered before");
+                }
             }
             return;
         }
@@ -341,11 +347,10 @@ impl Hub {
             reporting_mta: &self.hostname,
             original_message_id: &msg.message_id,
             to: &msg.sender,
-            arrival: Utc
-                .timestamp_millis_opt(msg.received_ms as i64)
-                .single()
-                .unwrap_or(now),
-            failed,
+            envid: msg.dsn.envid.as_deref(),
+            ret: msg.dsn.ret,
+            arrival: dsn::date(msg.received_ms),
+            notices,
             original: body,
         };
         let rcpt = Recipient {
@@ -353,9 +358,17 @@ impl Hub {
             cms: self.site.cms[route.cms].name.clone(),
             storage_group: route.storage_group,
             status: RcptStatus::Pending,
+            dsn: RcptDsn::default(),
         };
         let rendered = report.render(&dsn_id, now);
-        match Box::pin(self.submit(dsn_id.clone(), String::new(), vec![rcpt], rendered)).await {
+        let submit = self.submit(
+            dsn_id.clone(),
+            String::new(),
+            MessageDsn::default(),
+            vec![rcpt],
+            rendered,
+        );
+        match Box::pin(submit).await {
             Ok(_) => {
                 self.metrics.dsn();
                 info!(dsn = %dsn_id, to = %msg.sender, "delivery status notification queued");
@@ -369,33 +382,40 @@ fn is_pending(s: &RcptStatus) -> bool {
     matches!(s, RcptStatus::Pending | RcptStatus::Deferred { .. })
 }
 
+/// Records one recipient's outcome, and the notice for its sender if its NOTIFY asks for one;
+/// `node` is the mailbox node that answered.
 fn set_outcome(
     msg: &mut QueuedMessage,
     i: usize,
     outcome: Outcome,
-    failed: &mut Vec<FailedRecipient>,
+    node: Option<&str>,
+    notices: &mut Vec<Notice>,
 ) {
     let now = now_ms();
     let r = &mut msg.recipients[i];
+    let action = match &outcome {
+        Outcome::Delivered => Some(Action::Delivered),
+        Outcome::Transient(_) => None,
+        Outcome::Permanent { code, reason } => Some(Action::Failed {
+            code: *code,
+            reason: reason.clone(),
+        }),
+    };
     r.status = match outcome {
         Outcome::Delivered => RcptStatus::Delivered { at_ms: now },
         Outcome::Transient(reason) => RcptStatus::Deferred { reason },
-        Outcome::Permanent { code, reason } => {
-            failed.push(FailedRecipient {
-                address: r.address.clone(),
-                code,
-                reason: reason.clone(),
-            });
-            RcptStatus::Failed {
-                code,
-                reason,
-                at_ms: now,
-            }
-        }
+        Outcome::Permanent { code, reason } => RcptStatus::Failed {
+            code,
+            reason,
+            at_ms: now,
+        },
     };
+    if let Some(action) = action {
+        notices.extend(Notice::requested(r, action, node, dsn::date(now)));
+    }
 }
 
-fn expire(msg: &mut QueuedMessage, now: Millis, failed: &mut Vec<FailedRecipient>) {
+fn expire(msg: &mut QueuedMessage, now: Millis, notices: &mut Vec<Notice>) {
     for r in msg.recipients.iter_mut().filter(|r| is_pending(&r.status)) {
         let last = match &r.status {
             RcptStatus::Deferred { reason } => reason.clone(),
@@ -407,11 +427,11 @@ fn expire(msg: &mut QueuedMessage, now: Millis, failed: &mut Vec<FailedRecipient
                 Duration::from_millis(now.saturating_sub(msg.received_ms)) / 1000 * 1000
             )
         );
-        failed.push(FailedRecipient {
-            address: r.address.clone(),
+        let action = Action::Failed {
             code: 554,
             reason: reason.clone(),
-        });
+        };
+        notices.extend(Notice::requested(r, action, None, dsn::date(now)));
         r.status = RcptStatus::Failed {
             code: 554,
             reason,

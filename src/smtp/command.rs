@@ -4,8 +4,11 @@
 
 use smtp_proto::{
     Error as ParseError, MailFrom, RcptTo, Request, MAIL_BODY_7BIT, MAIL_BODY_8BITMIME,
+    MAIL_RET_FULL, MAIL_RET_HDRS, RCPT_NOTIFY_DELAY, RCPT_NOTIFY_FAILURE, RCPT_NOTIFY_NEVER,
+    RCPT_NOTIFY_SUCCESS,
 };
 
+use super::dsn::{self, Dsn};
 use super::path::{self, PathKind};
 use super::{Backend, BareNewline, Reply, SmtpConfig};
 
@@ -33,6 +36,8 @@ pub(crate) struct Envelope {
     pub sender: String,
     /// The recipients the backend accepted.
     pub recipients: Vec<String>,
+    /// The DSN parameters of MAIL and of each accepted RCPT.
+    pub dsn: Dsn,
 }
 
 /// What the session does after sending a reply.
@@ -105,7 +110,13 @@ impl Commands {
         };
         let Some((kind, parsed)) = kind.and_then(|k| path::parse(line, k).map(|p| (k, p))) else {
             return match Request::parse(&mut line.iter()) {
-                Ok(request) => self.request(request, backend, config),
+                // `path::parse` found no `FROM:` / `TO:` where smtp-proto did: refuse rather
+                // than take a path that was not checked.
+                Ok(Request::Mail { .. } | Request::Rcpt { .. }) => self.error(
+                    Reply::new(501, "5.5.4", "syntax: MAIL FROM:<path> / RCPT TO:<path>"),
+                    config,
+                ),
+                Ok(request) => self.request(request, b"", backend, config),
                 Err(e) => self.error(parse_error(e), config),
             };
         };
@@ -127,7 +138,7 @@ impl Commands {
                     Request::Rcpt { to } => to.address = path.mailbox,
                     _ => {}
                 }
-                self.request(request, backend, config)
+                self.request(request, path.rest, backend, config)
             }
             Err(e) => self.error(parse_error(e), config),
         }
@@ -138,27 +149,33 @@ impl Commands {
         self.error(Reply::new(500, "5.5.6", "line too long"), config)
     }
 
+    /// Answers a parsed command; `params` is what follows the path of MAIL and RCPT (read
+    /// again for the DSN parameters), empty for other commands.
     fn request<B: Backend>(
         &mut self,
         request: Request<String>,
+        params: &[u8],
         backend: &B,
         config: &SmtpConfig,
     ) -> Step {
         match request {
             Request::Ehlo { host } => {
                 self.greet(host, true);
-                let text = format!(
+                let mut text = format!(
                     "{}\nSIZE {}\nPIPELINING\n8BITMIME\nENHANCEDSTATUSCODES",
                     config.hostname, config.max_message_size
                 );
+                if backend.offers_dsn() {
+                    text.push_str("\nDSN");
+                }
                 Step::reply(Reply::new(250, "", text))
             }
             Request::Helo { host } => {
                 self.greet(host, false);
                 Step::reply(Reply::new(250, "", config.hostname.clone()))
             }
-            Request::Mail { from } => self.mail(from, backend, config),
-            Request::Rcpt { to } => self.rcpt(to, backend, config),
+            Request::Mail { from } => self.mail(from, params, backend, config),
+            Request::Rcpt { to } => self.rcpt(to, params, backend, config),
             Request::Data => self.data(config),
             Request::Rset => {
                 self.envelope = None;
@@ -205,6 +222,7 @@ impl Commands {
     fn mail<B: Backend>(
         &mut self,
         from: MailFrom<String>,
+        params: &[u8],
         backend: &B,
         config: &SmtpConfig,
     ) -> Step {
@@ -214,9 +232,13 @@ impl Commands {
         if self.envelope.is_some() {
             return self.error(Reply::new(503, "5.5.1", "sender already specified"), config);
         }
-        if has_unsupported_mail_params(&from) {
+        if has_unsupported_mail_params(&from, backend.offers_dsn()) {
             return self.error(unsupported_params(), config);
         }
+        let message_dsn = match dsn::mail_params(params) {
+            Ok(d) => d,
+            Err(e) => return self.error(e.reply(), config),
+        };
         if from.size as u64 > config.max_message_size {
             return Step::reply(Reply::new(
                 552,
@@ -231,17 +253,31 @@ impl Commands {
             helo: helo.clone(),
             sender: from.address,
             recipients: Vec::new(),
+            dsn: Dsn {
+                message: message_dsn,
+                recipients: Vec::new(),
+            },
         });
         Step::reply(Reply::new(250, "2.1.0", "sender ok"))
     }
 
-    fn rcpt<B: Backend>(&mut self, to: RcptTo<String>, backend: &B, config: &SmtpConfig) -> Step {
+    fn rcpt<B: Backend>(
+        &mut self,
+        to: RcptTo<String>,
+        params: &[u8],
+        backend: &B,
+        config: &SmtpConfig,
+    ) -> Step {
         let Some(envelope) = &mut self.envelope else {
             return self.error(Reply::new(503, "5.5.1", "need MAIL before RCPT"), config);
         };
-        if to.orcpt.is_some() || to.rrvs != 0 || to.flags != 0 {
+        if has_unsupported_rcpt_params(&to, backend.offers_dsn()) {
             return self.error(unsupported_params(), config);
         }
+        let rcpt_dsn = match dsn::rcpt_params(params) {
+            Ok(d) => d,
+            Err(e) => return self.error(e.reply(), config),
+        };
         if envelope.recipients.len() >= config.max_recipients {
             return Step::reply(Reply::new(452, "4.5.3", "too many recipients"));
         }
@@ -249,6 +285,7 @@ impl Commands {
             return Step::reply(reply);
         }
         envelope.recipients.push(to.address);
+        envelope.dsn.recipients.push(rcpt_dsn);
         Step::reply(Reply::new(250, "2.1.5", "recipient ok"))
     }
 
@@ -282,17 +319,29 @@ impl Commands {
 }
 
 /// smtp-proto parses every MAIL extension it knows; we accept only what we advertise.
-fn has_unsupported_mail_params(from: &MailFrom<String>) -> bool {
-    from.flags & !(MAIL_BODY_7BIT | MAIL_BODY_8BITMIME) != 0
+fn has_unsupported_mail_params(from: &MailFrom<String>, dsn: bool) -> bool {
+    let dsn_flags = if dsn {
+        MAIL_RET_FULL | MAIL_RET_HDRS
+    } else {
+        0
+    };
+    from.flags & !(MAIL_BODY_7BIT | MAIL_BODY_8BITMIME | dsn_flags) != 0
         || from.trans_id.is_some()
         || from.by != 0
-        || from.env_id.is_some()
+        || (from.env_id.is_some() && !dsn)
         || from.solicit.is_some()
         || from.mtrk.is_some()
         || from.auth.is_some()
         || from.hold_for != 0
         || from.hold_until != 0
         || from.mt_priority != 0
+}
+
+/// The same for RCPT: NOTIFY and ORCPT only where DSN is advertised.
+fn has_unsupported_rcpt_params(to: &RcptTo<String>, dsn: bool) -> bool {
+    let notify = RCPT_NOTIFY_SUCCESS | RCPT_NOTIFY_FAILURE | RCPT_NOTIFY_DELAY | RCPT_NOTIFY_NEVER;
+    let dsn_flags = if dsn { notify } else { 0 };
+    to.rrvs != 0 || to.flags & !dsn_flags != 0 || (to.orcpt.is_some() && !dsn)
 }
 
 fn unsupported_params() -> Reply {

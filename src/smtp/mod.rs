@@ -1,8 +1,8 @@
 //! Inbound SMTP (RFC 5321) shared by the hub and the mailbox node.
 //!
-//! The server speaks ESMTP with SIZE, PIPELINING, 8BITMIME and ENHANCEDSTATUSCODES, enforces
-//! every limit with its RFC reply and goes on, and hands each complete, stamped message to
-//! a role-specific [`Backend`], whose reply is what the client sees — so a `250` means
+//! The server speaks ESMTP with SIZE, PIPELINING, 8BITMIME, ENHANCEDSTATUSCODES and, for a
+//! backend that sends delivery reports, DSN; it enforces every limit with its RFC reply and
+//! goes on, and hands each complete, stamped message to a role-specific [`Backend`], whose reply is what the client sees — so a `250` means
 //! whatever the backend promises (durable on disk).
 //!
 //! # Layout
@@ -14,12 +14,14 @@
 //! - `data.rs`: the DATA receiver: terminator, dot-unstuffing, bare line ends, size and line
 //!   limits.
 //! - `stamp.rs`: the `Received:` and `Message-ID:` headers.
+//! - `dsn.rs`: the DSN parameters of MAIL and RCPT (RFC 3461), for backends that offer DSN.
 //! - `reply.rs`, `config.rs`: [`Reply`] and [`SmtpConfig`].
 
 mod clients;
 mod command;
 mod config;
 mod data;
+mod dsn;
 mod path;
 mod reply;
 mod server;
@@ -33,6 +35,7 @@ use std::net::SocketAddr;
 
 pub use config::SmtpConfig;
 pub use data::BareNewline;
+pub use dsn::Dsn;
 pub use reply::Reply;
 pub use server::serve;
 
@@ -51,6 +54,9 @@ pub struct Incoming {
     pub data: Vec<u8>,
     /// The client's address, for logs and policy.
     pub peer: SocketAddr,
+    /// RET, ENVID and each recipient's NOTIFY and ORCPT (RFC 3461); all absent unless the
+    /// backend [offers DSN](Backend::offers_dsn).
+    pub dsn: Dsn,
 }
 
 /// What a role (hub or mailbox node) plugs into the server.
@@ -66,4 +72,9 @@ pub trait Backend: Send + Sync + 'static {
     ///
     /// The reply is sent as-is; after any reply the session takes a new transaction.
     fn deliver(&self, msg: Incoming) -> impl Future<Output = Reply> + Send;
+    /// Whether EHLO advertises DSN and MAIL/RCPT take its parameters (RFC 3461): only a role
+    /// that sends the reports may promise them. Mailbox nodes do not; the hub reports for them.
+    fn offers_dsn(&self) -> bool {
+        false
+    }
 }

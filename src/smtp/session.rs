@@ -267,6 +267,7 @@ where
             message_id: stamped.message_id,
             data: stamped.data,
             peer: self.peer,
+            dsn: envelope.dsn,
         };
         let reply = self.backend.deliver(incoming).await;
         info!(id, message_id, size, recipients, %reply, "message received");

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion};
 use store::hub::{
-    DumpsterEntry, DumpsterLimits, HubStore, Millis, NewMessage, QueuedMessage, RcptStatus,
-    Recipient,
+    DumpsterEntry, DumpsterLimits, HubStore, MessageDsn, Millis, NewMessage, QueuedMessage,
+    RcptDsn, RcptStatus, Recipient,
 };
 
 const SG: &str = "SG1";
@@ -72,7 +72,9 @@ fn message(t: Millis) -> NewMessage {
             cms: "cms1".to_string(),
             storage_group: SG.to_string(),
             status: RcptStatus::Pending,
+            dsn: RcptDsn::default(),
         }],
+        dsn: MessageDsn::default(),
     }
 }
 

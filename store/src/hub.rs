@@ -68,6 +68,49 @@ pub struct Recipient {
     pub storage_group: String,
     /// Delivery state.
     pub status: RcptStatus,
+    /// What the sender asked to be told about this recipient (RFC 3461); absent in queues
+    /// written before DSN support, which then get the default (failures only).
+    #[serde(default)]
+    pub dsn: RcptDsn,
+}
+
+/// RFC 3461 RET: what a failure DSN returns of the original message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Ret {
+    /// The whole message.
+    Full,
+    /// Its header only.
+    Hdrs,
+}
+
+/// RFC 3461 NOTIFY of one recipient. NEVER is all three false, which is different from no
+/// NOTIFY at all (`None` in [`RcptDsn::notify`]: failures only).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Notify {
+    /// SUCCESS: report delivery.
+    pub success: bool,
+    /// FAILURE: report a permanent failure or expiry.
+    pub failure: bool,
+    /// DELAY: report a delay (accepted; the hub sends no delay reports).
+    pub delay: bool,
+}
+
+/// The per-message DSN request of MAIL FROM (RFC 3461 §4.3, §4.4).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessageDsn {
+    /// RET, if given.
+    pub ret: Option<Ret>,
+    /// ENVID, decoded from xtext: echoed as Original-Envelope-Id so the sender can match the report.
+    pub envid: Option<String>,
+}
+
+/// The per-recipient DSN request of RCPT TO (RFC 3461 §4.1, §4.2).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RcptDsn {
+    /// NOTIFY, if given.
+    pub notify: Option<Notify>,
+    /// ORCPT as `addr-type;address`, the address decoded from xtext: echoed as Original-Recipient.
+    pub orcpt: Option<String>,
 }
 
 /// A message in the hub's delivery queue. The body lives in a shared, reference-counted blob.
@@ -95,6 +138,9 @@ pub struct QueuedMessage {
     pub next_attempt_ms: Millis,
     /// Id of the resubmission request that queued this copy.
     pub resubmission: Option<String>,
+    /// RET and ENVID of the original submission; absent in queues written before DSN support.
+    #[serde(default)]
+    pub dsn: MessageDsn,
 }
 
 impl QueuedMessage {
@@ -117,6 +163,8 @@ pub struct NewMessage {
     pub expires_ms: Millis,
     /// Recipients, normally all Pending.
     pub recipients: Vec<Recipient>,
+    /// RET and ENVID given at MAIL FROM.
+    pub dsn: MessageDsn,
 }
 
 /// Dumpster bounds for one hub (per storage group): MaxDumpsterSizePerStorageGroup and

@@ -401,6 +401,60 @@ with smtplib.SMTP("127.0.0.1", port, timeout=20) as s:
     (out.status.code().unwrap_or(-1), text)
 }
 
+/// Sends one message with Python's smtplib, with ESMTP parameters: `mail_options` on MAIL FROM
+/// (e.g. `RET=FULL`) and each recipient's own (e.g. `NOTIFY=SUCCESS`). Every command must be
+/// accepted; returns (exit code, stdout+stderr).
+pub fn smtplib_send_with(
+    port: u16,
+    from: &str,
+    mail_options: &[&str],
+    to: &[(&str, &[&str])],
+    message: &str,
+) -> (i32, String) {
+    let script = r#"
+import smtplib, sys, json
+port, sender, mail_options, rcpts = int(sys.argv[1]), sys.argv[2], json.loads(sys.argv[3]), json.loads(sys.argv[4])
+msg = sys.stdin.read()
+with smtplib.SMTP("127.0.0.1", port, timeout=20) as s:
+    s.ehlo("client.test")
+    assert s.has_extn("dsn"), "DSN is not advertised"
+    code, reply = s.mail(sender, mail_options)
+    assert code == 250, (code, reply)
+    for addr, options in rcpts:
+        code, reply = s.rcpt(addr, options)
+        assert code == 250, (addr, code, reply)
+    code, reply = s.data(msg.encode())
+    assert code == 250, (code, reply)
+    print("sent")
+"#;
+    let rcpts: Vec<(&str, &[&str])> = to.to_vec();
+    let mut child = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(port.to_string())
+        .arg(from)
+        .arg(serde_json::to_string(mail_options).expect("json"))
+        .arg(serde_json::to_string(&rcpts).expect("json"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3 must be installed for the tests");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(message.as_bytes())
+        .expect("write");
+    let out = child.wait_with_output().expect("python3");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
+}
+
 /// One long-lived Python smtplib client for tests that send many messages: the interpreter starts
 /// once, and each message is one SMTP session of its own, as with [`smtplib_send`].
 pub struct Smtplib {

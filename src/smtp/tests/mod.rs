@@ -2,6 +2,7 @@
 //! runs one session over `tokio::io::duplex`.
 
 mod dialog;
+mod dsn;
 mod limits;
 mod props;
 mod server;
@@ -34,10 +35,12 @@ fn config() -> SmtpConfig {
 
 /// Records what it is given. Policy: `unknown@example.test` is no mailbox (5.1.1), other
 /// domains than `example.test` are relaying (5.7.1), a `tempfail@` recipient makes delivery
-/// fail with 451, and a passive backend refuses every MAIL like a passive mailbox node.
+/// fail with 451, and a passive backend refuses every MAIL like a passive mailbox node. A
+/// `dsn` backend offers DSN like the hub; the default does not, like a mailbox node.
 #[derive(Default)]
 struct TestBackend {
     passive: bool,
+    dsn: bool,
     delivered: Mutex<Vec<Incoming>>,
 }
 
@@ -80,6 +83,10 @@ impl Backend for TestBackend {
             reply
         };
         async move { reply }
+    }
+
+    fn offers_dsn(&self) -> bool {
+        self.dsn
     }
 }
 

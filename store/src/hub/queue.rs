@@ -30,6 +30,7 @@ impl HubStore {
             attempts: 0,
             next_attempt_ms: now_ms,
             resubmission: None,
+            dsn: msg.dsn,
         };
         self.transact(|tx| {
             let blob = id_key(queued.blob);

@@ -7,8 +7,8 @@ use super::dumpster::Window;
 use super::keys::decode;
 use super::tx::{json, Plan, StoredEntry, RESUBMIT};
 use super::{
-    DumpsterLimits, HubStore, HubStoreError, Millis, QueuedMessage, RcptStatus, Recipient,
-    ResubmitCursor, ResubmitRequest,
+    DumpsterLimits, HubStore, HubStoreError, MessageDsn, Millis, QueuedMessage, RcptDsn,
+    RcptStatus, Recipient, ResubmitCursor, ResubmitRequest,
 };
 
 impl HubStore {
@@ -140,6 +140,7 @@ impl HubStore {
                 cms: e.cms.clone(),
                 storage_group: e.storage_group.clone(),
                 status: RcptStatus::Pending,
+                dsn: RcptDsn::default(),
             })
             .collect();
         Ok(QueuedMessage {
@@ -154,6 +155,7 @@ impl HubStore {
             attempts: 0,
             next_attempt_ms: now_ms,
             resubmission: Some(request.to_string()),
+            dsn: MessageDsn::default(),
         })
     }
 }

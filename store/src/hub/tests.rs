@@ -26,6 +26,7 @@ fn rcpt(address: &str, sg: &str) -> Recipient {
         cms: "cms1".to_string(),
         storage_group: sg.to_string(),
         status: RcptStatus::Pending,
+        dsn: RcptDsn::default(),
     }
 }
 
@@ -47,6 +48,7 @@ fn enqueue(
         received_ms,
         expires_ms: received_ms + DAY,
         recipients,
+        dsn: MessageDsn::default(),
     };
     let body = vec![b'a' + (n % 26) as u8; size];
     store.enqueue(msg, &body, received_ms).expect("enqueue")
@@ -669,4 +671,18 @@ fn entry_with_unknown_blob_aborts_the_whole_attempt() {
         Err(HubStoreError::BlobMismatch { .. })
     ));
     assert_eq!(store.get(msg.id).unwrap(), Some(msg));
+}
+
+#[test]
+fn queue_records_from_before_dsn_support_still_load() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(dir.path());
+    let queued = enqueue(&store, 1, 1_000, 10, &[SG1]);
+    let mut json = serde_json::to_value(&queued).expect("encode");
+    json.as_object_mut().expect("a record").remove("dsn");
+    for r in json["recipients"].as_array_mut().expect("recipients") {
+        r.as_object_mut().expect("a recipient").remove("dsn");
+    }
+    let old: QueuedMessage = serde_json::from_value(json).expect("an old record decodes");
+    assert_eq!(old, queued, "missing DSN fields mean no DSN request");
 }
