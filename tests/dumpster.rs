@@ -717,3 +717,123 @@ fn a_resubmitted_copy_that_fails_is_not_returned_to_the_sender() {
     assert!(dsn.contains("<fresh@client.test>"), "{dsn}");
     assert!(!dsn.contains("<delivered@client.test>"), "{dsn}");
 }
+
+#[test]
+fn targeted_resubmission_filters_and_test_only_sends_nothing() {
+    const BOB: &str = "bob@example.test";
+    let site = TestSite::new("", &[]);
+    let _site = site.start(&["site"]);
+    let (smtp, admin) = (site.ports.hub1, site.ports.hub1_admin);
+    let mut client = Smtplib::start();
+    let sent = [
+        ("<t0@client.test>", "x@remote.test", &[ALICE, BOB][..]),
+        ("<t1@client.test>", "y@remote.test", &[ALICE][..]),
+        ("<t2@client.test>", "x@remote.test", &[BOB][..]),
+    ];
+    for (id, from, to) in sent {
+        let out = client.send(smtp, from, to, &sized(id, to, 300));
+        assert_eq!(out.trim_end(), "refused {}", "{out}");
+    }
+    site.wait_mailbox(ALICE, WAIT, |ids| ids.len() == 2);
+    site.wait_mailbox(BOB, WAIT, |ids| ids.len() == 2);
+    wait_queue_empty(admin);
+    let delivered = || metric(admin, "hubrelay_recipients_delivered_total");
+    let before = delivered();
+    assert_eq!(before, 4);
+
+    // (arguments, recipient deliveries hub1 would make) for each filter.
+    let cases: [(&[&str], u64); 4] = [
+        (&["--recipient", ALICE], 2),
+        (&["--storage-group", "SG1", "--sender", "x@remote.test"], 3),
+        (
+            &["--storage-group", "SG1", "--message-id", "t1@client.test"],
+            1,
+        ),
+        (
+            &[
+                "--recipient",
+                BOB,
+                "--sender",
+                "x@remote.test",
+                "--message-id",
+                "<t2@client.test>",
+            ],
+            1,
+        ),
+    ];
+    let entries = |report: &Value| -> Vec<(String, u64)> {
+        report["requests"]
+            .as_array()
+            .expect("requests")
+            .iter()
+            .map(|r| {
+                assert_eq!(r["status"], "done", "{report}");
+                (
+                    r["hub"].as_str().unwrap().to_string(),
+                    r["messages"].as_u64().unwrap(),
+                )
+            })
+            .collect()
+    };
+    let mut expected_total = before;
+    for (args, rcpt_deliveries) in cases {
+        let mut test_only: Vec<&str> = vec!["resubmit"];
+        test_only.extend(args);
+        test_only.push("--test-only");
+        let (code, report) = site.cli_json(&test_only);
+        assert_eq!(code, 0, "{report}");
+        assert_eq!(report["test_only"], true, "{report}");
+        let counted = entries(&report);
+        assert_eq!(
+            counted[1],
+            ("hub2".to_string(), 0),
+            "{args:?}: hub2 delivered none"
+        );
+        // Test-only never queues, so nothing can have been sent once the request is done.
+        assert_eq!(api_json(admin, "GET", "/api/queue", None)["messages"], 0);
+        assert_eq!(
+            delivered(),
+            expected_total,
+            "{args:?}: test-only sent something"
+        );
+
+        let mut real: Vec<&str> = vec!["resubmit"];
+        real.extend(args);
+        let (code, report) = site.cli_json(&real);
+        assert_eq!(code, 0, "{report}");
+        assert_eq!(
+            entries(&report),
+            counted,
+            "{args:?}: test-only counted what is sent"
+        );
+        expected_total += rcpt_deliveries;
+        wait_for(WAIT, "the resubmitted copies to be delivered", || {
+            (delivered() >= expected_total).then_some(())
+        });
+        wait_queue_empty(admin);
+        assert_eq!(
+            delivered(),
+            expected_total,
+            "{args:?}: only the filtered recipients"
+        );
+    }
+    // The mailboxes dropped every resubmitted copy as a duplicate.
+    assert_eq!(site.mailbox_ids(ALICE).len(), 2);
+    assert_eq!(site.mailbox_ids(BOB).len(), 2);
+
+    for (args, why) in [
+        (
+            &["resubmit", "--recipient", "nobody@example.test"][..],
+            "no mailbox",
+        ),
+        (
+            &["resubmit", "--recipient", ALICE, "--storage-group", "SG2"][..],
+            "not of SG2",
+        ),
+        (&["resubmit"][..], "--storage-group"),
+    ] {
+        let (code, out) = site.cli_json(args);
+        assert_eq!(code, 2, "{args:?}: {out}");
+        assert!(out.to_string().contains(why), "{args:?}: {out}");
+    }
+}

@@ -11,7 +11,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::DateTime;
 use serde::{Deserialize, Serialize};
-use store::hub::ResubmitRequest;
+use store::hub::{ResubmitFilter, ResubmitRequest};
 
 use super::node::rfc3339;
 use super::{rejection, ApiError};
@@ -60,6 +60,18 @@ pub struct ResubmitBody {
     pub low: String,
     /// Window end (RFC 3339).
     pub high: String,
+    /// Only entries delivered to this recipient, redelivered to it alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recipient: Option<String>,
+    /// Only entries from this sender (`""`: the null sender).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sender: Option<String>,
+    /// Only entries with this Message-ID.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message_id: Option<String>,
+    /// Count what would be redelivered, queue nothing.
+    #[serde(default)]
+    pub test_only: bool,
 }
 
 /// A resubmission request's state, as the API reports it.
@@ -75,9 +87,12 @@ pub struct ResubmitState {
     pub low: String,
     /// Window end.
     pub high: String,
-    /// Whether every entry of the window has been queued.
+    /// The request's filters and test-only flag.
+    #[serde(default)]
+    pub filter: ResubmitFilter,
+    /// Whether every entry of the window has been queued (or counted).
     pub done: bool,
-    /// Entries queued again so far.
+    /// Entries queued again (test-only: that would be) so far.
     pub messages: u64,
 }
 
@@ -165,6 +180,7 @@ fn state(hub: &Hub, r: ResubmitRequest) -> ResubmitState {
         storage_group: r.storage_group,
         low: rfc3339(r.low_ms),
         high: rfc3339(r.high_ms),
+        filter: r.filter,
         done: r.done,
         messages: r.messages,
     }
@@ -184,8 +200,26 @@ async fn resubmit(
     if low > high {
         return Err(ApiError::bad_request("`low` is after `high`"));
     }
+    if let Some(rcpt) = &b.recipient {
+        let sg = hub.site.route(rcpt).map(|r| r.storage_group);
+        if sg.as_deref() != Some(b.storage_group.as_str()) {
+            return Err(ApiError::bad_request(format!(
+                "`recipient` {rcpt} is not a mailbox of storage group {}",
+                b.storage_group
+            )));
+        }
+    }
+    if b.message_id.as_deref().is_some_and(|m| m.trim().is_empty()) {
+        return Err(ApiError::bad_request("`message_id` is empty"));
+    }
+    let filter = ResubmitFilter {
+        recipient: b.recipient,
+        sender: b.sender,
+        message_id: b.message_id,
+        test_only: b.test_only,
+    };
     let r = hub
-        .resubmit(&b.id, &b.storage_group, low, high)
+        .resubmit(&b.id, &b.storage_group, (low, high), &filter)
         .await
         .map_err(ApiError::internal)?;
     Ok(Json(state(&hub, r)))

@@ -103,18 +103,9 @@ pub enum Command {
     /// Start a private site, crash its active node before its last log ships, and narrate the
     /// automatic lossy failover and dumpster recovery, ending with a verdict.
     Demo,
-    /// Ask every hub to redeliver what it delivered for a storage group in a time window.
-    Resubmit {
-        /// The storage group.
-        #[arg(long = "storage-group", value_name = "SG")]
-        storage_group: String,
-        /// Window start: RFC 3339, or a duration back from now ("30m"). Default: now - MaxDumpsterTime.
-        #[arg(long, value_name = "T")]
-        since: Option<String>,
-        /// Window end: RFC 3339, or a duration back from now. Default: now.
-        #[arg(long, value_name = "T")]
-        until: Option<String>,
-    },
+    /// Ask every hub to redeliver what it delivered for a storage group in a time window; narrowed
+    /// to a recipient, a sender or a Message-ID (Add-ResubmitRequest), or only counted (--test-only).
+    Resubmit(resubmit::ResubmitArgs),
 }
 
 /// A failure with the exit status it maps to.
@@ -179,20 +170,7 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
             target,
             comment,
         } => cluster::move_cms(&site, &cms, target.as_deref(), comment.as_deref(), cli.json).await,
-        Command::Resubmit {
-            storage_group,
-            since,
-            until,
-        } => {
-            resubmit::run(
-                &site,
-                &storage_group,
-                since.as_deref(),
-                until.as_deref(),
-                cli.json,
-            )
-            .await
-        }
+        Command::Resubmit(args) => resubmit::run(&site, &args, cli.json).await,
     }
 }
 

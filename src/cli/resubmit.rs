@@ -11,6 +11,7 @@ use super::{print_json, Failure};
 use crate::admin::client::{encode, AdminClient};
 use crate::admin::hub::{ResubmitBody, ResubmitState};
 use crate::config::Site;
+use store::hub::ResubmitFilter;
 
 /// How long the CLI follows a hub's progress before reporting it as still running.
 const FOLLOW_LIMIT: Duration = Duration::from_secs(120);
@@ -35,6 +36,9 @@ pub struct ResubmitReport {
     pub low: String,
     /// Window end (RFC 3339).
     pub high: String,
+    /// The filters and the test-only flag (`recipient`, `sender`, `message_id`, `test_only`).
+    #[serde(flatten)]
+    pub filter: ResubmitFilter,
     /// One entry per hub of the site.
     pub requests: Vec<HubResult>,
 }
@@ -51,20 +55,73 @@ pub fn parse_when(value: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, Stri
     Ok(now - d)
 }
 
-/// Runs `hubrelay resubmit`.
-pub async fn run(
-    site: &Site,
-    sg: &str,
-    since: Option<&str>,
-    until: Option<&str>,
-    json: bool,
-) -> Result<(), Failure> {
-    if site.cms_of_storage_group(sg).is_none() {
-        return Err(Failure::Usage(format!(
+/// What `hubrelay resubmit` asks for: a storage group's window, optionally narrowed like
+/// Exchange 2013's `Add-ResubmitRequest`.
+#[derive(Debug, clap::Args)]
+pub struct ResubmitArgs {
+    /// The storage group (may be left out with --recipient: that mailbox's storage group).
+    #[arg(
+        long = "storage-group",
+        value_name = "SG",
+        required_unless_present = "recipient"
+    )]
+    pub storage_group: Option<String>,
+    /// Window start: RFC 3339, or a duration back from now ("30m"). Default: now - MaxDumpsterTime.
+    #[arg(long, value_name = "T")]
+    pub since: Option<String>,
+    /// Window end: RFC 3339, or a duration back from now. Default: now.
+    #[arg(long, value_name = "T")]
+    pub until: Option<String>,
+    /// Only messages delivered to this mailbox, redelivered to it alone.
+    #[arg(long, value_name = "ADDRESS")]
+    pub recipient: Option<String>,
+    /// Only messages from this sender ("" for bounces, the null sender).
+    #[arg(long, value_name = "ADDRESS")]
+    pub sender: Option<String>,
+    /// Only the message with this Message-ID (angle brackets optional).
+    #[arg(long = "message-id", value_name = "ID")]
+    pub message_id: Option<String>,
+    /// Count, per hub, what would be redelivered; send nothing.
+    #[arg(long = "test-only")]
+    pub test_only: bool,
+}
+
+/// The storage group a request is for: given, or the recipient's; both must agree.
+fn storage_group(site: &Site, args: &ResubmitArgs) -> Result<String, Failure> {
+    let of_recipient = match &args.recipient {
+        Some(r) => Some(
+            site.route(r)
+                .map(|route| route.storage_group)
+                .ok_or_else(|| {
+                    Failure::Usage(format!(
+                        "--recipient {r} is no mailbox of any storage group in {}",
+                        site.file.display()
+                    ))
+                })?,
+        ),
+        None => None,
+    };
+    match (&args.storage_group, of_recipient) {
+        (Some(sg), _) if site.cms_of_storage_group(sg).is_none() => Err(Failure::Usage(format!(
             "no storage group named `{sg}` in {}",
             site.file.display()
-        )));
+        ))),
+        (Some(sg), Some(other)) if *sg != other => Err(Failure::Usage(format!(
+            "--recipient is a mailbox of {other}, not of {sg}"
+        ))),
+        (Some(sg), _) => Ok(sg.clone()),
+        (None, Some(sg)) => Ok(sg),
+        (None, None) => Err(Failure::Usage(
+            "give --storage-group (or --recipient)".into(),
+        )),
     }
+}
+
+/// Runs `hubrelay resubmit`.
+pub async fn run(site: &Site, args: &ResubmitArgs, json: bool) -> Result<(), Failure> {
+    let sg = storage_group(site, args)?;
+    let sg = sg.as_str();
+    let (since, until) = (args.since.as_deref(), args.until.as_deref());
     let now = Utc::now();
     let max_age =
         chrono::Duration::from_std(site.max_dumpster_time).unwrap_or(chrono::Duration::days(7));
@@ -88,6 +145,10 @@ pub async fn run(
         storage_group: sg.to_string(),
         low: low.to_rfc3339(),
         high: high.to_rfc3339(),
+        recipient: args.recipient.clone(),
+        sender: args.sender.clone(),
+        message_id: args.message_id.clone(),
+        test_only: args.test_only,
     };
     let client = AdminClient::new(&site.admin_token);
     let bar = (!json && std::io::stderr().is_terminal()).then(|| {
@@ -120,18 +181,18 @@ pub async fn run(
         storage_group: sg.to_string(),
         low: body.low,
         high: body.high,
+        filter: ResubmitFilter {
+            recipient: body.recipient,
+            sender: body.sender,
+            message_id: body.message_id,
+            test_only: body.test_only,
+        },
         requests,
     };
     if json {
         print_json(&report)?;
     } else {
-        println!(
-            "Resubmission of {} from {} to {}",
-            report.storage_group, report.low, report.high
-        );
-        for r in &report.requests {
-            println!("  {}: {} ({} messages)", r.hub, r.status, r.messages);
-        }
+        print_text(&report);
     }
     let unreachable: Vec<&str> = report
         .requests
@@ -146,6 +207,35 @@ pub async fn run(
             "hubs that did not answer: {}",
             unreachable.join(", ")
         )))
+    }
+}
+
+fn print_text(report: &ResubmitReport) {
+    let f = &report.filter;
+    let mut what = format!(
+        "{} from {} to {}",
+        report.storage_group, report.low, report.high
+    );
+    if let Some(r) = &f.recipient {
+        what.push_str(&format!(", to {r} only"));
+    }
+    if let Some(s) = &f.sender {
+        what.push_str(&format!(", from sender <{s}>"));
+    }
+    if let Some(m) = &f.message_id {
+        what.push_str(&format!(", Message-ID {m}"));
+    }
+    if f.test_only {
+        println!("Test only (nothing is sent): resubmission of {what}");
+    } else {
+        println!("Resubmission of {what}");
+    }
+    for r in &report.requests {
+        if f.test_only && r.status == "done" {
+            println!("  {}: {} messages would be resubmitted", r.hub, r.messages);
+        } else {
+            println!("  {}: {} ({} messages)", r.hub, r.status, r.messages);
+        }
     }
 }
 

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use store::hub::{Millis, ResubmitRequest};
+use store::hub::{Millis, ResubmitFilter, ResubmitRequest};
 use tokio::time::Instant;
 use tracing::{info, info_span, Instrument};
 
@@ -56,16 +56,18 @@ fn due(queued: u64, rate: u64) -> Duration {
 
 impl Hub {
     /// Records request `id` (if new) and starts working it in the background; returns its state.
+    /// `filter` narrows the window's entries (an operator's targeted request); a mailbox
+    /// server's request after a failover takes them all.
     pub async fn resubmit(
         self: &Arc<Self>,
         id: &str,
         sg: &str,
-        low_ms: Millis,
-        high_ms: Millis,
+        window: (Millis, Millis),
+        filter: &ResubmitFilter,
     ) -> Result<ResubmitRequest, HubError> {
         let (req, created) = self
             .store
-            .resubmit_begin(id, sg, low_ms, high_ms, now_ms())?;
+            .resubmit_begin(id, sg, window, filter, now_ms())?;
         self.durable().await?;
         if created {
             self.clone().spawn_resubmission(req.id.clone());

@@ -98,6 +98,11 @@ impl MailboxNode {
                 // Up to when the hub serves it, plus the margin: an old active can have
                 // acknowledged deliveries after this request was made (a reply that left late).
                 high: rfc3339(o.high_ms.max(now_ms() + MARGIN_MS)),
+                // After a lossy failover everything in the window may be missing: no filter.
+                recipient: None,
+                sender: None,
+                message_id: None,
+                test_only: false,
             };
             match self
                 .client

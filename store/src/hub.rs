@@ -235,6 +235,60 @@ pub struct ResubmitCursor {
     pub seq: u64,
 }
 
+/// Which dumpster entries of a window a request redelivers: the filters of Exchange 2013's
+/// `Add-ResubmitRequest`. The default takes every entry, as a mailbox server's request after a
+/// lossy failover must.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResubmitFilter {
+    /// Only entries delivered to this recipient (case-insensitive), redelivered to it alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recipient: Option<String>,
+    /// Only entries from this reverse path (case-insensitive; `""` is the null sender).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sender: Option<String>,
+    /// Only entries with this Message-ID (angle brackets optional).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message_id: Option<String>,
+    /// Count the matching entries and queue nothing.
+    #[serde(default)]
+    pub test_only: bool,
+}
+
+impl ResubmitFilter {
+    /// The recipients of `entry` this filter redelivers to; empty when the entry does not match.
+    pub fn recipients(&self, entry: &DumpsterEntry) -> Vec<String> {
+        let sender_ok = self
+            .sender
+            .as_deref()
+            .is_none_or(|s| s.eq_ignore_ascii_case(&entry.sender));
+        let id_ok = self
+            .message_id
+            .as_deref()
+            .is_none_or(|id| bracketed(id) == bracketed(&entry.message_id));
+        if !(sender_ok && id_ok) {
+            return Vec::new();
+        }
+        entry
+            .recipients
+            .iter()
+            .filter(|r| {
+                self.recipient
+                    .as_deref()
+                    .is_none_or(|want| want.eq_ignore_ascii_case(r))
+            })
+            .cloned()
+            .collect()
+    }
+}
+
+/// A Message-ID with its angle brackets, however it was written.
+fn bracketed(id: &str) -> String {
+    format!(
+        "<{}>",
+        id.trim().trim_start_matches('<').trim_end_matches('>')
+    )
+}
+
 /// A persisted resubmission request and its progress.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ResubmitRequest {
@@ -248,9 +302,12 @@ pub struct ResubmitRequest {
     pub high_ms: Millis,
     /// When the request was first received.
     pub created_ms: Millis,
-    /// True once every window entry has been queued.
+    /// Which entries of the window, and whether to queue them or only count them.
+    #[serde(default)]
+    pub filter: ResubmitFilter,
+    /// True once every window entry has been queued (or counted).
     pub done: bool,
-    /// How many entries have been queued so far.
+    /// How many entries have been queued (or, test-only, counted) so far.
     pub messages: u64,
     /// Resume point: entries up to and including it are already queued.
     pub cursor: Option<ResubmitCursor>,

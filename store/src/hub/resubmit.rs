@@ -8,7 +8,7 @@ use super::keys::decode;
 use super::tx::{json, Plan, StoredEntry, RESUBMIT};
 use super::{
     DumpsterLimits, HubStore, HubStoreError, MessageDsn, Millis, QueuedMessage, RcptDsn,
-    RcptStatus, Recipient, ResubmitCursor, ResubmitRequest,
+    RcptStatus, Recipient, ResubmitCursor, ResubmitFilter, ResubmitRequest,
 };
 
 impl HubStore {
@@ -19,8 +19,8 @@ impl HubStore {
         &self,
         id: &str,
         sg: &str,
-        low_ms: Millis,
-        high_ms: Millis,
+        (low_ms, high_ms): (Millis, Millis),
+        filter: &ResubmitFilter,
         now_ms: Millis,
     ) -> Result<(ResubmitRequest, bool), HubStoreError> {
         let fresh = ResubmitRequest {
@@ -28,6 +28,7 @@ impl HubStore {
             storage_group: sg.to_string(),
             low_ms,
             high_ms,
+            filter: filter.clone(),
             created_ms: now_ms,
             done: false,
             messages: 0,
@@ -42,11 +43,13 @@ impl HubStore {
         })
     }
 
-    /// Re-queues the next up-to-`batch` window entries after the request's cursor, each as a
-    /// new queued message (same message_id, sender, received_ms; the entry's recipients, Pending,
-    /// with the entry's CMS and SG; the SAME blob, +1 ref; `resubmission = Some(id)`;
-    /// `next_attempt_ms = now_ms`; `expires_ms` as given), advancing the cursor and message
-    /// count in the same transaction, and marks the request done when the window is exhausted.
+    /// Goes through the next up-to-`batch` window entries after the request's cursor and
+    /// re-queues those its filter matches, each as a new queued message (same message_id,
+    /// sender, received_ms; the entry's recipients the filter keeps, Pending, with the entry's
+    /// CMS and SG; the SAME blob, +1 ref; `resubmission = Some(id)`; `next_attempt_ms = now_ms`;
+    /// `expires_ms` as given), advancing the cursor and message count in the same transaction,
+    /// and marks the request done when the window is exhausted. A test-only request counts
+    /// the matches and queues nothing.
     /// A crash between batches resumes at the cursor and never queues an entry twice.
     /// Entries that expired or were evicted meanwhile are skipped. A done request queues nothing;
     /// a `batch` of 0 is taken as 1 so every call makes progress.
@@ -81,9 +84,17 @@ impl HubStore {
 
         let mut plan = Plan::default();
         let mut queued = Vec::with_capacity(entries.len());
+        let mut matched = 0;
         for e in &entries {
-            plan.add_ref(e.entry.blob, 1);
-            queued.push(self.requeued(e, id, now_ms, expires_ms)?);
+            let recipients = request.filter.recipients(&e.entry);
+            if recipients.is_empty() {
+                continue;
+            }
+            matched += 1;
+            if !request.filter.test_only {
+                plan.add_ref(e.entry.blob, 1);
+                queued.push(self.requeued(e, recipients, id, now_ms, expires_ms)?);
+            }
         }
         if let Some(last) = entries.last() {
             request.cursor = Some(ResubmitCursor {
@@ -91,7 +102,7 @@ impl HubStore {
                 seq: last.seq,
             });
         }
-        request.messages += queued.len() as u64;
+        request.messages += matched;
 
         self.transact(|tx| {
             for msg in &queued {
@@ -123,20 +134,21 @@ impl HubStore {
         }
     }
 
-    /// The queued copy of a dumpster entry, addressed to that entry's recipients only.
+    /// The queued copy of a dumpster entry, addressed to `recipients` (the entry's, or those
+    /// of them the request's filter keeps) only.
     fn requeued(
         &self,
         stored: &StoredEntry,
+        recipients: Vec<String>,
         request: &str,
         now_ms: Millis,
         expires_ms: Millis,
     ) -> Result<QueuedMessage, HubStoreError> {
         let e = &stored.entry;
-        let recipients = e
-            .recipients
-            .iter()
+        let recipients = recipients
+            .into_iter()
             .map(|address| Recipient {
-                address: address.clone(),
+                address,
                 cms: e.cms.clone(),
                 storage_group: e.storage_group.clone(),
                 status: RcptStatus::Pending,

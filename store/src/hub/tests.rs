@@ -433,7 +433,9 @@ fn resubmit_selects_exactly_the_window_of_one_sg() {
     let store = open(dir.path());
     let lim = limits(1 << 20, DAY);
     let msgs = fill_two_sgs(&store, lim);
-    let (req, created) = store.resubmit_begin("r1", SG1, 300, 700, 2_000).unwrap();
+    let (req, created) = store
+        .resubmit_begin("r1", SG1, (300, 700), &ResubmitFilter::default(), 2_000)
+        .unwrap();
     assert!(created && !req.done && req.messages == 0 && req.cursor.is_none());
     let (req, queued) = store.resubmit_step("r1", 100, 2_000, 9_000, lim).unwrap();
     assert!(req.done);
@@ -466,16 +468,146 @@ fn resubmit_selects_exactly_the_window_of_one_sg() {
     assert_eq!(store.trees.blobs.len(), 10, "no body was copied");
 }
 
+/// Delivers, at 100, 200, 300: `<0@test>` from a@x to SG1's alice and bob, `<1@test>` from b@x
+/// to alice, `<2@test>` from a@x to bob.
+fn fill_for_filters(store: &HubStore, lim: DumpsterLimits) {
+    let sent = [
+        ("a@x.test", &["alice@SG1.test", "bob@SG1.test"][..]),
+        ("b@x.test", &["alice@SG1.test"][..]),
+        ("a@x.test", &["bob@SG1.test"][..]),
+    ];
+    for (n, (sender, rcpts)) in sent.iter().enumerate() {
+        let msg = NewMessage {
+            message_id: format!("<{n}@test>"),
+            sender: sender.to_string(),
+            received_ms: 50,
+            expires_ms: DAY,
+            recipients: rcpts.iter().map(|r| rcpt(r, SG1)).collect(),
+            dsn: MessageDsn::default(),
+        };
+        let msg = store.enqueue(msg, b"body", 50).expect("enqueue");
+        deliver(store, &msg, 100 * (n as u64 + 1), lim);
+    }
+}
+
+/// A re-queued copy: its Message-ID and recipients.
+type Requeued<'a> = (&'a str, Vec<&'a str>);
+
+#[test]
+fn resubmit_filters_by_recipient_sender_and_message_id_and_test_only_queues_nothing() {
+    let lim = limits(1 << 20, DAY);
+    let cases: Vec<(&str, ResubmitFilter, Vec<Requeued>)> = vec![
+        (
+            "recipient: its entries, to it alone",
+            ResubmitFilter {
+                recipient: Some("ALICE@sg1.test".into()),
+                ..Default::default()
+            },
+            vec![
+                ("<0@test>", vec!["alice@SG1.test"]),
+                ("<1@test>", vec!["alice@SG1.test"]),
+            ],
+        ),
+        (
+            "sender",
+            ResubmitFilter {
+                sender: Some("A@x.test".into()),
+                ..Default::default()
+            },
+            vec![
+                ("<0@test>", vec!["alice@SG1.test", "bob@SG1.test"]),
+                ("<2@test>", vec!["bob@SG1.test"]),
+            ],
+        ),
+        (
+            "message id without brackets",
+            ResubmitFilter {
+                message_id: Some("1@test".into()),
+                ..Default::default()
+            },
+            vec![("<1@test>", vec!["alice@SG1.test"])],
+        ),
+        (
+            "all three",
+            ResubmitFilter {
+                recipient: Some("bob@SG1.test".into()),
+                sender: Some("a@x.test".into()),
+                message_id: Some("<2@test>".into()),
+                test_only: false,
+            },
+            vec![("<2@test>", vec!["bob@SG1.test"])],
+        ),
+        (
+            "no match",
+            ResubmitFilter {
+                recipient: Some("carol@SG1.test".into()),
+                ..Default::default()
+            },
+            vec![],
+        ),
+    ];
+    for (name, filter, expected) in cases {
+        for test_only in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let store = open(dir.path());
+            fill_for_filters(&store, lim);
+            let filter = ResubmitFilter {
+                test_only,
+                ..filter.clone()
+            };
+            store
+                .resubmit_begin("r", SG1, (0, 1_000), &filter, 2_000)
+                .unwrap();
+            // One entry per step, so the cursor passes entries the filter skips.
+            let mut queued = Vec::new();
+            let req = loop {
+                let (req, q) = store.resubmit_step("r", 1, 2_000, 9_000, lim).unwrap();
+                queued.extend(q);
+                if req.done {
+                    break req;
+                }
+            };
+            assert_eq!(
+                req.messages,
+                expected.len() as u64,
+                "{name} test_only={test_only}"
+            );
+            assert_eq!(
+                req.filter, filter,
+                "{name}: the filter is kept with the request"
+            );
+            if test_only {
+                assert!(queued.is_empty(), "{name}: test-only queued something");
+                assert_eq!(store.queue_len(), 0, "{name}");
+                continue;
+            }
+            let got: Vec<Requeued> = queued
+                .iter()
+                .map(|m| {
+                    let rcpts = m.recipients.iter().map(|r| r.address.as_str()).collect();
+                    (m.message_id.as_str(), rcpts)
+                })
+                .collect();
+            assert_eq!(got, expected, "{name}");
+            assert_eq!(store.queue_len(), expected.len(), "{name}");
+        }
+    }
+}
+
 #[test]
 fn resubmit_with_same_id_twice_queues_once() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());
     let lim = limits(1 << 20, DAY);
     fill_two_sgs(&store, lim);
-    store.resubmit_begin("r1", SG2, 0, 10_000, 2_000).unwrap();
+    store
+        .resubmit_begin("r1", SG2, (0, 10_000), &ResubmitFilter::default(), 2_000)
+        .unwrap();
     let (first, queued) = store.resubmit_step("r1", 100, 2_000, 9_000, lim).unwrap();
     assert_eq!(queued.len(), 10);
-    let (again, created) = store.resubmit_begin("r1", SG2, 0, 10_000, 3_000).unwrap();
+    let (again, created) = store
+        .resubmit_begin("r1", SG2, (0, 10_000), &ResubmitFilter::default(), 3_000)
+        .unwrap();
     assert!(!created);
     assert_eq!(again, first, "the stored request, unchanged");
     let (_, queued) = store.resubmit_step("r1", 100, 3_000, 9_000, lim).unwrap();
@@ -495,7 +627,9 @@ fn resubmit_resumes_across_reopen_and_queues_each_entry_once() {
     {
         let store = open(dir.path());
         fill_two_sgs(&store, lim);
-        store.resubmit_begin("r1", SG1, 150, 950, 2_000).unwrap();
+        store
+            .resubmit_begin("r1", SG1, (150, 950), &ResubmitFilter::default(), 2_000)
+            .unwrap();
         store.flush().unwrap();
     }
     let mut seen = Vec::new();
@@ -527,7 +661,9 @@ fn resubmit_skips_entries_evicted_or_expired_meanwhile() {
     let store = open(dir.path());
     let lim = limits(1 << 20, 2_000);
     fill_two_sgs(&store, lim);
-    store.resubmit_begin("r1", SG1, 0, 10_000, 1_000).unwrap();
+    store
+        .resubmit_begin("r1", SG1, (0, 10_000), &ResubmitFilter::default(), 1_000)
+        .unwrap();
     let (_, first) = store.resubmit_step("r1", 2, 1_000, 9_000, lim).unwrap();
     // By now = 2_450 everything delivered before 450 has expired: <2@test> and <3@test> are gone.
     let (req, rest) = store.resubmit_step("r1", 100, 2_450, 9_000, lim).unwrap();
