@@ -239,8 +239,14 @@ fn the_old_active_returns_as_passive_and_catches_up() {
     });
     assert_eq!(v["quorum"], "Healthy", "{v:#}");
     wait_no_outstanding(&site);
-    // A full reseed of node1's copy: everything dropped and copied again.
-    node_post(site.ports.node1_admin, "/api/copy/SG1/reseed");
+    // A full reseed of node1's copy (Update-StorageGroupCopy): everything dropped and copied
+    // again.
+    let (code, out) = site.cli_json(&["copy", "update", "--cms", "cms1", "--storage-group", "SG1"]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(
+        out["node"], "node1",
+        "the copy is on the passive node: {out}"
+    );
     wait_copied_up(&site);
     // Its copy matches the active's: move back (lossless) and list the mailbox from node1.
     let (code, out) = site.cli_json(&["move", "--cms", "cms1", "--target", "node1"]);
@@ -350,13 +356,39 @@ fn cut_off_nodes_never_make_two_actives_and_a_lost_witness_only_warns() {
 }
 
 #[test]
-fn corrupt_log_is_refused_and_a_lossier_failover_than_the_dial_does_not_mount() {
+fn corrupt_log_is_refused_a_lossier_failover_than_the_dial_does_not_mount_and_restore_recovers() {
     let _turn = one_at_a_time();
     let site = site("Lossless");
     let mut procs = start_all(&site);
     wait_status(&site, "node1 active", |v| active_is(v, "node1"));
-    let api = |path: &str| node_post(site.ports.node2_admin, path);
-    api("/api/copy/SG1/suspend");
+    let copy = |args: &[&str]| {
+        let mut all = vec!["copy"];
+        all.extend(args);
+        all.extend(["--cms", "cms1", "--storage-group", "SG1"]);
+        site.cli_json(&all)
+    };
+    let (code, out) = copy(&["suspend", "--comment", "hold the copy for the test"]);
+    assert_eq!((code, out["node"].as_str()), (0, Some("node2")), "{out}");
+    assert_eq!(out["status"]["summary_copy_status"], "Suspended", "{out}");
+    let (_, v) = site.cli_json(&["status", "--cms", "cms1"]);
+    let note = &v["storage_groups"][0]["copy_command"];
+    assert_eq!(
+        (
+            note["command"].as_str(),
+            note["comment"].as_str(),
+            note["suspended"].as_bool()
+        ),
+        (
+            Some("suspend"),
+            Some("hold the copy for the test"),
+            Some(true)
+        ),
+        "status shows the command and its comment: {v:#}"
+    );
+    // Restore is for a lost active node: refused while node1 serves.
+    let (code, out) = copy(&["restore"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.to_string().contains("hubrelay move"), "{out}");
     let msgs = ids("dial", 0..60);
     send_many(site.ports.hub1, &msgs);
     wait_exactly(&site, &msgs);
@@ -373,7 +405,8 @@ fn corrupt_log_is_refused_and_a_lossier_failover_than_the_dial_does_not_mount() 
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0xFF;
     std::fs::write(&victim, bytes).expect("corrupt");
-    api("/api/copy/SG1/resume");
+    let (code, out) = copy(&["resume"]);
+    assert_eq!(code, 0, "{out}");
     let v = wait_status(&site, "copy failed", |v| {
         v["storage_groups"][0]["summary_copy_status"] == "Failed"
     });
@@ -404,6 +437,33 @@ fn corrupt_log_is_refused_and_a_lossier_failover_than_the_dial_does_not_mount() 
         text.lines()
             .any(|l| l.starts_with("FAIL") && l.contains("DatabasesDismountedAfterFailover")),
         "{text}"
+    );
+    // A reseed now would delete node2's copy with nothing to copy back from.
+    let (code, out) = copy(&["update"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.to_string().contains("reseeding would delete"), "{out}");
+    // The administrator accepts the loss (Restore-StorageGroupCopy): node2 mounts beyond the
+    // dial, and the hubs' dumpsters bring back every message, once.
+    let (code, out) = copy(&["restore", "--comment", "node1 is gone for good"]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(
+        (out["node"].as_str(), out["role"].as_str()),
+        (Some("node2"), Some("Active")),
+        "{out}"
+    );
+    wait_status(&site, "node2 active", |v| active_is(v, "node2"));
+    wait_exactly(&site, &msgs);
+    wait_no_outstanding(&site);
+    let (_, v) = site.cli_json(&["status", "--cms", "cms1"]);
+    let note = &v["storage_groups"][0]["copy_command"];
+    assert_eq!(
+        (
+            note["command"].as_str(),
+            note["node"].as_str(),
+            note["suspended"].as_bool()
+        ),
+        (Some("restore"), Some("node2"), Some(false)),
+        "{v:#}"
     );
 }
 

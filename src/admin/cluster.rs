@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use axum::body::Bytes;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
@@ -14,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use super::node::rfc3339;
 use super::{rejection, ApiError};
 use crate::cluster::machine::{Heartbeat, Role};
+use crate::node::copy_admin::{CopyCommand, CopyRefused};
 use crate::node::outstanding::Takeover;
 use crate::node::replication::{LogStatus, SummaryCopyStatus};
 use crate::node::MailboxNode;
@@ -40,6 +42,33 @@ pub struct SgCopyStatus {
     pub error: Option<String>,
     /// Hub receive-time horizon: the newest record replayed here (RFC 3339).
     pub newest_replayed: Option<String>,
+    /// The administrator's last copy command on this storage group, with its comment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub copy_command: Option<CopyCommandView>,
+}
+
+/// A copy command as `status` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CopyCommandView {
+    /// "suspend", "resume", "update" or "restore".
+    pub command: String,
+    /// The administrator's comment.
+    pub comment: Option<String>,
+    /// When (RFC 3339).
+    pub at: String,
+    /// Whether the copy is still suspended by it.
+    pub suspended: bool,
+    /// The node it was given to.
+    pub node: String,
+}
+
+/// Body of `POST /api/copy/:sg/:command` (optional).
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CopyBody {
+    /// Why, kept with the copy and shown by `status`.
+    #[serde(default)]
+    pub comment: Option<String>,
 }
 
 /// A node's view of its CMS (`GET /api/status`).
@@ -103,6 +132,17 @@ pub async fn status(State(node): State<Arc<MailboxNode>>) -> Json<NodeStatus> {
 
 fn node_status(node: &MailboxNode) -> NodeStatus {
     let now = crate::runtime::mono_ms();
+    // Taken before the copies' lock: the state is never locked inside it.
+    let notes = node.state().copy_notes.clone();
+    let note = |sg: &str| {
+        notes.get(sg).map(|n| CopyCommandView {
+            command: n.command.clone(),
+            comment: n.comment.clone(),
+            at: rfc3339(n.at_ms),
+            suspended: n.suspended,
+            node: node.name.clone(),
+        })
+    };
     let (role, reason, epoch, sees_peer, witness_ok, lease_holder) = {
         let m = node.machine();
         let (role, reason) = match m.role() {
@@ -133,6 +173,7 @@ fn node_status(node: &MailboxNode) -> NodeStatus {
                     let copied = c.copy.last_copied();
                     let gen = c.remote_generated.max(copied);
                     SgCopyStatus {
+                        copy_command: note(&sg),
                         name: sg,
                         last_log_generated: gen,
                         last_log_copied: Some(copied),
@@ -148,6 +189,7 @@ fn node_status(node: &MailboxNode) -> NodeStatus {
                     let database_error = node.writer(&sg).and_then(|w| w.failure());
                     SgCopyStatus {
                         last_log_generated: generated.get(&sg).copied().unwrap_or(0),
+                        copy_command: note(&sg),
                         name: sg,
                         last_log_copied: None,
                         last_log_replayed: None,
@@ -312,33 +354,28 @@ pub async fn takeover(
     Ok(Json(serde_json::json!({"node": node.name, "active": true})))
 }
 
-/// Suspend, resume or reseed a copy.
+/// Suspend-, Resume-, Update- or Restore-StorageGroupCopy on this node (409 with the reason
+/// where it is unsafe); an optional JSON body carries the administrator's comment.
 pub async fn copy_op(
     State(node): State<Arc<MailboxNode>>,
     Path((sg, op)): Path<(String, String)>,
+    body: Bytes,
 ) -> Result<Json<NodeStatus>, ApiError> {
     known_sg(&node, &sg)?;
-    match op.as_str() {
-        "suspend" => {
-            node.suspend(&sg, true);
-        }
-        "resume" => {
-            node.suspend(&sg, false);
-        }
-        "reseed" => {
-            node.reseed(&sg).map_err(ApiError::internal)?;
-        }
-        other => {
-            return Err(ApiError::bad_request(format!(
-                "unknown copy operation `{other}` (suspend, resume, reseed)"
-            )))
-        }
-    }
-    if node.copies().get(&sg).is_none() {
-        return Err(ApiError(
-            StatusCode::CONFLICT,
-            format!("{} is active: it has no copy to {op}", node.name),
-        ));
-    }
+    let command = CopyCommand::parse(&op).ok_or_else(|| {
+        ApiError::bad_request(format!(
+            "unknown copy command `{op}` (suspend, resume, update, restore)"
+        ))
+    })?;
+    let CopyBody { comment } = if body.iter().all(u8::is_ascii_whitespace) {
+        CopyBody::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(e.to_string()))?
+    };
+    node.copy_command(&sg, command, comment)
+        .map_err(|e| match e {
+            CopyRefused::Node(e) => ApiError::internal(e),
+            refused => ApiError(StatusCode::CONFLICT, refused.to_string()),
+        })?;
     Ok(Json(node_status(&node)))
 }

@@ -100,6 +100,20 @@ pub async fn cms_status(site: &Site, cms: &Cms) -> CmsStatus {
             .collect(),
         (None, None) => Vec::new(),
     };
+    // A restore leaves its note on the node it mounted; other commands on the passive. Show
+    // the latest either node has.
+    let storage_groups = storage_groups
+        .into_iter()
+        .map(|g| {
+            let copy_command = nodes
+                .iter()
+                .flat_map(|n| &n.storage_groups)
+                .filter(|s| s.name == g.name)
+                .filter_map(|s| s.copy_command.clone())
+                .max_by(|a, b| a.at.cmp(&b.at));
+            SgCopyStatus { copy_command, ..g }
+        })
+        .collect();
     CmsStatus {
         cms: cms.name.clone(),
         active_node,
@@ -176,6 +190,22 @@ pub async fn status(site: &Site, cms: Option<&str>, json: bool) -> Result<(), Fa
             );
             if let Some(e) = &g.error {
                 println!("    error: {e}");
+            }
+            if let Some(c) = &g.copy_command {
+                let held = if c.suspended {
+                    " (still suspended)"
+                } else {
+                    ""
+                };
+                let comment = c
+                    .comment
+                    .as_deref()
+                    .map(|t| format!(": {t}"))
+                    .unwrap_or_default();
+                println!(
+                    "    copy {} on {} at {}{held}{comment}",
+                    c.command, c.node, c.at
+                );
             }
         }
     }

@@ -2,6 +2,7 @@
 //! the admin API; exit status 0 on success, 1 on a failed check or request, 2 on bad usage or config.
 
 pub mod cluster;
+pub mod copy;
 pub mod demo;
 pub mod mailbox;
 pub mod resubmit;
@@ -88,6 +89,24 @@ pub enum Command {
     },
     /// Test-ReplicationHealth: one line per check, PASS/WARN/FAIL; exit 1 if any FAIL.
     Health,
+    /// Suspend, resume, update (reseed) or restore (lossy activation) of a storage group's
+    /// passive copy: Suspend-, Resume-, Update- and Restore-StorageGroupCopy. Refused, with the
+    /// reason, where unsafe; the comment is kept and shown by `status`.
+    Copy {
+        /// What to do.
+        #[arg(value_enum)]
+        action: copy::CopyAction,
+        /// The clustered mailbox server.
+        #[arg(long, value_name = "CMS")]
+        cms: String,
+        /// The storage group (a restore mounts every storage group of the CMS with it: a node
+        /// is active for all of them).
+        #[arg(long = "storage-group", value_name = "SG")]
+        storage_group: String,
+        /// Why, kept with the copy and shown by `status`.
+        #[arg(long, value_name = "TEXT")]
+        comment: Option<String>,
+    },
     /// Scheduled, lossless switchover of a clustered mailbox server to its other node.
     Move {
         /// The clustered mailbox server.
@@ -171,6 +190,22 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
             comment,
         } => cluster::move_cms(&site, &cms, target.as_deref(), comment.as_deref(), cli.json).await,
         Command::Resubmit(args) => resubmit::run(&site, &args, cli.json).await,
+        Command::Copy {
+            action,
+            cms,
+            storage_group,
+            comment,
+        } => {
+            copy::run(
+                &site,
+                action,
+                &cms,
+                &storage_group,
+                comment.as_deref(),
+                cli.json,
+            )
+            .await
+        }
     }
 }
 

@@ -176,6 +176,10 @@ pub struct Machine {
     /// This node's databases failed while it was active: it stays dismounted, and its peer
     /// takes over, until it follows an active peer again.
     db_failed: bool,
+    /// The administrator accepted a lossy mount (Restore-StorageGroupCopy): the next mount
+    /// after a failover ignores AutoDatabaseMountDial. Cleared by that mount or by following
+    /// an active peer.
+    restore: bool,
 }
 
 impl Machine {
@@ -213,6 +217,7 @@ impl Machine {
             yielding: false,
             handing_over: false,
             db_failed: false,
+            restore: false,
         }
     }
 
@@ -258,6 +263,15 @@ impl Machine {
         self.peer
             .as_ref()
             .is_some_and(|(at, _)| now.saturating_sub(*at) < self.timing.peer_timeout)
+    }
+
+    /// Whether the peer's fresh heartbeat says it is active: the node a reseed copies from.
+    pub fn peer_active(&self, now: Millis) -> bool {
+        self.sees_peer(now)
+            && self
+                .peer
+                .as_ref()
+                .is_some_and(|(_, hb)| hb.role == Role::Active)
     }
 
     fn mutual(&self, now: Millis) -> bool {
@@ -437,6 +451,30 @@ impl Machine {
         Ok(self.activate(BTreeMap::new(), false))
     }
 
+    /// Restore-StorageGroupCopy: the administrator accepts losing what the lost active node did
+    /// not ship, so the next mount after a failover may miss more logs than the dial allows
+    /// (the dumpster resubmission that follows any lossy mount brings that mail back). It still
+    /// needs the witness lease like every activation, and it is refused when it cannot be the
+    /// deliberate recovery of a lost active node.
+    pub fn restore(&mut self, now: Millis) -> Result<(), String> {
+        if self.role == Role::Active {
+            return Err(format!("{} is already active", self.me));
+        }
+        if self.peer_active(now) {
+            return Err("the other node is active and reachable: nothing is lost to restore; use `hubrelay move` for a lossless switchover".into());
+        }
+        if let Some(epoch) = self.superseded {
+            return Err(format!(
+                "this copy may have diverged: the other node was active after it (epoch {epoch}); bring that node back, or reseed this copy from it (`hubrelay copy update`)"
+            ));
+        }
+        if self.db_failed {
+            return Err("this node's own databases failed while it was active".into());
+        }
+        self.restore = true;
+        Ok(())
+    }
+
     /// The clock advanced.
     pub fn on_tick(&mut self, now: Millis) -> Vec<Action> {
         self.step(now)
@@ -515,16 +553,12 @@ impl Machine {
     }
 
     fn step_standby(&mut self, now: Millis) -> Vec<Action> {
-        let peer_active = self.sees_peer(now)
-            && self
-                .peer
-                .as_ref()
-                .is_some_and(|(_, hb)| hb.role == Role::Active);
-        if peer_active {
+        if self.peer_active(now) {
             // Following an active peer: this node's data is now a copy of the peer's history.
             self.role = Role::Passive;
             self.was_active = false;
             self.db_failed = false;
+            self.restore = false;
             // Let the active node have the witness.
             return if self.lease.as_ref().is_some_and(|l| l.holder == self.me) {
                 vec![Action::ReleaseLease]
@@ -590,7 +624,7 @@ impl Machine {
             })
             .collect();
         let worst = missing.values().copied().max().unwrap_or(0);
-        if worst > self.max_lost_logs {
+        if worst > self.max_lost_logs && !self.restore {
             let detail: Vec<String> = missing
                 .iter()
                 .filter(|(_, n)| **n > 0)
@@ -603,6 +637,7 @@ impl Machine {
             ));
             return Vec::new();
         }
+        self.restore = false;
         // Nothing can be lost if no epoch was ever active (a brand-new CMS starting).
         let had_history = self.epoch > 0
             || self.was_active

@@ -12,6 +12,7 @@
 //! out its decisions: mounting (after a lossy failover, asking every hub to resubmit — [`outstanding`])
 //! and demoting.
 
+pub mod copy_admin;
 pub mod driver;
 pub mod inbound;
 pub mod outstanding;
@@ -263,6 +264,12 @@ impl MailboxNode {
 
     /// Opens a copy per storage group (the passive side), from the logs on disk.
     fn open_copies(&self) -> Result<(), NodeError> {
+        // Read before the copies' lock: the state is never locked inside it.
+        let suspended: Vec<String> = self
+            .storage_groups()
+            .into_iter()
+            .filter(|sg| self.suspended_by_admin(sg))
+            .collect();
         let mut copies = self.copies();
         copies.clear();
         for sg in self.storage_groups() {
@@ -273,7 +280,12 @@ impl MailboxNode {
             if replayed > 0 {
                 tracing::debug!(node = %self.name, storage_group = %sg, replayed, "replayed copied logs into the store");
             }
-            copies.insert(sg, CopyState::new(copy));
+            let mut cs = CopyState::new(copy);
+            if suspended.contains(&sg) {
+                cs.suspended = true;
+                cs.status = replication::SummaryCopyStatus::Suspended;
+            }
+            copies.insert(sg, cs);
         }
         Ok(())
     }
@@ -314,6 +326,10 @@ impl MailboxNode {
             st.epochs.push(EpochStart { epoch, starts });
             for sg in self.storage_groups() {
                 st.copied_epoch.insert(sg, epoch);
+            }
+            // An active node has no copy to keep suspended; the note stays for `status`.
+            for note in st.copy_notes.values_mut() {
+                note.suspended = false;
             }
             if !lossy_from.is_empty() {
                 outstanding::request_all(

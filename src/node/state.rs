@@ -39,6 +39,20 @@ pub struct Outstanding {
     pub created_ms: u64,
 }
 
+/// The administrator's last copy command on one storage group of this node, kept across
+/// restarts and shown by `status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CopyNote {
+    /// Whether the copy is suspended (Suspend-StorageGroupCopy) until resumed.
+    pub suspended: bool,
+    /// The command: "suspend", "resume", "update" or "restore".
+    pub command: String,
+    /// The administrator's comment, if any.
+    pub comment: Option<String>,
+    /// When it was given (ms since the Unix epoch).
+    pub at_ms: u64,
+}
+
 /// The persisted state of a node.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeState {
@@ -50,6 +64,9 @@ pub struct NodeState {
     pub copied_epoch: BTreeMap<String, u64>,
     /// Dumpster requests not yet completed.
     pub outstanding: Vec<Outstanding>,
+    /// Per storage group, the administrator's last copy command.
+    #[serde(default)]
+    pub copy_notes: BTreeMap<String, CopyNote>,
 }
 
 /// Why the state file could not be read or written.

@@ -505,6 +505,54 @@ fn failover_within_dial_mounts_lossy_and_beyond_dial_stays_dismounted() {
     }
 }
 
+#[test]
+fn restore_mounts_beyond_the_dial_once_and_is_refused_while_the_active_serves() {
+    let t = Timing::default();
+    let mut m = Machine::new(
+        "node2",
+        false,
+        Persisted {
+            epoch: 1,
+            ..Default::default()
+        },
+        t,
+        DIAL,
+        0,
+        2,
+    );
+    m.on_copied(BTreeMap::from([(SG.to_string(), 2)]));
+    answer(&mut m, 0, hb("node1", Role::Active, 1, true, true, 10));
+    let refused = m.restore(0).expect_err("the active node is up");
+    assert!(refused.contains("hubrelay move"), "{refused}");
+
+    // The active node is lost; beyond the dial, node2 stays dismounted.
+    let now = (2 * t.peer_timeout).max(t.lease_duration) + 1;
+    assert_eq!(m.on_tick(now), vec![Action::AcquireLease(1)]);
+    let lease = LeaseView {
+        holder: "node2".into(),
+        expires_ms: now + t.lease_duration,
+        ..Default::default()
+    };
+    assert!(m.on_lease(now, Some(lease.clone())).is_empty());
+    assert!(matches!(m.role(), Role::Dismounted(r) if r.contains("8 log(s) lost")));
+
+    // The administrator restores: the next step mounts, lossy, and asks for resubmission.
+    m.restore(now)
+        .expect("a lost active node may be restored over");
+    let acts = m.on_tick(now + 1);
+    assert_eq!(
+        acts[0],
+        Action::Mount {
+            epoch: 2,
+            missing: BTreeMap::from([(SG.to_string(), 8)]),
+            failover: true
+        }
+    );
+    assert_eq!(m.role(), &Role::Active);
+    let again = m.restore(now + 2).expect_err("already active");
+    assert!(again.contains("already active"), "{again}");
+}
+
 /// node1 of a fresh cluster, active with the lease from time 0.
 fn fresh_active_node1(t: Timing) -> Machine {
     let mut m = Machine::new("node1", true, Persisted::default(), t, DIAL, 0, 1);
