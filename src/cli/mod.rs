@@ -4,6 +4,7 @@
 pub mod cluster;
 pub mod demo;
 pub mod mailbox;
+pub mod queue;
 pub mod resubmit;
 pub mod run;
 pub mod stats;
@@ -115,6 +116,13 @@ pub enum Command {
         #[arg(long, value_name = "T")]
         until: Option<String>,
     },
+    /// The hub queues, like postqueue/postsuper and Get-Queue/Get-Message: list, show, retry,
+    /// hold, release, delete.
+    Queue {
+        /// What to do with the queue.
+        #[command(subcommand)]
+        command: queue::QueueCommand,
+    },
 }
 
 /// A failure with the exit status it maps to.
@@ -193,6 +201,7 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
             )
             .await
         }
+        Command::Queue { command } => queue::run(&site, command, cli.json).await,
     }
 }
 
