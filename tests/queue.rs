@@ -247,7 +247,7 @@ fn retry_delivers_now_and_a_held_message_survives_kill9_and_retry_all_until_rele
         .mailbox_ids("alice@example.test")
         .contains(&"<held@client.test>".to_string()));
 
-    let (code, out, err) = cli_text(&site, &["queue", "release", &held_id]);
+    let (code, out, err) = cli_text(&site, &["queue", "release", &held_id, "--hub", "hub1"]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("released"), "{out}");
     wait_queue_empty(site.ports.hub1_admin);
