@@ -93,6 +93,17 @@ impl AdminClient {
         self.call(addr, req).await
     }
 
+    /// `DELETE http://addr{path}` with a JSON body, decoded as `T`.
+    pub async fn delete<B: Serialize, T: DeserializeOwned>(
+        &self,
+        addr: SocketAddr,
+        path: &str,
+        body: &B,
+    ) -> Result<T, ClientError> {
+        let req = self.http.delete(format!("http://{addr}{path}")).json(body);
+        self.call(addr, req).await
+    }
+
     async fn call<T: DeserializeOwned>(
         &self,
         addr: SocketAddr,

@@ -1,4 +1,5 @@
-//! A hub's admin routes: dumpster statistics, resubmission, queue summary, metrics.
+//! A hub's admin routes: dumpster statistics, resubmission, queue summary, metrics; the queue's
+//! own routes are in [`super::queue`].
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -114,6 +115,7 @@ pub fn hub_router(hub: Arc<Hub>) -> Router {
         .route("/api/dumpster", get(dumpster))
         .route("/api/resubmit", post(resubmit))
         .route("/api/resubmit/:id", get(resubmit_state))
+        .merge(super::queue::routes())
         .with_state(hub)
 }
 

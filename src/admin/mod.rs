@@ -7,6 +7,7 @@ pub mod client;
 pub mod cluster;
 pub mod hub;
 pub mod node;
+pub mod queue;
 
 use axum::extract::{Request, State};
 use axum::http::{header, StatusCode};

@@ -5,6 +5,7 @@ pub mod cluster;
 pub mod copy;
 pub mod demo;
 pub mod mailbox;
+pub mod queue;
 pub mod resubmit;
 pub mod run;
 pub mod stats;
@@ -125,6 +126,13 @@ pub enum Command {
     /// Ask every hub to redeliver what it delivered for a storage group in a time window; narrowed
     /// to a recipient, a sender or a Message-ID (Add-ResubmitRequest), or only counted (--test-only).
     Resubmit(resubmit::ResubmitArgs),
+    /// The hub queues, like postqueue/postsuper and Get-Queue/Get-Message: list, show, retry,
+    /// hold, release, delete.
+    Queue {
+        /// What to do with the queue.
+        #[command(subcommand)]
+        command: queue::QueueCommand,
+    },
 }
 
 /// A failure with the exit status it maps to.
@@ -206,6 +214,7 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
             )
             .await
         }
+        Command::Queue { command } => queue::run(&site, command, cli.json).await,
     }
 }
 

@@ -5,13 +5,16 @@
 //! durable (shared fsync) before the 250; a delivery task sends it ([`delivery`]); the outcome of every
 //! attempt is recorded atomically with the dumpster entries it creates; temporary failures go to the
 //! retry [`scheduler`]; permanent ones, and deliveries the sender asked to hear about (RFC 3461
-//! NOTIFY), to a [`dsn`] for the sender (never for a resubmitted copy).
+//! NOTIFY), to a [`dsn`] for the sender (never for a resubmitted copy). An administrator can hold,
+//! release, retry or delete a queued message ([`queue`]).
 
+mod claims;
 pub mod commit;
 pub mod delivery;
 pub mod dsn;
 pub mod inbound;
 pub mod metrics;
+pub mod queue;
 pub mod resubmit;
 pub mod scheduler;
 
@@ -51,6 +54,9 @@ pub enum HubError {
     /// A blocking store task died.
     #[error("store task failed: {0}")]
     Task(String),
+    /// An administrator's hold or delete found a delivery attempt of the message under way.
+    #[error("message {} is being delivered right now; try again", queue::QueueId(*.0))]
+    Busy(u64),
 }
 
 /// One running hub: its store, links to the CMSs and delivery machinery.
@@ -69,6 +75,8 @@ pub struct Hub {
     links: Vec<CmsLink>,
     scheduler: Scheduler,
     inflight: Arc<Semaphore>,
+    /// Messages an attempt, hold or delete is working on, so those never overlap.
+    claims: claims::Claims,
 }
 
 impl Hub {
@@ -95,6 +103,7 @@ impl Hub {
             links,
             scheduler,
             inflight: Arc::new(Semaphore::new(MAX_INFLIGHT)),
+            claims: claims::Claims::default(),
         });
         let queued = hub.store.queued()?;
         if !queued.is_empty() {
@@ -173,9 +182,17 @@ impl Hub {
 
     /// One delivery attempt of every pending recipient of queued message `id`.
     async fn attempt(self: &Arc<Self>, id: u64) -> Result<(), HubError> {
+        // Whoever has the message claimed schedules it again if it still needs an attempt.
+        let Some(_claim) = self.claims.try_claim(id) else {
+            return Ok(());
+        };
         let Some(mut msg) = self.store.get(id)? else {
             return Ok(());
         };
+        // Neither attempted nor expired while held; the release schedules it again.
+        if msg.is_held() {
+            return Ok(());
+        }
         let span =
             info_span!("deliver", queue_id = id, message_id = %msg.message_id, hub = %self.name);
         async move {

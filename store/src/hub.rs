@@ -8,6 +8,7 @@
 //! the plan in a transaction; a mutex over those planners keeps the plan valid until it commits.
 
 mod dumpster;
+mod hold;
 mod keys;
 mod queue;
 mod resubmit;
@@ -141,12 +142,22 @@ pub struct QueuedMessage {
     /// RET and ENVID of the original submission; absent in queues written before DSN support.
     #[serde(default)]
     pub dsn: MessageDsn,
+    /// When an administrator put the message on hold. A held message is out of the due index and
+    /// is neither attempted nor expired until it is released; absent in queues written before
+    /// holds, which are then not held.
+    #[serde(default)]
+    pub held_since_ms: Option<Millis>,
 }
 
 impl QueuedMessage {
     /// True when no recipient needs another attempt, so the message leaves the queue.
     pub fn is_finished(&self) -> bool {
         !self.recipients.iter().any(|r| r.status.is_open())
+    }
+
+    /// True while an administrator holds the message back from delivery and expiry.
+    pub fn is_held(&self) -> bool {
+        self.held_since_ms.is_some()
     }
 }
 
@@ -343,9 +354,19 @@ pub enum HubStoreError {
     /// A dumpster entry or message references a blob the store does not hold.
     #[error("unknown blob {0}")]
     UnknownBlob(u64),
-    /// `record_attempt` for a message that is not (or no longer) queued.
-    #[error("message {0} is not in the queue")]
+    /// `record_attempt` or an administrator's action for a message that is not (or no longer)
+    /// queued.
+    #[error("message {0:x} is not in the queue")]
     UnknownMessage(u64),
+    /// `hold` of a message already held: nothing changed, and its hold time stays.
+    #[error("message {0:x} is already held")]
+    AlreadyHeld(u64),
+    /// `release` of a message that is not held.
+    #[error("message {0:x} is not held")]
+    NotHeld(u64),
+    /// `retry_now` of a held message: it must be released first.
+    #[error("message {0:x} is held; release it to deliver it")]
+    Held(u64),
     /// `record_attempt` with a message whose blob differs from the queued one.
     #[error("message {id} names blob {given} but the queue holds blob {stored}")]
     BlobMismatch {

@@ -31,6 +31,7 @@ impl HubStore {
             next_attempt_ms: now_ms,
             resubmission: None,
             dsn: msg.dsn,
+            held_since_ms: None,
         };
         self.transact(|tx| {
             let blob = id_key(queued.blob);
@@ -92,7 +93,8 @@ impl HubStore {
     }
 
     /// Records the outcome of one delivery attempt, atomically: `msg` (with updated recipient
-    /// statuses, attempts, next_attempt_ms) replaces the stored one — or, if no recipient is
+    /// statuses, attempts, next_attempt_ms) replaces the stored one, keeping the stored hold and
+    /// expiry (an administrator may have changed them while the attempt ran) — or, if no recipient is
     /// Pending/Deferred any more, the message is removed (blob ref dropped) — and `delivered`
     /// entries are added to the dumpster (each takes a blob ref; the oldest-delivered entries of
     /// that SG are evicted until bytes ≤ `max_bytes_per_sg`; an entry larger than the bound is
@@ -125,7 +127,11 @@ impl HubStore {
                 .into());
             }
             if !finished {
-                tx.put_message(msg)?;
+                tx.put_message(&QueuedMessage {
+                    held_since_ms: stored.held_since_ms,
+                    expires_ms: stored.expires_ms,
+                    ..msg.clone()
+                })?;
             }
             plan.apply(tx)
         })?;

@@ -168,6 +168,7 @@ impl HubStore {
             next_attempt_ms: now_ms,
             resubmission: Some(request.to_string()),
             dsn: MessageDsn::default(),
+            held_since_ms: None,
         })
     }
 }

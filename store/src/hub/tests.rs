@@ -822,3 +822,151 @@ fn queue_records_from_before_dsn_support_still_load() {
     let old: QueuedMessage = serde_json::from_value(json).expect("an old record decodes");
     assert_eq!(old, queued, "missing DSN fields mean no DSN request");
 }
+
+#[test]
+fn a_hold_survives_reopen_and_keeps_the_message_out_of_the_due_index() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (a, b) = {
+        let store = open(dir.path());
+        let a = enqueue(&store, 1, 1_000, 10, &[SG1]);
+        let b = enqueue(&store, 2, 1_000, 10, &[SG1]);
+        let held = store.hold(a.id, 1_500).expect("hold");
+        assert_eq!(held.held_since_ms, Some(1_500));
+        assert!(matches!(
+            store.hold(a.id, 1_600),
+            Err(HubStoreError::AlreadyHeld(id)) if id == a.id
+        ));
+        assert!(matches!(
+            store.retry_now(a.id, 1_600),
+            Err(HubStoreError::Held(id)) if id == a.id
+        ));
+        store.flush().expect("flush");
+        (a, b)
+    };
+    let store = open(dir.path());
+    let held = store.get(a.id).unwrap().expect("still queued");
+    assert_eq!(held.held_since_ms, Some(1_500), "the hold is persisted");
+    assert_eq!(store.body(a.blob).unwrap(), Some(vec![b'b'; 10]));
+    let due: Vec<u64> = store
+        .due(DAY * 2, 10)
+        .unwrap()
+        .iter()
+        .map(|m| m.id)
+        .collect();
+    assert_eq!(due, vec![b.id], "a held message is never due");
+
+    let released = store.release(a.id, 11_500).expect("release");
+    assert_eq!(released.held_since_ms, None);
+    assert_eq!(released.next_attempt_ms, 11_500, "due now");
+    assert_eq!(
+        released.expires_ms,
+        a.expires_ms + 10_000,
+        "the time held is added to the expiry"
+    );
+    let due: Vec<u64> = store
+        .due(11_500, 10)
+        .unwrap()
+        .iter()
+        .map(|m| m.id)
+        .collect();
+    assert_eq!(due, vec![b.id, a.id]);
+    assert!(matches!(
+        store.release(a.id, 12_000),
+        Err(HubStoreError::NotHeld(id)) if id == a.id
+    ));
+    assert!(matches!(
+        store.hold(99_999, 1),
+        Err(HubStoreError::UnknownMessage(99_999))
+    ));
+}
+
+#[test]
+fn retry_now_makes_a_deferred_message_due() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(dir.path());
+    let a = enqueue(&store, 1, 1_000, 10, &[SG1]);
+    let mut deferred = a.clone();
+    deferred.attempts = 1;
+    deferred.next_attempt_ms = 60_000;
+    store
+        .record_attempt(&deferred, Vec::new(), limits(1 << 20, DAY))
+        .unwrap();
+    assert!(store.due(2_000, 10).unwrap().is_empty());
+    let retried = store.retry_now(a.id, 2_000).expect("retry");
+    assert_eq!((retried.next_attempt_ms, retried.attempts), (2_000, 1));
+    assert_eq!(store.due(2_000, 10).unwrap(), vec![retried]);
+}
+
+#[test]
+fn an_attempt_recorded_after_a_hold_keeps_the_hold_and_expiry() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(dir.path());
+    let a = enqueue(&store, 1, 1_000, 10, &[SG1, SG2]);
+    // The attempt read the message before the administrator held it.
+    let mut attempt = a.clone();
+    store.hold(a.id, 1_200).expect("hold");
+    attempt.attempts = 1;
+    attempt.next_attempt_ms = 5_000;
+    attempt.expires_ms = 0;
+    attempt.recipients[0].status = RcptStatus::Delivered { at_ms: 1_300 };
+    attempt.recipients[1].status = RcptStatus::Deferred {
+        reason: "451 4.3.0 later".into(),
+    };
+    store
+        .record_attempt(&attempt, vec![entry(&a, SG1, 1_300)], limits(1 << 20, DAY))
+        .unwrap();
+    let stored = store.get(a.id).unwrap().expect("still queued");
+    assert_eq!(stored.held_since_ms, Some(1_200), "still held");
+    assert_eq!(
+        stored.expires_ms, a.expires_ms,
+        "expiry is not the attempt's"
+    );
+    assert_eq!(stored.recipients, attempt.recipients, "the outcome is kept");
+    assert!(store.due(DAY * 2, 10).unwrap().is_empty());
+}
+
+#[test]
+fn delete_drops_the_body_unless_the_dumpster_shares_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(dir.path());
+    let lim = limits(1 << 20, DAY);
+    let a = enqueue(&store, 1, 1_000, 10, &[SG1]);
+    let removed = store.delete(a.id).expect("delete");
+    assert_eq!(removed, a);
+    assert_eq!(store.get(a.id).unwrap(), None);
+    assert_eq!(store.body(a.blob).unwrap(), None);
+    assert_eq!(store.queue_len(), 0);
+    assert!(store.due(DAY, 10).unwrap().is_empty());
+    assert!(matches!(
+        store.delete(a.id),
+        Err(HubStoreError::UnknownMessage(id)) if id == a.id
+    ));
+
+    // SG1 delivered, SG2 still queued: deleting the message leaves the dumpster's copy whole.
+    let b = enqueue(&store, 2, 1_000, 10, &[SG1, SG2]);
+    let mut partial = b.clone();
+    partial.attempts = 1;
+    partial.recipients[0].status = RcptStatus::Delivered { at_ms: 1_100 };
+    store
+        .record_attempt(&partial, vec![entry(&b, SG1, 1_100)], lim)
+        .unwrap();
+    store.hold(b.id, 1_200).expect("hold");
+    store.delete(b.id).expect("a held message can be deleted");
+    assert_eq!(refcount(&store, b.blob), Some(1), "the SG1 entry");
+    assert_eq!(store.body(b.blob).unwrap(), Some(vec![b'c'; 10]));
+    assert_eq!(store.dumpster_stats(SG1, 2_000, lim).unwrap().items, 1);
+}
+
+#[test]
+fn queue_records_from_before_holds_load_as_not_held() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(dir.path());
+    let queued = enqueue(&store, 1, 1_000, 10, &[SG1]);
+    let mut json = serde_json::to_value(&queued).expect("encode");
+    json.as_object_mut()
+        .expect("a record")
+        .remove("held_since_ms");
+    let old: QueuedMessage = serde_json::from_value(json).expect("an old record decodes");
+    assert!(!old.is_held());
+    assert_eq!(old, queued);
+}

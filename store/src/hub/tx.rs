@@ -114,15 +114,18 @@ impl HubStore {
 }
 
 impl Tx<'_> {
-    /// Writes a queued message and its due index entry.
+    /// Writes a queued message and, unless it is held, its due index entry.
     pub(super) fn put_message(&self, msg: &QueuedMessage) -> TxResult<()> {
         self.queue.insert(&id_key(msg.id), json(msg)?)?;
-        self.due
-            .insert(&due_key(msg.next_attempt_ms, msg.id), &[])?;
+        if !msg.is_held() {
+            self.due
+                .insert(&due_key(msg.next_attempt_ms, msg.id), &[])?;
+        }
         Ok(())
     }
 
-    /// Removes a queued message and its due index entry, returning what was stored.
+    /// Removes a queued message and its due index entry (a held one has none), returning what
+    /// was stored.
     pub(super) fn take_message(&self, id: u64) -> TxResult<QueuedMessage> {
         let key = id_key(id);
         let raw = self
