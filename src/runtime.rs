@@ -1,5 +1,5 @@
 //! Starting roles: bind every listener first (so a port clash is reported before anything runs),
-//! then serve until the shutdown token is cancelled.
+//! then serve until the shutdown token is cancelled. A role with a certificate reloads it on SIGHUP.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -15,7 +15,7 @@ use crate::admin;
 use crate::config::Site;
 use crate::hub::{inbound::HubInbound, Hub, HubError};
 use crate::node::{inbound::NodeInbound, MailboxNode, NodeError};
-use crate::smtp::{self, SmtpConfig};
+use crate::smtp::{self, ServerTls, SmtpConfig, TlsError, TlsFiles};
 
 /// Milliseconds since the Unix epoch: the store's clock.
 pub fn now_ms() -> u64 {
@@ -78,6 +78,22 @@ pub enum StartError {
         /// The cause.
         source: NodeError,
     },
+    /// The role's certificate or key could not be loaded.
+    #[error("{role}: {source}")]
+    Tls {
+        /// The role.
+        role: String,
+        /// The cause, naming the key and the file (boxed: rustls errors are large).
+        source: Box<TlsError>,
+    },
+    /// SIGHUP (certificate reload) could not be set up.
+    #[error("{role}: cannot handle SIGHUP for certificate reloads: {source}")]
+    Signal {
+        /// The role.
+        role: String,
+        /// What the OS said.
+        source: std::io::Error,
+    },
 }
 
 /// A listener a role is serving on, for the start-up banner.
@@ -115,12 +131,67 @@ async fn bind(
     ))
 }
 
-fn smtp_config(site: &Site, hostname: &str) -> SmtpConfig {
+fn smtp_config(
+    site: &Site,
+    hostname: &str,
+    tls: Option<Arc<ServerTls>>,
+    require_tls: bool,
+) -> SmtpConfig {
     let mut c = SmtpConfig::new(hostname, site.max_message_size);
     c.max_recipients = site.max_recipients;
     c.max_connections = site.max_connections;
     c.idle_timeout = site.idle_timeout;
+    c.tls = tls;
+    c.require_tls = require_tls;
     c
+}
+
+/// Loads a role's certificate and reloads it on every SIGHUP until shutdown. The signal is
+/// registered here, before the role reports ready, so a SIGHUP right after start-up is not fatal.
+fn start_tls(
+    role: &str,
+    files: Option<&TlsFiles>,
+    shutdown: &CancellationToken,
+    tasks: &mut JoinSet<()>,
+) -> Result<Option<Arc<ServerTls>>, StartError> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Some(files) = files else {
+        return Ok(None);
+    };
+    let tls = ServerTls::load(files.clone()).map_err(|source| StartError::Tls {
+        role: role.to_string(),
+        source: Box::new(source),
+    })?;
+    let mut hangup = signal(SignalKind::hangup()).map_err(|source| StartError::Signal {
+        role: role.to_string(),
+        source,
+    })?;
+    let (reloaded, role, stop) = (tls.clone(), role.to_string(), shutdown.clone());
+    tasks.spawn(async move {
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => break,
+                got = hangup.recv() => {
+                    if got.is_none() {
+                        break;
+                    }
+                    match reloaded.reload() {
+                        Ok(()) => info!(
+                            role = %role,
+                            certificate = %reloaded.files().certificate.display(),
+                            "TLS certificate reloaded"
+                        ),
+                        Err(e) => error!(
+                            role = %role,
+                            error = %e,
+                            "TLS certificate reload failed; keeping the certificate in use"
+                        ),
+                    }
+                }
+            }
+        }
+    });
+    Ok(Some(tls))
 }
 
 /// Opens hub `name` under `data/<name>` and starts its SMTP and admin listeners in `tasks`.
@@ -137,6 +208,7 @@ pub async fn start_hub(
         .clone();
     let (smtp_l, smtp_e) = bind(name, "smtp", cfg.smtp).await?;
     let (admin_l, admin_e) = bind(name, "admin", cfg.admin).await?;
+    let tls = start_tls(name, cfg.tls.as_ref(), shutdown, tasks)?;
     let hub =
         Hub::open(site.clone(), name, &data.join(name)).map_err(|source| StartError::Hub {
             role: name.to_string(),
@@ -145,7 +217,7 @@ pub async fn start_hub(
     let smtp = (
         smtp_l,
         Arc::new(HubInbound(hub.clone())),
-        smtp_config(site, &hub.hostname),
+        smtp_config(site, &hub.hostname, tls, cfg.require_tls),
     );
     let admin = (admin_l, admin::hub_router(hub.clone()));
     spawn_listeners(tasks, name, smtp, admin, site, shutdown);
@@ -165,6 +237,7 @@ pub async fn start_node(
     let cfg = cfg.clone();
     let (smtp_l, smtp_e) = bind(name, "smtp", cfg.smtp).await?;
     let (admin_l, admin_e) = bind(name, "admin", cfg.admin).await?;
+    let tls = start_tls(name, cfg.tls.as_ref(), shutdown, tasks)?;
     let node = MailboxNode::open(site.clone(), name, cms, &data.join(name)).map_err(|source| {
         StartError::Node {
             role: name.to_string(),
@@ -174,7 +247,7 @@ pub async fn start_node(
     let smtp = (
         smtp_l,
         Arc::new(NodeInbound(node.clone())),
-        smtp_config(site, &node.hostname),
+        smtp_config(site, &node.hostname, tls, cfg.require_tls),
     );
     let admin = (admin_l, admin::node_router(node.clone()));
     spawn_listeners(tasks, name, smtp, admin, site, shutdown);

@@ -11,6 +11,7 @@ pub mod delivery;
 pub mod dsn;
 pub mod inbound;
 pub mod metrics;
+pub mod node_tls;
 pub mod resubmit;
 pub mod scheduler;
 
@@ -50,6 +51,9 @@ pub enum HubError {
     /// A blocking store task died.
     #[error("store task failed: {0}")]
     Task(String),
+    /// The TLS settings for delivery to the nodes cannot be used.
+    #[error(transparent)]
+    NodeTls(#[from] node_tls::NodeTlsError),
 }
 
 /// One running hub: its store, links to the CMSs and delivery machinery.
@@ -74,6 +78,7 @@ impl Hub {
     /// Opens the hub's store under `dir` and starts its flusher and retry scheduler; queued messages
     /// from a previous run are scheduled again.
     pub fn open(site: Arc<Site>, name: &str, dir: &Path) -> Result<Arc<Hub>, HubError> {
+        let node_tls = node_tls::NodeTls::from_site(&site)?;
         let store = Arc::new(HubStore::open(dir)?);
         let flusher = store.clone();
         let commit = GroupCommit::start(move || flusher.flush().map_err(|e| e.to_string()));
@@ -81,8 +86,8 @@ impl Hub {
         let links = site
             .cms
             .iter()
-            .map(|c| CmsLink::new(c, &hostname))
-            .collect();
+            .map(|c| CmsLink::new(c, &hostname, &node_tls))
+            .collect::<Result<_, _>>()?;
         let (scheduler, due) = Scheduler::new();
         let hub = Arc::new(Hub {
             name: name.to_string(),

@@ -1,9 +1,10 @@
 //! Inbound SMTP (RFC 5321) shared by the hub and the mailbox node.
 //!
-//! The server speaks ESMTP with SIZE, PIPELINING, 8BITMIME and ENHANCEDSTATUSCODES, enforces
-//! every limit with its RFC reply and goes on, and hands each complete, stamped message to
-//! a role-specific [`Backend`], whose reply is what the client sees — so a `250` means
-//! whatever the backend promises (durable on disk).
+//! The server speaks ESMTP with SIZE, PIPELINING, 8BITMIME, ENHANCEDSTATUSCODES and, when a
+//! certificate is configured, STARTTLS (RFC 3207); it enforces every limit with its RFC reply
+//! and goes on, and hands each complete, stamped message to a role-specific [`Backend`], whose
+//! reply is what the client sees — so a `250` means whatever the backend promises (durable on
+//! disk).
 //!
 //! # Layout
 //! - `server.rs`: accept loop, connection cap, shutdown and drain.
@@ -11,6 +12,7 @@
 //! - `command.rs`: the command state machine (EHLO to QUIT), free of I/O.
 //! - `data.rs`: the DATA receiver: terminator, dot-unstuffing, size and line limits.
 //! - `stamp.rs`: the `Received:` and `Message-ID:` headers.
+//! - `tls.rs`: the reloadable certificate; `stream.rs`: the connection STARTTLS upgrades.
 //! - `reply.rs`, `config.rs`: [`Reply`] and [`SmtpConfig`].
 
 mod command;
@@ -20,8 +22,10 @@ mod reply;
 mod server;
 mod session;
 mod stamp;
+mod stream;
 #[cfg(test)]
 mod tests;
+mod tls;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -29,6 +33,7 @@ use std::net::SocketAddr;
 pub use config::SmtpConfig;
 pub use reply::Reply;
 pub use server::serve;
+pub use tls::{read_certificates, ServerTls, TlsError, TlsFiles};
 
 /// A complete inbound message, after DATA, stamped.
 #[derive(Debug, Clone)]

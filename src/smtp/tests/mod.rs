@@ -4,6 +4,7 @@
 mod dialog;
 mod limits;
 mod server;
+mod tls;
 
 use std::io;
 use std::net::SocketAddr;
