@@ -67,10 +67,19 @@ fn generate(
             )));
         }
     }
-    let pair = rcgen::generate_simple_self_signed(names.to_vec())
-        .map_err(|e| Failure::Usage(format!("cannot make a certificate for {names:?}: {e}")))?;
-    write_new(key, pair.key_pair.serialize_pem().as_bytes(), 0o600, force)?;
-    write_new(cert, pair.cert.pem().as_bytes(), 0o644, force)?;
+    let refused =
+        |e: rcgen::Error| Failure::Usage(format!("cannot make a certificate for {names:?}: {e}"));
+    let mut params = rcgen::CertificateParams::new(names.to_vec()).map_err(refused)?;
+    // Named after its first name, so that an operator can tell certificates apart.
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params.distinguished_name.push(
+        rcgen::DnType::CommonName,
+        names.first().map_or("hubrelay", String::as_str),
+    );
+    let key_pair = rcgen::KeyPair::generate().map_err(refused)?;
+    let certificate = params.self_signed(&key_pair).map_err(refused)?;
+    write_new(key, key_pair.serialize_pem().as_bytes(), 0o600, force)?;
+    write_new(cert, certificate.pem().as_bytes(), 0o644, force)?;
     if json {
         print_json(&serde_json::json!({
             "certificate": cert,
