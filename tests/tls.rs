@@ -235,3 +235,30 @@ fn sighup_serves_replaced_certificate_files_and_a_bad_reload_keeps_the_old() {
     assert_eq!(verdict["same_certificate"], true, "{verdict}");
     assert!(s.log().contains("tls_private_key"), "{}", s.log());
 }
+
+#[test]
+fn tls_generate_keeps_the_key_private_and_replaces_files_only_with_force() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cert = generate(dir.path(), "pair");
+    let key = dir.path().join("pair.key");
+    let mode = std::fs::metadata(&key).expect("key").permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let pem = std::fs::read_to_string(&cert).expect("certificate");
+    assert!(pem.starts_with("-----BEGIN CERTIFICATE-----"), "{pem}");
+
+    let out = Command::new(bin())
+        .args(["tls", "generate", "--cert"])
+        .arg(&cert)
+        .arg("--key")
+        .arg(&key)
+        .output()
+        .expect("run hubrelay tls generate");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("use --force"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(std::fs::read_to_string(&cert).expect("certificate"), pem);
+}

@@ -15,6 +15,7 @@ use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
 use serde::Serialize;
 
 use super::cluster::cms_status;
+use super::tls::SelfSigned;
 use super::{print_json, Failure};
 use crate::admin::client::AdminClient;
 use crate::admin::node::MailboxListing;
@@ -120,6 +121,9 @@ accepted_domains = ["example.test"]
 admin_token = "{TOKEN}"
 retry_min = "200ms"
 retry_max = "2s"
+# Hubs deliver to the nodes over STARTTLS (opportunistic, the default).
+tls_certificate = "site.crt"
+tls_private_key = "site.key"
 
 [[hub]]
 name = "hub1"
@@ -153,6 +157,9 @@ mailboxes = ["alice@example.test", "bob@example.test"]
 "#,
         p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7]
     );
+    let pair = SelfSigned::new(&["localhost".into(), "127.0.0.1".into()]).map_err(fail)?;
+    std::fs::write(dir.join("site.crt"), pair.cert_pem).map_err(fail)?;
+    std::fs::write(dir.join("site.key"), pair.key_pem).map_err(fail)?;
     let path = dir.join("site.toml");
     std::fs::write(&path, text).map_err(fail)?;
     Ok(path)
@@ -300,7 +307,8 @@ async fn run_in(dir: &Path, json: bool) -> Result<Verdict, Failure> {
     };
     let mut kids = Children(Vec::new());
     demo.say(&format!(
-        "Starting a private site in {} (hub1, hub2, node1, node2: four processes)",
+        "Starting a private site in {} (hub1, hub2, node1, node2: four processes; the hubs deliver \
+         to the nodes over STARTTLS with a self-signed certificate)",
         dir.display()
     ));
     for (kind, name) in [

@@ -67,19 +67,10 @@ fn generate(
             )));
         }
     }
-    let refused =
-        |e: rcgen::Error| Failure::Usage(format!("cannot make a certificate for {names:?}: {e}"));
-    let mut params = rcgen::CertificateParams::new(names.to_vec()).map_err(refused)?;
-    // Named after its first name, so that an operator can tell certificates apart.
-    params.distinguished_name = rcgen::DistinguishedName::new();
-    params.distinguished_name.push(
-        rcgen::DnType::CommonName,
-        names.first().map_or("hubrelay", String::as_str),
-    );
-    let key_pair = rcgen::KeyPair::generate().map_err(refused)?;
-    let certificate = params.self_signed(&key_pair).map_err(refused)?;
-    write_new(key, key_pair.serialize_pem().as_bytes(), 0o600, force)?;
-    write_new(cert, certificate.pem().as_bytes(), 0o644, force)?;
+    let pair = SelfSigned::new(names)
+        .map_err(|e| Failure::Usage(format!("cannot make a certificate for {names:?}: {e}")))?;
+    write_new(key, pair.key_pem.as_bytes(), 0o600, force)?;
+    write_new(cert, pair.cert_pem.as_bytes(), 0o644, force)?;
     if json {
         print_json(&serde_json::json!({
             "certificate": cert,
@@ -94,6 +85,33 @@ fn generate(
             names.join(", ")
         );
         Ok(())
+    }
+}
+
+/// A self-signed certificate and its key, as PEM.
+pub struct SelfSigned {
+    /// The certificate.
+    pub cert_pem: String,
+    /// Its private key (PKCS#8).
+    pub key_pem: String,
+}
+
+impl SelfSigned {
+    /// A certificate valid for `names` (IP addresses or DNS names), named after the first.
+    pub fn new(names: &[String]) -> Result<SelfSigned, rcgen::Error> {
+        let mut params = rcgen::CertificateParams::new(names.to_vec())?;
+        // Named after its first name, so that an operator can tell certificates apart.
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params.distinguished_name.push(
+            rcgen::DnType::CommonName,
+            names.first().map_or("hubrelay", String::as_str),
+        );
+        let key_pair = rcgen::KeyPair::generate()?;
+        let certificate = params.self_signed(&key_pair)?;
+        Ok(SelfSigned {
+            cert_pem: certificate.pem(),
+            key_pem: key_pair.serialize_pem(),
+        })
     }
 }
 

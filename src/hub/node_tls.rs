@@ -27,13 +27,8 @@ pub enum NodeTlsError {
         message: String,
     },
     /// lettre refused to build the client configuration.
-    #[error("tls_ca {path}: {source}")]
-    Client {
-        /// The CA file (or the config file, when there is none).
-        path: PathBuf,
-        /// What lettre said.
-        source: lettre::transport::smtp::Error,
-    },
+    #[error("delivery_tls: cannot set up the TLS client: {0}")]
+    Client(#[source] lettre::transport::smtp::Error),
 }
 
 /// The delivery policy with what it needs: the CA certificates for `required`.
@@ -41,15 +36,12 @@ pub enum NodeTlsError {
 pub struct NodeTls {
     mode: DeliveryTls,
     roots: Vec<Certificate>,
-    /// Where the roots came from, for error messages.
-    source: PathBuf,
 }
 
 impl NodeTls {
     /// Reads `tls_ca` if the site needs it (`delivery_tls = "required"`).
     pub fn from_site(site: &Site) -> Result<NodeTls, NodeTlsError> {
         let mut roots = Vec::new();
-        let source = site.tls_ca.clone().unwrap_or_else(|| site.file.clone());
         if site.delivery_tls == DeliveryTls::Required {
             if let Some(path) = &site.tls_ca {
                 let ca_error = |message| NodeTlsError::Ca {
@@ -66,7 +58,6 @@ impl NodeTls {
         Ok(NodeTls {
             mode: site.delivery_tls,
             roots,
-            source,
         })
     }
 
@@ -88,10 +79,7 @@ impl NodeTls {
                 .build_rustls()
                 .map(ForNode::Required),
         };
-        built.map_err(|source| NodeTlsError::Client {
-            path: self.source.clone(),
-            source,
-        })
+        built.map_err(NodeTlsError::Client)
     }
 }
 

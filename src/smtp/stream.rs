@@ -15,15 +15,20 @@ use tokio_rustls::TlsAcceptor;
 
 /// A plain or TLS connection; `Closed` only after a failed handshake consumed the transport.
 pub(crate) enum SessionStream<S> {
+    /// Before STARTTLS (or without it).
     Plain(S),
+    /// After a successful handshake; boxed, as the TLS state is large.
     Tls(Box<TlsStream<S>>),
+    /// The transport went into a handshake that failed; reads and writes fail.
     Closed,
 }
 
 /// The negotiated parameters, for the log line after a handshake.
 #[derive(Debug)]
 pub(crate) struct Negotiated {
+    /// e.g. `TLSv1_3`.
     pub version: String,
+    /// e.g. `TLS13_AES_256_GCM_SHA384`.
     pub cipher: String,
 }
 
