@@ -156,6 +156,9 @@ fn default_resubmit_rate() -> Spanned<u64> {
 fn default_require_tls() -> Spanned<bool> {
     Spanned::new(0..0, false)
 }
+fn default_admin_tls() -> Spanned<bool> {
+    Spanned::new(0..0, false)
+}
 fn default_delivery_tls() -> Spanned<DeliveryTls> {
     Spanned::new(0..0, DeliveryTls::Opportunistic)
 }
@@ -212,6 +215,8 @@ struct RawSite {
     tls_ca: Option<Spanned<PathBuf>>,
     #[serde(default = "default_delivery_tls")]
     delivery_tls: Spanned<DeliveryTls>,
+    #[serde(default = "default_admin_tls")]
+    admin_tls: Spanned<bool>,
 }
 
 #[derive(Deserialize)]
@@ -300,6 +305,9 @@ pub struct Site {
     pub tls_ca: Option<PathBuf>,
     /// Whether hubs deliver to nodes over STARTTLS.
     pub delivery_tls: DeliveryTls,
+    /// The admin API of every role (CLI calls, heartbeats, log shipping, resubmission requests)
+    /// is HTTPS with the role's certificate, verified against `tls_ca`.
+    pub admin_tls: bool,
     /// Every hub of the site.
     pub hubs: Vec<Hub>,
     /// Every clustered mailbox server of the site.
@@ -598,6 +606,14 @@ fn build(at: &Locator, raw: RawConfig) -> Result<Site, ConfigError> {
             "\"required\" verifies each node's certificate, so it needs tls_ca (the CA's PEM file)",
         ));
     }
+    let admin_tls = *site.admin_tls.get_ref();
+    if admin_tls && tls_ca.is_none() {
+        return Err(at.err(
+            &site.admin_tls.span(),
+            "site.admin_tls",
+            "every admin client verifies the role it calls, so admin_tls needs tls_ca (the CA's PEM file)",
+        ));
+    }
     let role_tls = |section: &str,
                     cert: Option<&Spanned<PathBuf>>,
                     key: Option<&Spanned<PathBuf>>,
@@ -617,6 +633,13 @@ fn build(at: &Locator, raw: RawConfig) -> Result<Site, ConfigError> {
                 &span,
                 &key,
                 "require_tls needs a certificate: set tls_certificate and tls_private_key",
+            ));
+        }
+        if admin_tls && tls.is_none() {
+            return Err(at.err(
+                &site.admin_tls.span(),
+                "site.admin_tls",
+                format!("every role needs a certificate for HTTPS, and a {section} has none: set tls_certificate and tls_private_key"),
             ));
         }
         if required && section == "cms.node" && delivery_tls == DeliveryTls::Off {
@@ -734,6 +757,7 @@ fn build(at: &Locator, raw: RawConfig) -> Result<Site, ConfigError> {
         admin_token,
         tls_ca,
         delivery_tls,
+        admin_tls,
         hubs,
         cms: cms_list,
     })
@@ -1074,6 +1098,22 @@ mod tests {
             e.contains(": site.require_tls: hubs deliver in clear text"),
             "{e}"
         );
+        let e = err(&with("admin_tls = true"));
+        assert!(
+            e.contains(": site.admin_tls: ") && e.contains("tls_ca"),
+            "{e}"
+        );
+        let e = err(&with("admin_tls = true\ntls_ca = \"ca.pem\""));
+        assert!(
+            e.contains(": site.admin_tls: every role needs a certificate"),
+            "{e}"
+        );
+        let site = parse(&with(
+            "admin_tls = true\ntls_ca = \"ca.pem\"\ntls_certificate = \"a.crt\"\ntls_private_key = \"a.key\"",
+        ))
+        .expect("admin_tls with certificates and a CA");
+        assert!(site.admin_tls);
+        assert!(!parse(GOOD).expect("valid").admin_tls);
     }
 
     #[test]

@@ -281,8 +281,10 @@ fn spawn_listeners<B: smtp::Backend>(
     site: &Site,
     shutdown: &CancellationToken,
 ) {
+    // With admin_tls the admin API presents the same (reloadable) certificate as SMTP.
+    let admin_tls = smtp_cfg.tls.clone().filter(|_| site.admin_tls);
     spawn_smtp(tasks, role, smtp_l, backend, smtp_cfg, shutdown);
-    spawn_admin(tasks, role, admin_l, router, site, shutdown);
+    spawn_admin(tasks, role, admin_l, router, site, admin_tls, shutdown);
 }
 
 fn spawn_smtp<B: smtp::Backend>(
@@ -310,6 +312,7 @@ fn spawn_admin(
     listener: TcpListener,
     router: axum::Router,
     site: &Site,
+    tls: Option<Arc<ServerTls>>,
     shutdown: &CancellationToken,
 ) {
     let role = role.to_string();
@@ -317,10 +320,15 @@ fn spawn_admin(
     let stop = shutdown.clone().cancelled_owned();
     let on_error = shutdown.clone();
     tasks.spawn(async move {
-        if let Err(e) = axum::serve(listener, app)
-            .with_graceful_shutdown(stop)
-            .await
-        {
+        let served = match tls {
+            Some(tls) => admin::https::serve_tls(listener, app, tls, stop).await,
+            None => {
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(stop)
+                    .await
+            }
+        };
+        if let Err(e) = served {
             error!(role = %role, error = %e, "admin listener failed; shutting down");
             on_error.cancel();
         }

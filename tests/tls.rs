@@ -262,3 +262,66 @@ fn tls_generate_keeps_the_key_private_and_replaces_files_only_with_force() {
     );
     assert_eq!(std::fs::read_to_string(&cert).expect("certificate"), pem);
 }
+
+#[test]
+fn admin_tls_carries_the_cli_heartbeats_and_log_shipping_over_https() {
+    let extra = format!(
+        "{}admin_tls = true\ntls_ca = \"site.crt\"\n",
+        tls_keys("site")
+    );
+    let site = TestSite::new(&extra, &[]);
+    generate(site.dir.path(), "site");
+    // Small logs, so that one message closes a generation the passive must pull over HTTPS.
+    let config = std::fs::read_to_string(site.config()).expect("read config");
+    let config = config.replacen(
+        "witness = \"witness/cms1\"\n",
+        "witness = \"witness/cms1\"\nlog_file_size = \"4KiB\"\n",
+        1,
+    );
+    std::fs::write(site.config(), config).expect("write config");
+    let _s = site.start(&["site"]);
+
+    let big = format!(
+        "{}{}\r\n",
+        message(Some("<big@client.test>"), "big"),
+        format!("{}\r\n", "x".repeat(70)).repeat(90)
+    );
+    let (code, out) = smtplib_send(
+        site.ports.hub1,
+        "bob@example.test",
+        &["alice@example.test"],
+        &big,
+    );
+    assert_eq!(code, 0, "{out}");
+    // `mailbox` is an admin call: it works only over HTTPS with the CA.
+    site.wait_mailbox("alice@example.test", WAIT, |ids| {
+        ids == ["<big@client.test>"]
+    });
+    // Heartbeats (quorum Healthy: the active sees its peer) and log shipping (a closed log copied).
+    wait_for(WAIT, "a healthy copy of the closed log", || {
+        let (code, v) = site.cli_json(&["status", "--cms", "cms1"]);
+        let sg = &v["storage_groups"][0];
+        (code == 0
+            && v["quorum"] == "Healthy"
+            && sg["last_log_copied"].as_u64().is_some_and(|n| n >= 1)
+            && sg["summary_copy_status"] == "Healthy")
+            .then_some(())
+    });
+
+    // Clear-text HTTP gets no HTTP answer from an admin port.
+    let mut plain = std::net::TcpStream::connect(("127.0.0.1", site.ports.hub1_admin))
+        .expect("connect to the admin port");
+    plain.set_read_timeout(Some(WAIT)).expect("read timeout");
+    std::io::Write::write_all(
+        &mut plain,
+        b"GET /api/dumpster HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer test-token\r\n\r\n",
+    )
+    .expect("write");
+    let mut answer = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut plain, &mut answer);
+    assert!(
+        !answer.starts_with(b"HTTP/"),
+        "{:?}",
+        String::from_utf8_lossy(&answer)
+    );
+}

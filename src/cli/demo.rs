@@ -180,7 +180,7 @@ impl Demo {
 
     async fn wait_active(&self, node: &str) -> Result<(), Failure> {
         let start = Instant::now();
-        while cms_status(&self.site, &self.site.cms[0])
+        while cms_status(&self.client, &self.site.cms[0])
             .await
             .active_node
             .as_deref()
@@ -242,7 +242,7 @@ impl Demo {
     async fn wait_copied_up(&self) -> Result<(), Failure> {
         let start = Instant::now();
         loop {
-            let s = cms_status(&self.site, &self.site.cms[0]).await;
+            let s = cms_status(&self.client, &self.site.cms[0]).await;
             if s.storage_groups
                 .first()
                 .and_then(|g| g.copy_queue_length)
@@ -301,7 +301,7 @@ async fn run_in(dir: &Path, json: bool) -> Result<Verdict, Failure> {
     std::fs::create_dir_all(&data).map_err(fail)?;
     let site = Site::load(&config).map_err(fail)?;
     let demo = Demo {
-        client: AdminClient::new(TOKEN),
+        client: AdminClient::new(&site).map_err(fail)?,
         site,
         json,
     };
@@ -347,7 +347,7 @@ async fn run_in(dir: &Path, json: bool) -> Result<Verdict, Failure> {
     let killed = Instant::now();
     demo.wait_active("node2").await?;
     let failover_seconds = killed.elapsed().as_secs_f64();
-    let s = cms_status(&demo.site, &demo.site.cms[0]).await;
+    let s = cms_status(&demo.client, &demo.site.cms[0]).await;
     let present = demo.listed().await;
     let lost: Vec<&String> = all.iter().filter(|m| !present.contains(m)).collect();
     demo.say(&format!(

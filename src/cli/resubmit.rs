@@ -89,7 +89,7 @@ pub async fn run(
         low: low.to_rfc3339(),
         high: high.to_rfc3339(),
     };
-    let client = AdminClient::new(&site.admin_token);
+    let client = super::cluster::admin_client(site)?;
     let bar = (!json && std::io::stderr().is_terminal()).then(|| {
         let b = ProgressBar::new_spinner();
         b.set_style(

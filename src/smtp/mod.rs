@@ -33,6 +33,7 @@ use std::net::SocketAddr;
 pub use config::SmtpConfig;
 pub use reply::Reply;
 pub use server::serve;
+pub(crate) use tls::crypto_provider;
 pub use tls::{read_certificates, ServerTls, TlsError, TlsFiles};
 
 /// A complete inbound message, after DATA, stamped.
