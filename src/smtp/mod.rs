@@ -33,8 +33,8 @@ use std::net::SocketAddr;
 pub use config::SmtpConfig;
 pub use reply::Reply;
 pub use server::serve;
-pub(crate) use tls::crypto_provider;
-pub use tls::{read_certificates, ServerTls, TlsError, TlsFiles};
+pub(crate) use tls::{crypto_provider, read_certificates};
+pub use tls::{ServerTls, TlsError, TlsFiles};
 
 /// A complete inbound message, after DATA, stamped.
 #[derive(Debug, Clone)]

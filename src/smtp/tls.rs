@@ -104,7 +104,8 @@ pub(crate) fn crypto_provider() -> Arc<rustls::crypto::CryptoProvider> {
 }
 
 /// Reads every certificate in a PEM file (a leaf and its intermediates, or CA certificates).
-pub fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+/// The message is for the caller's typed error, which names the key and the file.
+pub(crate) fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
     let certs = CertificateDer::pem_file_iter(path)
         .map_err(|e| pem_error(&e))?
         .collect::<Result<Vec<_>, _>>()
