@@ -15,7 +15,7 @@ use ipnet::IpNet;
 use serde::{Deserialize, Deserializer};
 use toml::Spanned;
 
-use crate::smtp::BareNewline;
+use crate::smtp::{BareNewline, TlsFiles};
 
 /// A configuration error, already located in the file.
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +62,20 @@ impl AutoDatabaseMountDial {
             Self::BestAvailability => 6,
         }
     }
+}
+
+/// Whether a hub delivers to mailbox nodes over STARTTLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeliveryTls {
+    /// Never: clear text even when the node offers STARTTLS.
+    Off,
+    /// When the node offers STARTTLS, without checking its certificate (the default): protects
+    /// against listening, not against an impostor.
+    Opportunistic,
+    /// Always, with the node's certificate verified against `tls_ca` and its address; a node
+    /// that does not offer STARTTLS or fails the check is a temporary failure (mail waits).
+    Required,
 }
 
 /// A byte size written as `"18MB"`, `"1MiB"` or a plain integer.
@@ -155,6 +169,15 @@ fn default_dedup_retention() -> Spanned<Dur> {
 fn default_resubmit_rate() -> Spanned<u64> {
     Spanned::new(0..0, 500)
 }
+fn default_require_tls() -> Spanned<bool> {
+    Spanned::new(0..0, false)
+}
+fn default_admin_tls() -> Spanned<bool> {
+    Spanned::new(0..0, false)
+}
+fn default_delivery_tls() -> Spanned<DeliveryTls> {
+    Spanned::new(0..0, DeliveryTls::Opportunistic)
+}
 fn default_dial() -> AutoDatabaseMountDial {
     AutoDatabaseMountDial::GoodAvailability
 }
@@ -209,6 +232,15 @@ struct RawSite {
     dedup_retention: Spanned<Dur>,
     admin_token: Option<Spanned<String>>,
     admin_token_file: Option<Spanned<PathBuf>>,
+    tls_certificate: Option<Spanned<PathBuf>>,
+    tls_private_key: Option<Spanned<PathBuf>>,
+    #[serde(default = "default_require_tls")]
+    require_tls: Spanned<bool>,
+    tls_ca: Option<Spanned<PathBuf>>,
+    #[serde(default = "default_delivery_tls")]
+    delivery_tls: Spanned<DeliveryTls>,
+    #[serde(default = "default_admin_tls")]
+    admin_tls: Spanned<bool>,
 }
 
 #[derive(Deserialize)]
@@ -217,6 +249,9 @@ struct RawHub {
     name: Spanned<String>,
     smtp: SocketAddr,
     admin: SocketAddr,
+    tls_certificate: Option<Spanned<PathBuf>>,
+    tls_private_key: Option<Spanned<PathBuf>>,
+    require_tls: Option<Spanned<bool>>,
 }
 
 #[derive(Deserialize)]
@@ -240,6 +275,9 @@ struct RawNode {
     name: Spanned<String>,
     smtp: SocketAddr,
     admin: SocketAddr,
+    tls_certificate: Option<Spanned<PathBuf>>,
+    tls_private_key: Option<Spanned<PathBuf>>,
+    require_tls: Option<Spanned<bool>>,
 }
 
 #[derive(Deserialize)]
@@ -296,6 +334,13 @@ pub struct Site {
     pub dedup_retention: Duration,
     /// The bearer token every admin call must carry.
     pub admin_token: String,
+    /// CA certificates (PEM) hubs verify mailbox nodes against when `delivery_tls` is `required`.
+    pub tls_ca: Option<PathBuf>,
+    /// Whether hubs deliver to nodes over STARTTLS.
+    pub delivery_tls: DeliveryTls,
+    /// The admin API of every role (CLI calls, heartbeats, log shipping, resubmission requests)
+    /// is HTTPS with the role's certificate, verified against `tls_ca`.
+    pub admin_tls: bool,
     /// Every hub of the site.
     pub hubs: Vec<Hub>,
     /// Every clustered mailbox server of the site.
@@ -311,6 +356,10 @@ pub struct Hub {
     pub smtp: SocketAddr,
     /// Admin API listener.
     pub admin: SocketAddr,
+    /// Certificate for inbound STARTTLS (its own, or the site's); none: STARTTLS not offered.
+    pub tls: Option<TlsFiles>,
+    /// Refuse MAIL before STARTTLS on the SMTP listener.
+    pub require_tls: bool,
 }
 
 /// One clustered mailbox server: two nodes hosting storage groups.
@@ -339,6 +388,10 @@ pub struct Node {
     pub smtp: SocketAddr,
     /// Admin API listener (status, log shipping, mailbox listing).
     pub admin: SocketAddr,
+    /// Certificate for STARTTLS on deliveries from hubs (its own, or the site's).
+    pub tls: Option<TlsFiles>,
+    /// Refuse MAIL before STARTTLS on the SMTP listener.
+    pub require_tls: bool,
 }
 
 /// A storage group: the unit of dumpster accounting and of resubmission.
@@ -609,14 +662,83 @@ fn build(at: &Locator, raw: RawConfig) -> Result<Site, ConfigError> {
         ));
     }
 
+    let site_tls = tls_files(
+        at,
+        "site",
+        site.tls_certificate.as_ref(),
+        site.tls_private_key.as_ref(),
+    )?;
+    let tls_ca = site.tls_ca.as_ref().map(|p| beside_config(at, p.get_ref()));
+    let delivery_tls = *site.delivery_tls.get_ref();
+    if delivery_tls == DeliveryTls::Required && tls_ca.is_none() {
+        return Err(at.err(
+            &site.delivery_tls.span(),
+            "site.delivery_tls",
+            "\"required\" verifies each node's certificate, so it needs tls_ca (the CA's PEM file)",
+        ));
+    }
+    let admin_tls = *site.admin_tls.get_ref();
+    if admin_tls && tls_ca.is_none() {
+        return Err(at.err(
+            &site.admin_tls.span(),
+            "site.admin_tls",
+            "every admin client verifies the role it calls, so admin_tls needs tls_ca (the CA's PEM file)",
+        ));
+    }
+    let role_tls = |section: &str,
+                    cert: Option<&Spanned<PathBuf>>,
+                    key: Option<&Spanned<PathBuf>>,
+                    require: Option<&Spanned<bool>>|
+     -> Result<(Option<TlsFiles>, bool), ConfigError> {
+        let tls = tls_files(at, section, cert, key)?.or_else(|| site_tls.clone());
+        let (required, span, key) = match require {
+            Some(r) => (*r.get_ref(), r.span(), format!("{section}.require_tls")),
+            None => (
+                *site.require_tls.get_ref(),
+                site.require_tls.span(),
+                "site.require_tls".to_string(),
+            ),
+        };
+        if required && tls.is_none() {
+            return Err(at.err(
+                &span,
+                &key,
+                "require_tls needs a certificate: set tls_certificate and tls_private_key",
+            ));
+        }
+        if admin_tls && tls.is_none() {
+            return Err(at.err(
+                &site.admin_tls.span(),
+                "site.admin_tls",
+                format!("every role needs a certificate for HTTPS, and a {section} has none: set tls_certificate and tls_private_key"),
+            ));
+        }
+        if required && section == "cms.node" && delivery_tls == DeliveryTls::Off {
+            return Err(at.err(
+                &span,
+                &key,
+                "hubs deliver in clear text (delivery_tls = \"off\") and could never deliver to this node",
+            ));
+        }
+        Ok((tls, required))
+    };
+
     let mut roles = Seen::new(at, "name", "role");
     let mut hubs = Vec::new();
     for h in raw.hub {
         roles.add(&h.name, "")?;
+        let (tls, require_tls) = role_tls(
+            "hub",
+            h.tls_certificate.as_ref(),
+            h.tls_private_key.as_ref(),
+            h.require_tls.as_ref(),
+        )?;
         hubs.push(Hub {
             name: h.name.into_inner(),
             smtp: h.smtp,
             admin: h.admin,
+            tls,
+            require_tls,
         });
     }
 
@@ -643,10 +765,18 @@ fn build(at: &Locator, raw: RawConfig) -> Result<Site, ConfigError> {
         let mut nodes = Vec::new();
         for n in c.node {
             roles.add(&n.name, c.name.get_ref())?;
+            let (tls, require_tls) = role_tls(
+                "cms.node",
+                n.tls_certificate.as_ref(),
+                n.tls_private_key.as_ref(),
+                n.require_tls.as_ref(),
+            )?;
             nodes.push(Node {
                 name: n.name.into_inner(),
                 smtp: n.smtp,
                 admin: n.admin,
+                tls,
+                require_tls,
             });
         }
         let mut storage_groups = Vec::new();
@@ -700,9 +830,47 @@ fn build(at: &Locator, raw: RawConfig) -> Result<Site, ConfigError> {
         resubmit_rate,
         dedup_retention,
         admin_token,
+        tls_ca,
+        delivery_tls,
+        admin_tls,
         hubs,
         cms: cms_list,
     })
+}
+
+/// A relative path in the config is relative to the config file, not to the working directory.
+fn beside_config(at: &Locator, path: &Path) -> PathBuf {
+    match at.file.parent() {
+        Some(dir) if path.is_relative() => dir.join(path),
+        _ => path.to_path_buf(),
+    }
+}
+
+/// The certificate and key of one section: both or neither (the files are read when the role
+/// starts, so that parsing opens nothing).
+fn tls_files(
+    at: &Locator,
+    section: &str,
+    cert: Option<&Spanned<PathBuf>>,
+    key: Option<&Spanned<PathBuf>>,
+) -> Result<Option<TlsFiles>, ConfigError> {
+    match (cert, key) {
+        (Some(c), Some(k)) => Ok(Some(TlsFiles {
+            certificate: beside_config(at, c.get_ref()),
+            private_key: beside_config(at, k.get_ref()),
+        })),
+        (None, None) => Ok(None),
+        (Some(c), None) => Err(at.err(
+            &c.span(),
+            &format!("{section}.tls_private_key"),
+            "missing: tls_certificate needs its tls_private_key",
+        )),
+        (None, Some(k)) => Err(at.err(
+            &k.span(),
+            &format!("{section}.tls_certificate"),
+            "missing: tls_private_key needs its tls_certificate",
+        )),
+    }
 }
 
 fn admin_token(at: &Locator, site: &RawSite) -> Result<String, ConfigError> {
@@ -1003,6 +1171,84 @@ mod tests {
         );
         let e = err(&text.replace("max_dumpster_time = \"7d\"", "max_dumpster_time = \"15d\""));
         assert!(e.contains("site.dedup_retention"), "{e}");
+    }
+
+    #[test]
+    fn tls_keys_resolve_beside_the_config_and_hubs_and_nodes_may_override_them() {
+        let text = GOOD
+            .replacen(
+                "[site]\n",
+                "[site]\ntls_certificate = \"tls/site.crt\"\ntls_private_key = \"/etc/hubrelay/site.key\"\n",
+                1,
+            )
+            .replacen(
+                "name = \"hub2\"\n",
+                "name = \"hub2\"\ntls_certificate = \"hub2.crt\"\ntls_private_key = \"hub2.key\"\nrequire_tls = true\n",
+                1,
+            );
+        let site = Site::parse(Path::new("/srv/site/site.toml"), &text).expect("valid");
+        let site_files = TlsFiles {
+            certificate: PathBuf::from("/srv/site/tls/site.crt"),
+            private_key: PathBuf::from("/etc/hubrelay/site.key"),
+        };
+        assert_eq!(site.hubs[0].tls.as_ref(), Some(&site_files));
+        assert!(!site.hubs[0].require_tls);
+        let hub2 = site.hubs[1].tls.as_ref().expect("hub2 has its own");
+        assert_eq!(hub2.certificate, PathBuf::from("/srv/site/hub2.crt"));
+        assert!(site.hubs[1].require_tls);
+        assert_eq!(site.cms[0].nodes[0].tls.as_ref(), Some(&site_files));
+        assert_eq!(site.delivery_tls, DeliveryTls::Opportunistic);
+        assert_eq!(site.tls_ca, None);
+
+        let plain = parse(GOOD).expect("valid");
+        assert!(plain.hubs.iter().all(|h| h.tls.is_none() && !h.require_tls));
+        assert!(plain.cms[0].nodes.iter().all(|n| n.tls.is_none()));
+    }
+
+    #[test]
+    fn tls_mistakes_name_their_key() {
+        let with = |lines: &str| GOOD.replacen("[site]\n", &format!("[site]\n{lines}\n"), 1);
+        let e = err(&with("tls_certificate = \"a.crt\""));
+        assert!(e.contains(": site.tls_private_key: missing"), "{e}");
+        let e = err(&with("tls_private_key = \"a.key\""));
+        assert!(e.contains(": site.tls_certificate: missing"), "{e}");
+        let e = err(&with("require_tls = true"));
+        assert!(
+            e.contains(": site.require_tls: require_tls needs a certificate"),
+            "{e}"
+        );
+        let e = err(&with("delivery_tls = \"required\""));
+        assert!(e.contains(": site.delivery_tls: "), "{e}");
+        assert!(e.contains("tls_ca"), "{e}");
+        let e = err(&with("delivery_tls = \"sometimes\""));
+        assert!(e.contains("unknown variant"), "{e}");
+        let site = parse(&with("delivery_tls = \"required\"\ntls_ca = \"ca.pem\""))
+            .expect("required with a CA");
+        assert_eq!(site.delivery_tls, DeliveryTls::Required);
+        assert_eq!(site.tls_ca, Some(PathBuf::from("ca.pem")));
+        let e = err(&with(
+            "tls_certificate = \"a.crt\"\ntls_private_key = \"a.key\"\ndelivery_tls = \"off\"\nrequire_tls = true",
+        ));
+        assert!(
+            e.contains(": site.require_tls: hubs deliver in clear text"),
+            "{e}"
+        );
+        let e = err(&with("admin_tls = true"));
+        assert!(
+            e.contains(": site.admin_tls: ") && e.contains("tls_ca"),
+            "{e}"
+        );
+        let e = err(&with("admin_tls = true\ntls_ca = \"ca.pem\""));
+        assert!(
+            e.contains(": site.admin_tls: every role needs a certificate"),
+            "{e}"
+        );
+        let site = parse(&with(
+            "admin_tls = true\ntls_ca = \"ca.pem\"\ntls_certificate = \"a.crt\"\ntls_private_key = \"a.key\"",
+        ))
+        .expect("admin_tls with certificates and a CA");
+        assert!(site.admin_tls);
+        assert!(!parse(GOOD).expect("valid").admin_tls);
     }
 
     #[test]

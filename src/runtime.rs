@@ -1,5 +1,5 @@
 //! Starting roles: bind every listener first (so a port clash is reported before anything runs),
-//! then serve until the shutdown token is cancelled.
+//! then serve until the shutdown token is cancelled. A role with a certificate reloads it on SIGHUP.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -15,7 +15,7 @@ use crate::admin;
 use crate::config::Site;
 use crate::hub::{inbound::HubInbound, Hub, HubError};
 use crate::node::{inbound::NodeInbound, MailboxNode, NodeError};
-use crate::smtp::{self, SmtpConfig};
+use crate::smtp::{self, ServerTls, SmtpConfig, TlsError, TlsFiles};
 
 /// Milliseconds since the Unix epoch: the store's clock.
 pub fn now_ms() -> u64 {
@@ -78,6 +78,22 @@ pub enum StartError {
         /// The cause.
         source: NodeError,
     },
+    /// The role's certificate or key could not be loaded.
+    #[error("{role}: {source}")]
+    Tls {
+        /// The role.
+        role: String,
+        /// The cause, naming the key and the file (boxed: rustls errors are large).
+        source: Box<TlsError>,
+    },
+    /// SIGHUP (certificate reload) could not be set up.
+    #[error("{role}: cannot handle SIGHUP for certificate reloads: {source}")]
+    Signal {
+        /// The role.
+        role: String,
+        /// What the OS said.
+        source: std::io::Error,
+    },
 }
 
 /// A listener a role is serving on, for the start-up banner.
@@ -123,7 +139,13 @@ enum Listener {
     Node,
 }
 
-fn smtp_config(site: &Site, hostname: &str, role: Listener) -> SmtpConfig {
+fn smtp_config(
+    site: &Site,
+    hostname: &str,
+    role: Listener,
+    tls: Option<Arc<ServerTls>>,
+    require_tls: bool,
+) -> SmtpConfig {
     let mut c = SmtpConfig::new(hostname, site.max_message_size);
     c.max_recipients = site.max_recipients;
     c.max_connections = site.max_connections;
@@ -135,7 +157,57 @@ fn smtp_config(site: &Site, hostname: &str, role: Listener) -> SmtpConfig {
     c.idle_timeout = site.idle_timeout;
     c.data_timeout = site.data_timeout;
     c.bare_newline = site.bare_newline;
+    c.tls = tls;
+    c.require_tls = require_tls;
     c
+}
+
+/// Loads a role's certificate and reloads it on every SIGHUP until shutdown. The signal is
+/// registered here, before the role reports ready, so a SIGHUP right after start-up is not fatal.
+fn start_tls(
+    role: &str,
+    files: Option<&TlsFiles>,
+    shutdown: &CancellationToken,
+    tasks: &mut JoinSet<()>,
+) -> Result<Option<Arc<ServerTls>>, StartError> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Some(files) = files else {
+        return Ok(None);
+    };
+    let tls = ServerTls::load(files.clone()).map_err(|source| StartError::Tls {
+        role: role.to_string(),
+        source: Box::new(source),
+    })?;
+    let mut hangup = signal(SignalKind::hangup()).map_err(|source| StartError::Signal {
+        role: role.to_string(),
+        source,
+    })?;
+    let (reloaded, role, stop) = (tls.clone(), role.to_string(), shutdown.clone());
+    tasks.spawn(async move {
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => break,
+                got = hangup.recv() => {
+                    if got.is_none() {
+                        break;
+                    }
+                    match reloaded.reload() {
+                        Ok(()) => info!(
+                            role = %role,
+                            certificate = %reloaded.files().certificate.display(),
+                            "TLS certificate reloaded"
+                        ),
+                        Err(e) => error!(
+                            role = %role,
+                            error = %e,
+                            "TLS certificate reload failed; keeping the certificate in use"
+                        ),
+                    }
+                }
+            }
+        }
+    });
+    Ok(Some(tls))
 }
 
 /// Opens hub `name` under `data/<name>` and starts its SMTP and admin listeners in `tasks`.
@@ -152,6 +224,7 @@ pub async fn start_hub(
         .clone();
     let (smtp_l, smtp_e) = bind(name, "smtp", cfg.smtp).await?;
     let (admin_l, admin_e) = bind(name, "admin", cfg.admin).await?;
+    let tls = start_tls(name, cfg.tls.as_ref(), shutdown, tasks)?;
     let hub =
         Hub::open(site.clone(), name, &data.join(name)).map_err(|source| StartError::Hub {
             role: name.to_string(),
@@ -160,7 +233,7 @@ pub async fn start_hub(
     let smtp = (
         smtp_l,
         Arc::new(HubInbound(hub.clone())),
-        smtp_config(site, &hub.hostname, Listener::Hub),
+        smtp_config(site, &hub.hostname, Listener::Hub, tls, cfg.require_tls),
     );
     let admin = (admin_l, admin::hub_router(hub.clone()));
     spawn_listeners(tasks, name, smtp, admin, site, shutdown);
@@ -180,6 +253,7 @@ pub async fn start_node(
     let cfg = cfg.clone();
     let (smtp_l, smtp_e) = bind(name, "smtp", cfg.smtp).await?;
     let (admin_l, admin_e) = bind(name, "admin", cfg.admin).await?;
+    let tls = start_tls(name, cfg.tls.as_ref(), shutdown, tasks)?;
     let node = MailboxNode::open(site.clone(), name, cms, &data.join(name)).map_err(|source| {
         StartError::Node {
             role: name.to_string(),
@@ -189,7 +263,7 @@ pub async fn start_node(
     let smtp = (
         smtp_l,
         Arc::new(NodeInbound(node.clone())),
-        smtp_config(site, &node.hostname, Listener::Node),
+        smtp_config(site, &node.hostname, Listener::Node, tls, cfg.require_tls),
     );
     let admin = (admin_l, admin::node_router(node.clone()));
     spawn_listeners(tasks, name, smtp, admin, site, shutdown);
@@ -223,8 +297,10 @@ fn spawn_listeners<B: smtp::Backend>(
     site: &Site,
     shutdown: &CancellationToken,
 ) {
+    // With admin_tls the admin API presents the same (reloadable) certificate as SMTP.
+    let admin_tls = smtp_cfg.tls.clone().filter(|_| site.admin_tls);
     spawn_smtp(tasks, role, smtp_l, backend, smtp_cfg, shutdown);
-    spawn_admin(tasks, role, admin_l, router, site, shutdown);
+    spawn_admin(tasks, role, admin_l, router, site, admin_tls, shutdown);
 }
 
 fn spawn_smtp<B: smtp::Backend>(
@@ -252,6 +328,7 @@ fn spawn_admin(
     listener: TcpListener,
     router: axum::Router,
     site: &Site,
+    tls: Option<Arc<ServerTls>>,
     shutdown: &CancellationToken,
 ) {
     let role = role.to_string();
@@ -259,10 +336,15 @@ fn spawn_admin(
     let stop = shutdown.clone().cancelled_owned();
     let on_error = shutdown.clone();
     tasks.spawn(async move {
-        if let Err(e) = axum::serve(listener, app)
-            .with_graceful_shutdown(stop)
-            .await
-        {
+        let served = match tls {
+            Some(tls) => admin::https::serve_tls(listener, app, tls, stop).await,
+            None => {
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(stop)
+                    .await
+            }
+        };
+        if let Err(e) = served {
             error!(role = %role, error = %e, "admin listener failed; shutting down");
             on_error.cancel();
         }

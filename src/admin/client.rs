@@ -1,13 +1,17 @@
 //! The CLI's side of the admin API: authenticated JSON calls with a short timeout, so one dead hub
-//! cannot stall `stats`.
+//! cannot stall `stats`. With `admin_tls` the calls are HTTPS, each role's certificate verified
+//! against `tls_ca` and the role's admin address.
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::ErrorBody;
+use crate::config::Site;
+use crate::smtp::{crypto_provider, read_certificates};
 
 /// How long the CLI waits for one role before calling it unreachable.
 pub const TIMEOUT: Duration = Duration::from_secs(3);
@@ -33,6 +37,14 @@ pub enum ClientError {
         /// The error body's text.
         message: String,
     },
+    /// The CA for `admin_tls` cannot be used, so no call is made.
+    #[error("tls_ca {path}: {message}")]
+    Tls {
+        /// The CA file.
+        path: PathBuf,
+        /// What is wrong with it.
+        message: String,
+    },
 }
 
 /// An admin API client for one site.
@@ -40,40 +52,57 @@ pub enum ClientError {
 pub struct AdminClient {
     http: reqwest::Client,
     token: String,
+    /// `http`, or `https` with `admin_tls`.
+    scheme: &'static str,
 }
 
 impl AdminClient {
-    /// A client sending `token` with every call.
-    pub fn new(token: &str) -> AdminClient {
-        Self::with_timeout(token, TIMEOUT)
+    /// A client for the roles of `site`, sending its admin token with every call.
+    pub fn new(site: &Site) -> Result<AdminClient, ClientError> {
+        Self::with_timeout(site, TIMEOUT)
     }
 
     /// A client with its own timeout (heartbeats must fail fast, not stall the cluster driver).
-    pub fn with_timeout(token: &str, timeout: Duration) -> AdminClient {
-        let http = reqwest::Client::builder()
-            .timeout(timeout)
-            .no_proxy()
-            .build()
-            .expect("a client with only a timeout set always builds");
-        AdminClient {
+    pub fn with_timeout(site: &Site, timeout: Duration) -> Result<AdminClient, ClientError> {
+        let builder = reqwest::Client::builder().timeout(timeout).no_proxy();
+        let (builder, scheme) = match (&site.admin_tls, &site.tls_ca) {
+            (true, Some(ca)) => (builder.use_preconfigured_tls(tls_config(ca)?), "https"),
+            (true, None) => {
+                return Err(ClientError::Tls {
+                    path: site.file.clone(),
+                    message: "admin_tls is set but tls_ca is not".into(),
+                })
+            }
+            (false, _) => (builder, "http"),
+        };
+        let http = builder.build().map_err(|e| ClientError::Tls {
+            path: site.tls_ca.clone().unwrap_or_else(|| site.file.clone()),
+            message: e.to_string(),
+        })?;
+        Ok(AdminClient {
             http,
-            token: token.to_string(),
-        }
+            token: site.admin_token.clone(),
+            scheme,
+        })
     }
 
-    /// `GET http://addr{path}` decoded as `T`.
+    fn url(&self, addr: SocketAddr, path: &str) -> String {
+        format!("{}://{addr}{path}", self.scheme)
+    }
+
+    /// `GET addr{path}` decoded as `T`.
     pub async fn get<T: DeserializeOwned>(
         &self,
         addr: SocketAddr,
         path: &str,
     ) -> Result<T, ClientError> {
-        let req = self.http.get(format!("http://{addr}{path}"));
+        let req = self.http.get(self.url(addr, path));
         self.call(addr, req).await
     }
 
-    /// `GET http://addr{path}` as raw bytes.
+    /// `GET addr{path}` as raw bytes.
     pub async fn get_bytes(&self, addr: SocketAddr, path: &str) -> Result<Vec<u8>, ClientError> {
-        let req = self.http.get(format!("http://{addr}{path}"));
+        let req = self.http.get(self.url(addr, path));
         let resp = self.send(addr, req).await?;
         Ok(resp
             .bytes()
@@ -82,14 +111,14 @@ impl AdminClient {
             .to_vec())
     }
 
-    /// `POST http://addr{path}` with a JSON body, decoded as `T`.
+    /// `POST addr{path}` with a JSON body, decoded as `T`.
     pub async fn post<B: Serialize, T: DeserializeOwned>(
         &self,
         addr: SocketAddr,
         path: &str,
         body: &B,
     ) -> Result<T, ClientError> {
-        let req = self.http.post(format!("http://{addr}{path}")).json(body);
+        let req = self.http.post(self.url(addr, path)).json(body);
         self.call(addr, req).await
     }
 
@@ -130,6 +159,25 @@ impl AdminClient {
             Err(status_error(addr, resp).await)
         }
     }
+}
+
+/// Trusts the certificates of `ca` only (the ring provider, as everywhere in hubrelay).
+fn tls_config(ca: &Path) -> Result<rustls::ClientConfig, ClientError> {
+    let failed = |message: String| ClientError::Tls {
+        path: ca.to_path_buf(),
+        message,
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in read_certificates(ca).map_err(failed)? {
+        roots.add(cert).map_err(|e| failed(e.to_string()))?;
+    }
+    Ok(
+        rustls::ClientConfig::builder_with_provider(crypto_provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| failed(e.to_string()))?
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    )
 }
 
 fn unreachable(addr: SocketAddr, e: reqwest::Error) -> ClientError {

@@ -5,6 +5,7 @@
 
 pub mod client;
 pub mod cluster;
+pub mod https;
 pub mod hub;
 pub mod node;
 pub mod queue;

@@ -37,8 +37,7 @@ pub struct CmsStatus {
 }
 
 /// Asks both nodes of `cms`.
-pub async fn cms_status(site: &Site, cms: &Cms) -> CmsStatus {
-    let client = AdminClient::new(&site.admin_token);
+pub async fn cms_status(client: &AdminClient, cms: &Cms) -> CmsStatus {
     let mut nodes = Vec::new();
     let mut unreachable = Vec::new();
     for n in &cms.nodes {
@@ -135,6 +134,11 @@ pub async fn cms_status(site: &Site, cms: &Cms) -> CmsStatus {
     }
 }
 
+/// The admin client for `site`; a CA that cannot be used is a configuration problem.
+pub fn admin_client(site: &Site) -> Result<AdminClient, Failure> {
+    AdminClient::new(site).map_err(|e| Failure::Usage(e.to_string()))
+}
+
 fn selected<'a>(site: &'a Site, cms: Option<&str>) -> Result<Vec<&'a Cms>, Failure> {
     match cms {
         Some(name) => site.cms_named(name).map(|c| vec![c]).ok_or_else(|| {
@@ -147,8 +151,9 @@ fn selected<'a>(site: &'a Site, cms: Option<&str>) -> Result<Vec<&'a Cms>, Failu
 /// Runs `hubrelay status`.
 pub async fn status(site: &Site, cms: Option<&str>, json: bool) -> Result<(), Failure> {
     let mut all = Vec::new();
+    let client = admin_client(site)?;
     for c in selected(site, cms)? {
-        all.push(cms_status(site, c).await);
+        all.push(cms_status(&client, c).await);
     }
     if json {
         return match (cms, all.as_slice()) {
@@ -233,7 +238,7 @@ fn check(check: &str, result: &str, detail: impl Into<String>) -> Check {
 
 /// Runs `hubrelay health`; exit 1 if any check FAILs.
 pub async fn health(site: &Site, json: bool) -> Result<(), Failure> {
-    let client = AdminClient::new(&site.admin_token);
+    let client = admin_client(site)?;
     let mut hub_stats = Vec::new();
     for h in &site.hubs {
         if let Ok(s) = client
@@ -245,7 +250,7 @@ pub async fn health(site: &Site, json: bool) -> Result<(), Failure> {
     }
     let mut checks = Vec::new();
     for c in &site.cms {
-        let s = cms_status(site, c).await;
+        let s = cms_status(&client, c).await;
         let name = &s.cms;
         checks.push(match (s.active_node.as_ref(), s.quorum.as_str()) {
             (None, _) => check("Quorum", "FAIL", format!("{name}: no node holds the databases (quorum {})", s.quorum)),
@@ -395,7 +400,7 @@ pub async fn move_cms(
             return Err(Failure::Usage(format!("`{t}` is not a node of {cms}")));
         }
     }
-    let s = cms_status(site, c).await;
+    let s = cms_status(&admin_client(site)?, c).await;
     let Some(active) = s.active_node.clone() else {
         return Err(Failure::Failed(format!(
             "{cms} has no active node to move from"
@@ -411,7 +416,8 @@ pub async fn move_cms(
         .iter()
         .find(|n| n.name == active)
         .expect("active node is in the config");
-    let client = AdminClient::with_timeout(&site.admin_token, std::time::Duration::from_secs(60));
+    let client = AdminClient::with_timeout(site, std::time::Duration::from_secs(60))
+        .map_err(|e| Failure::Usage(e.to_string()))?;
     let body = MoveBody {
         target: target.map(String::from),
         comment: comment.map(String::from),

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::cluster::cms_status;
+use super::cluster::{admin_client, cms_status};
 use super::{print_json, Failure};
 use crate::admin::client::{encode, AdminClient, ClientError};
 use crate::admin::cluster::{CopyBody, NodeStatus, SgCopyStatus};
@@ -76,14 +76,14 @@ pub async fn run(
             "`{sg}` is not a storage group of {cms}"
         )));
     }
-    let status = cms_status(site, c).await;
+    let client = admin_client(site)?;
+    let status = cms_status(&client, c).await;
     let target = pick_node(action, &status)?;
     let node = c
         .nodes
         .iter()
         .find(|n| n.name == target)
         .expect("status only names nodes of the CMS");
-    let client = AdminClient::new(&site.admin_token);
     let path = format!("/api/copy/{}/{}", encode(sg), action.name());
     let body = CopyBody {
         comment: comment.map(String::from),

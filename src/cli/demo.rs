@@ -15,6 +15,7 @@ use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
 use serde::Serialize;
 
 use super::cluster::cms_status;
+use super::tls::SelfSigned;
 use super::{print_json, Failure};
 use crate::admin::client::AdminClient;
 use crate::admin::node::MailboxListing;
@@ -120,6 +121,9 @@ accepted_domains = ["example.test"]
 admin_token = "{TOKEN}"
 retry_min = "200ms"
 retry_max = "2s"
+# Hubs deliver to the nodes over STARTTLS (opportunistic, the default).
+tls_certificate = "site.crt"
+tls_private_key = "site.key"
 
 [[hub]]
 name = "hub1"
@@ -153,6 +157,9 @@ mailboxes = ["alice@example.test", "bob@example.test"]
 "#,
         p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7]
     );
+    let pair = SelfSigned::new(&["localhost".into(), "127.0.0.1".into()]).map_err(fail)?;
+    std::fs::write(dir.join("site.crt"), pair.cert_pem).map_err(fail)?;
+    std::fs::write(dir.join("site.key"), pair.key_pem).map_err(fail)?;
     let path = dir.join("site.toml");
     std::fs::write(&path, text).map_err(fail)?;
     Ok(path)
@@ -173,7 +180,7 @@ impl Demo {
 
     async fn wait_active(&self, node: &str) -> Result<(), Failure> {
         let start = Instant::now();
-        while cms_status(&self.site, &self.site.cms[0])
+        while cms_status(&self.client, &self.site.cms[0])
             .await
             .active_node
             .as_deref()
@@ -235,7 +242,7 @@ impl Demo {
     async fn wait_copied_up(&self) -> Result<(), Failure> {
         let start = Instant::now();
         loop {
-            let s = cms_status(&self.site, &self.site.cms[0]).await;
+            let s = cms_status(&self.client, &self.site.cms[0]).await;
             if s.storage_groups
                 .first()
                 .and_then(|g| g.copy_queue_length)
@@ -294,13 +301,14 @@ async fn run_in(dir: &Path, json: bool) -> Result<Verdict, Failure> {
     std::fs::create_dir_all(&data).map_err(fail)?;
     let site = Site::load(&config).map_err(fail)?;
     let demo = Demo {
-        client: AdminClient::new(TOKEN),
+        client: AdminClient::new(&site).map_err(fail)?,
         site,
         json,
     };
     let mut kids = Children(Vec::new());
     demo.say(&format!(
-        "Starting a private site in {} (hub1, hub2, node1, node2: four processes)",
+        "Starting a private site in {} (hub1, hub2, node1, node2: four processes; the hubs deliver \
+         to the nodes over STARTTLS with a self-signed certificate)",
         dir.display()
     ));
     for (kind, name) in [
@@ -339,7 +347,7 @@ async fn run_in(dir: &Path, json: bool) -> Result<Verdict, Failure> {
     let killed = Instant::now();
     demo.wait_active("node2").await?;
     let failover_seconds = killed.elapsed().as_secs_f64();
-    let s = cms_status(&demo.site, &demo.site.cms[0]).await;
+    let s = cms_status(&demo.client, &demo.site.cms[0]).await;
     let present = demo.listed().await;
     let lost: Vec<&String> = all.iter().filter(|m| !present.contains(m)).collect();
     demo.say(&format!(

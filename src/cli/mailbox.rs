@@ -3,7 +3,7 @@
 use std::io::Write;
 
 use super::{print_json, Failure};
-use crate::admin::client::{encode, AdminClient, ClientError};
+use crate::admin::client::{encode, ClientError};
 use crate::admin::node::MailboxListing;
 use crate::config::Site;
 
@@ -22,7 +22,7 @@ pub async fn run(
         ))
     })?;
     let cms = &site.cms[route.cms];
-    let client = AdminClient::new(&site.admin_token);
+    let client = super::cluster::admin_client(site)?;
     let mut errors = Vec::new();
     for node in &cms.nodes {
         let answer = match message_id {

@@ -9,6 +9,7 @@ pub mod queue;
 pub mod resubmit;
 pub mod run;
 pub mod stats;
+pub mod tls;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -123,6 +124,12 @@ pub enum Command {
     /// Start a private site, crash its active node before its last log ships, and narrate the
     /// automatic lossy failover and dumpster recovery, ending with a verdict.
     Demo,
+    /// Certificates for STARTTLS.
+    Tls {
+        /// What to do.
+        #[command(subcommand)]
+        command: tls::TlsCommand,
+    },
     /// Ask every hub to redeliver what it delivered for a storage group in a time window; narrowed
     /// to a recipient, a sender or a Message-ID (Add-ResubmitRequest), or only counted (--test-only).
     Resubmit(resubmit::ResubmitArgs),
@@ -173,9 +180,11 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
             .map(Arc::new)
             .map_err(|e| Failure::Usage(e.to_string()))
     };
-    // The demo writes its own private site; every other command runs from the config.
-    let site = match cli.command {
+    // The demo writes its own private site and `tls` needs none; every other command runs from
+    // the config.
+    let site = match &cli.command {
         Command::Demo => return demo::run(cli.json).await,
+        Command::Tls { command } => return tls::run(command, cli.json),
         _ => load()?,
     };
     match cli.command {
@@ -190,6 +199,7 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
             stats::run(&site, storage_group.as_deref(), cli.json).await
         }
         Command::Demo => demo::run(cli.json).await,
+        Command::Tls { command } => tls::run(&command, cli.json),
         Command::Status { cms } => cluster::status(&site, cms.as_deref(), cli.json).await,
         Command::Health => cluster::health(&site, cli.json).await,
         Command::Move {

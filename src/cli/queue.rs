@@ -82,7 +82,7 @@ pub enum QueueCommand {
 
 /// Runs `hubrelay queue ...`.
 pub async fn run(site: &Site, command: QueueCommand, json: bool) -> Result<(), Failure> {
-    let client = AdminClient::new(&site.admin_token);
+    let client = super::cluster::admin_client(site)?;
     match command {
         QueueCommand::List { hub } => list(site, &client, hub.as_deref(), json).await,
         QueueCommand::Show { id, hub } => {

@@ -150,7 +150,7 @@ pub async fn run(site: &Site, args: &ResubmitArgs, json: bool) -> Result<(), Fai
         message_id: args.message_id.clone(),
         test_only: args.test_only,
     };
-    let client = AdminClient::new(&site.admin_token);
+    let client = super::cluster::admin_client(site)?;
     let bar = (!json && std::io::stderr().is_terminal()).then(|| {
         let b = ProgressBar::new_spinner();
         b.set_style(

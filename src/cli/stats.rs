@@ -47,8 +47,7 @@ pub struct SgStatistics {
 }
 
 /// Gathers statistics from every hub of the site at once.
-pub async fn gather(site: &Site, sgs: &[String]) -> Vec<SgStatistics> {
-    let client = AdminClient::new(&site.admin_token);
+pub async fn gather(site: &Site, client: &AdminClient, sgs: &[String]) -> Vec<SgStatistics> {
     let mut calls = tokio::task::JoinSet::new();
     for (i, h) in site.hubs.iter().enumerate() {
         let (client, addr) = (client.clone(), h.admin);
@@ -129,7 +128,7 @@ pub async fn run(site: &Site, storage_group: Option<&str>, json: bool) -> Result
         }
         None => site.storage_group_names(),
     };
-    let all = gather(site, &sgs).await;
+    let all = gather(site, &super::cluster::admin_client(site)?, &sgs).await;
     if json {
         return match (storage_group, all.as_slice()) {
             (Some(_), [one]) => print_json(one),

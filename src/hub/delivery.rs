@@ -4,7 +4,7 @@
 //! must not fail the others, so this drives lettre's connection command by command (MAIL, each RCPT,
 //! DATA) and classifies every reply exactly once into an [`Outcome`]. Connections are kept per node and
 //! reused. A passive node answers 4xx at MAIL; the hub then tries the other node and remembers which
-//! one answered as active.
+//! one answered as active. Each new connection is secured as `delivery_tls` says ([`super::node_tls`]).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -18,6 +18,7 @@ use lettre::transport::smtp::Error as SmtpError;
 use lettre::Address;
 use tracing::{debug, warn};
 
+use super::node_tls::{ForNode, NodeTls, NodeTlsError};
 use crate::config::Cms;
 
 /// How long one SMTP step may take before the attempt counts as a temporary failure.
@@ -53,6 +54,7 @@ pub struct CmsLink {
 struct NodeLink {
     name: String,
     addr: SocketAddr,
+    tls: ForNode,
     idle: Mutex<Vec<AsyncSmtpConnection>>,
 }
 
@@ -63,22 +65,26 @@ enum NodeFailure {
 }
 
 impl CmsLink {
-    /// Links to the nodes of `cms`, introducing itself as `hostname`.
-    pub fn new(cms: &Cms, hostname: &str) -> CmsLink {
-        CmsLink {
-            name: cms.name.clone(),
-            nodes: cms
-                .nodes
-                .iter()
-                .map(|n| NodeLink {
+    /// Links to the nodes of `cms`, introducing itself as `hostname`, connecting as `tls` says.
+    pub fn new(cms: &Cms, hostname: &str, tls: &NodeTls) -> Result<CmsLink, NodeTlsError> {
+        let nodes = cms
+            .nodes
+            .iter()
+            .map(|n| {
+                Ok(NodeLink {
                     name: n.name.clone(),
                     addr: n.smtp,
+                    tls: tls.for_node(n.smtp)?,
                     idle: Mutex::new(Vec::new()),
                 })
-                .collect(),
+            })
+            .collect::<Result<_, NodeTlsError>>()?;
+        Ok(CmsLink {
+            name: cms.name.clone(),
+            nodes,
             preferred: AtomicUsize::new(0),
             client_id: ClientId::Domain(hostname.to_string()),
-        }
+        })
     }
 
     /// The CMS this link serves.
@@ -149,9 +155,12 @@ impl CmsLink {
                 .await
                 .map_err(|e| e.to_string())?;
             stream.set_nodelay(true).map_err(|e| e.to_string())?;
-            AsyncSmtpConnection::connect_with_transport(Box::new(stream), &self.client_id)
-                .await
-                .map_err(|e| e.to_string())
+            let mut conn =
+                AsyncSmtpConnection::connect_with_transport(Box::new(stream), &self.client_id)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            node.tls.secure(&mut conn, &self.client_id).await?;
+            Ok::<_, String>(conn)
         };
         match tokio::time::timeout(STEP_TIMEOUT, connect).await {
             Ok(Ok(c)) => Ok(c),

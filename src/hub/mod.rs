@@ -14,6 +14,7 @@ pub mod delivery;
 pub mod dsn;
 pub mod inbound;
 pub mod metrics;
+pub mod node_tls;
 pub mod queue;
 pub mod resubmit;
 pub mod scheduler;
@@ -57,6 +58,9 @@ pub enum HubError {
     /// An administrator's hold or delete found a delivery attempt of the message under way.
     #[error("message {} is being delivered right now; try again", queue::QueueId(*.0))]
     Busy(u64),
+    /// The TLS settings for delivery to the nodes cannot be used.
+    #[error(transparent)]
+    NodeTls(#[from] node_tls::NodeTlsError),
 }
 
 /// One running hub: its store, links to the CMSs and delivery machinery.
@@ -83,6 +87,7 @@ impl Hub {
     /// Opens the hub's store under `dir` and starts its flusher and retry scheduler; queued messages
     /// from a previous run are scheduled again.
     pub fn open(site: Arc<Site>, name: &str, dir: &Path) -> Result<Arc<Hub>, HubError> {
+        let node_tls = node_tls::NodeTls::from_site(&site)?;
         let store = Arc::new(HubStore::open(dir)?);
         let flusher = store.clone();
         let commit = GroupCommit::start(move || flusher.flush().map_err(|e| e.to_string()));
@@ -90,8 +95,8 @@ impl Hub {
         let links = site
             .cms
             .iter()
-            .map(|c| CmsLink::new(c, &hostname))
-            .collect();
+            .map(|c| CmsLink::new(c, &hostname, &node_tls))
+            .collect::<Result<_, _>>()?;
         let (scheduler, due) = Scheduler::new();
         let hub = Arc::new(Hub {
             name: name.to_string(),

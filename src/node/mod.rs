@@ -50,6 +50,9 @@ pub enum NodeError {
     /// The state file failed.
     #[error(transparent)]
     State(#[from] StateError),
+    /// The admin client (heartbeats, log shipping, resubmission requests) cannot be set up.
+    #[error(transparent)]
+    AdminClient(#[from] crate::admin::client::ClientError),
     /// The witness directory could not be prepared.
     #[error("witness directory {path}: {reason}")]
     Witness {
@@ -151,12 +154,9 @@ impl MailboxNode {
             peer,
             witness: Witness::new(&witness_dir, name),
             timing,
-            client: AdminClient::new(&site.admin_token),
-            heartbeats: AdminClient::with_timeout(
-                &site.admin_token,
-                std::time::Duration::from_millis(400),
-            ),
-            moves: AdminClient::with_timeout(&site.admin_token, std::time::Duration::from_secs(40)),
+            client: AdminClient::new(&site)?,
+            heartbeats: AdminClient::with_timeout(&site, std::time::Duration::from_millis(400))?,
+            moves: AdminClient::with_timeout(&site, std::time::Duration::from_secs(40))?,
             dir: dir.to_path_buf(),
             machine: Mutex::new(machine),
             writers: Mutex::new(None),

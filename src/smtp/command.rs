@@ -14,8 +14,7 @@ use super::{Backend, BareNewline, Reply, SmtpConfig};
 
 /// Verbs we recognise but do not offer; RFC 5321 §4.2.4 wants 502 for them, not 500.
 const NOT_IMPLEMENTED: &[&str] = &[
-    "AUTH", "BDAT", "STARTTLS", "EXPN", "ETRN", "ATRN", "BURL", "LHLO", "TURN", "SEND", "SOML",
-    "SAML",
+    "AUTH", "BDAT", "EXPN", "ETRN", "ATRN", "BURL", "LHLO", "TURN", "SEND", "SOML", "SAML",
 ];
 
 /// The client's EHLO/HELO, remembered for the `Received:` header.
@@ -49,6 +48,9 @@ pub(crate) enum Next {
     Data(Envelope),
     /// Close the connection (QUIT, or too many errors).
     Close,
+    /// Flush the 220, drop any input pipelined after STARTTLS, run the TLS handshake and start
+    /// over with [`Commands::encrypted`] (RFC 3207 §4.2).
+    StartTls,
 }
 
 /// The outcome of one command line.
@@ -75,9 +77,20 @@ pub(crate) struct Commands {
     helo: Option<Helo>,
     envelope: Option<Envelope>,
     errors: usize,
+    /// The connection is encrypted: STARTTLS is no longer offered, and `require_tls` is met.
+    tls: bool,
 }
 
 impl Commands {
+    /// The state after a TLS handshake: nothing learnt before it is kept (RFC 3207 §4.2), so the
+    /// client must greet again and no envelope crosses from clear text into the encrypted session.
+    pub(crate) fn encrypted() -> Commands {
+        Commands {
+            tls: true,
+            ..Commands::default()
+        }
+    }
+
     /// Handles one complete command line (LF included).
     pub(crate) fn handle<B: Backend>(
         &mut self,
@@ -100,6 +113,9 @@ impl Commands {
                 Reply::new(500, "5.5.2", "command line ends in a bare LF; use CRLF"),
                 config,
             );
+        }
+        if verb.eq_ignore_ascii_case(b"STARTTLS") {
+            return self.starttls(&line[verb.len()..], config);
         }
         let kind = if verb.eq_ignore_ascii_case(b"MAIL") {
             Some(PathKind::Reverse)
@@ -168,6 +184,9 @@ impl Commands {
                 if backend.offers_dsn() {
                     text.push_str("\nDSN");
                 }
+                if config.tls.is_some() && !self.tls {
+                    text.push_str("\nSTARTTLS");
+                }
                 Step::reply(Reply::new(250, "", text))
             }
             Request::Helo { host } => {
@@ -213,6 +232,27 @@ impl Commands {
         }
     }
 
+    /// STARTTLS, handled before smtp-proto so that parameters get a 501 rather than being
+    /// ignored; offered only with a certificate, and only once per connection.
+    fn starttls(&mut self, params: &[u8], config: &SmtpConfig) -> Step {
+        if config.tls.is_none() {
+            return self.error(Reply::new(502, "5.5.1", "command not implemented"), config);
+        }
+        if params.iter().any(|b| !b.is_ascii_whitespace()) {
+            return self.error(
+                Reply::new(501, "5.5.4", "STARTTLS takes no parameters"),
+                config,
+            );
+        }
+        if self.tls {
+            return self.error(Reply::new(503, "5.5.1", "TLS already active"), config);
+        }
+        Step {
+            reply: Reply::new(220, "2.0.0", "Ready to start TLS"),
+            next: Next::StartTls,
+        }
+    }
+
     /// EHLO and HELO start over, like RSET (RFC 5321 §4.1.4).
     fn greet(&mut self, name: String, esmtp: bool) {
         self.helo = Some(Helo { name, esmtp });
@@ -229,6 +269,12 @@ impl Commands {
         let Some(helo) = &self.helo else {
             return self.error(Reply::new(503, "5.5.1", "send EHLO or HELO first"), config);
         };
+        if config.require_tls && !self.tls {
+            return self.error(
+                Reply::new(530, "5.7.0", "Must issue a STARTTLS command first"),
+                config,
+            );
+        }
         if self.envelope.is_some() {
             return self.error(Reply::new(503, "5.5.1", "sender already specified"), config);
         }

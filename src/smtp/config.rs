@@ -1,10 +1,12 @@
 //! Limits and identity of one SMTP listener.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use ipnet::IpNet;
 
+use super::tls::ServerTls;
 use super::BareNewline;
 
 /// Server limits and identity.
@@ -47,6 +49,11 @@ pub struct SmtpConfig {
     /// After shutdown, how long [`serve`](super::serve) waits for sessions (e.g. one in the
     /// middle of DATA) before aborting them. Default 30 s.
     pub shutdown_grace: Duration,
+    /// The certificate for STARTTLS; STARTTLS is advertised only when there is one. Default none.
+    pub tls: Option<Arc<ServerTls>>,
+    /// Refuse MAIL with `530 5.7.0` until the client has done STARTTLS, for a listener that
+    /// must never carry mail in clear text. Only meaningful with `tls`. Default false.
+    pub require_tls: bool,
 }
 
 impl SmtpConfig {
@@ -66,6 +73,8 @@ impl SmtpConfig {
             max_data_line_length: 1000,
             max_errors: 20,
             shutdown_grace: Duration::from_secs(30),
+            tls: None,
+            require_tls: false,
         }
     }
 

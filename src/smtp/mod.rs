@@ -1,9 +1,10 @@
 //! Inbound SMTP (RFC 5321) shared by the hub and the mailbox node.
 //!
-//! The server speaks ESMTP with SIZE, PIPELINING, 8BITMIME, ENHANCEDSTATUSCODES and, for a
-//! backend that sends delivery reports, DSN; it enforces every limit with its RFC reply and
-//! goes on, and hands each complete, stamped message to a role-specific [`Backend`], whose reply is what the client sees — so a `250` means
-//! whatever the backend promises (durable on disk).
+//! The server speaks ESMTP with SIZE, PIPELINING, 8BITMIME, ENHANCEDSTATUSCODES, DSN for a
+//! backend that sends delivery reports, and STARTTLS (RFC 3207) when a certificate is
+//! configured; it enforces every limit with its RFC reply and goes on, and hands each complete,
+//! stamped message to a role-specific [`Backend`], whose reply is what the client sees — so a
+//! `250` means whatever the backend promises (durable on disk).
 //!
 //! # Layout
 //! - `server.rs`: accept loop, connection caps, shutdown and drain; `clients.rs`: the
@@ -15,6 +16,7 @@
 //!   limits.
 //! - `stamp.rs`: the `Received:` and `Message-ID:` headers.
 //! - `dsn.rs`: the DSN parameters of MAIL and RCPT (RFC 3461), for backends that offer DSN.
+//! - `tls.rs`: the reloadable certificate; `stream.rs`: the connection STARTTLS upgrades.
 //! - `reply.rs`, `config.rs`: [`Reply`] and [`SmtpConfig`].
 
 mod clients;
@@ -27,8 +29,10 @@ mod reply;
 mod server;
 mod session;
 mod stamp;
+mod stream;
 #[cfg(test)]
 mod tests;
+mod tls;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -38,6 +42,8 @@ pub use data::BareNewline;
 pub use dsn::Dsn;
 pub use reply::Reply;
 pub use server::serve;
+pub(crate) use tls::{crypto_provider, read_certificates};
+pub use tls::{ServerTls, TlsError, TlsFiles};
 
 /// A complete inbound message, after DATA, stamped.
 #[derive(Debug, Clone)]

@@ -4,6 +4,7 @@
 //! through TCP. Replies are queued and written when the input holds no further complete
 //! command (RFC 2920 pipelining), and always before the session waits for the client — so
 //! the 354 the client must wait for (RFC 2920 §3.1) is out before the message is awaited.
+//! STARTTLS upgrades the connection in place ([`SessionStream`]) and starts the protocol over.
 
 use std::io;
 use std::net::SocketAddr;
@@ -12,11 +13,12 @@ use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 use tokio::time::{timeout, timeout_at, Instant};
-use tracing::{debug, info, Instrument};
+use tracing::{debug, info, warn, Instrument};
 
 use super::command::{Commands, Envelope, Next};
 use super::data::DataReceiver;
 use super::stamp::{stamp, Trace};
+use super::stream::SessionStream;
 use super::{Backend, Incoming, Reply, SmtpConfig};
 
 /// How much to ask the stream for per read; also bounds the input buffer during DATA.
@@ -42,7 +44,7 @@ where
     let span = tracing::info_span!("smtp", %peer, session = %id);
     let session = Session {
         deadline: Instant::now() + config.idle_timeout,
-        stream,
+        stream: SessionStream::Plain(stream),
         backend,
         config,
         peer,
@@ -73,6 +75,8 @@ enum Phase {
 enum Flow {
     Continue,
     Close,
+    /// STARTTLS was accepted: upgrade before reading anything else.
+    StartTls,
 }
 
 /// What waiting for the client produced.
@@ -91,7 +95,7 @@ enum Line {
 
 /// The state of one connection; consumed by [`Session::run`].
 struct Session<S, B> {
-    stream: S,
+    stream: SessionStream<S>,
     backend: Arc<B>,
     config: Arc<SmtpConfig>,
     peer: SocketAddr,
@@ -126,8 +130,14 @@ where
             format!("{} ESMTP hubrelay", self.config.hostname),
         ));
         loop {
-            if let Flow::Close = self.process_input().await? {
-                return self.flush().await;
+            match self.process_input().await? {
+                Flow::Continue => {}
+                Flow::Close => return self.flush().await,
+                Flow::StartTls => {
+                    if !self.start_tls().await? {
+                        return Ok(());
+                    }
+                }
             }
             self.flush().await?;
             if matches!(self.phase, Phase::Command) && *self.shutdown.borrow() {
@@ -206,6 +216,7 @@ where
                     self.deadline = Instant::now() + self.config.data_timeout;
                 }
                 Next::Close => return Ok(Flow::Close),
+                Next::StartTls => return Ok(Flow::StartTls),
             }
         }
     }
@@ -235,6 +246,41 @@ where
         }
     }
 
+    /// Sends the 220 and runs the handshake; false if the connection is to be closed.
+    ///
+    /// Whatever the client pipelined behind STARTTLS came in clear text, where a man in the
+    /// middle could have put it (CVE-2011-0411), so it is dropped, never run as if encrypted.
+    async fn start_tls(&mut self) -> io::Result<bool> {
+        self.flush().await?;
+        if !self.input.is_empty() || self.discarding {
+            info!(
+                bytes = self.input.len(),
+                "discarding input pipelined after STARTTLS"
+            );
+        }
+        self.input.clear();
+        self.discarding = false;
+        let Some(tls) = &self.config.tls else {
+            return Err(io::Error::other("STARTTLS accepted without a certificate"));
+        };
+        match self
+            .stream
+            .upgrade(tls.acceptor(), self.config.idle_timeout)
+            .await
+        {
+            Ok(negotiated) => {
+                info!(version = %negotiated.version, cipher = %negotiated.cipher, "TLS established");
+                self.commands = Commands::encrypted();
+                self.deadline = Instant::now() + self.config.idle_timeout;
+                Ok(true)
+            }
+            Err(error) => {
+                warn!(%error, "TLS handshake failed; closing the connection");
+                Ok(false)
+            }
+        }
+    }
+
     /// Stamps a received message and hands it to the backend; the reply goes to the client.
     async fn finish_message(&mut self, receiver: DataReceiver, envelope: Envelope) -> Reply {
         self.messages += 1;
@@ -251,6 +297,7 @@ where
             &Trace {
                 helo: &envelope.helo.name,
                 esmtp: envelope.helo.esmtp,
+                tls: self.stream.is_tls(),
                 peer: self.peer.ip(),
                 hostname: &self.config.hostname,
                 id: &id,

@@ -13,6 +13,9 @@ pub(crate) struct Trace<'a> {
     pub helo: &'a str,
     /// Whether the client said EHLO (`with ESMTP`) or HELO (`with SMTP`), RFC 3848.
     pub esmtp: bool,
+    /// Whether the message came over TLS: `with ESMTPS` after EHLO (RFC 3848 has no keyword
+    /// for HELO over TLS, so that stays `SMTP`).
+    pub tls: bool,
     /// The client's address, as seen on the socket (not as claimed).
     pub peer: IpAddr,
     /// Our own name.
@@ -72,7 +75,11 @@ fn received(t: &Trace<'_>) -> String {
         IpAddr::V4(ip) => format!("[{ip}]"),
         IpAddr::V6(ip) => format!("[IPv6:{ip}]"),
     };
-    let protocol = if t.esmtp { "ESMTP" } else { "SMTP" };
+    let protocol = match (t.esmtp, t.tls) {
+        (true, true) => "ESMTPS",
+        (true, false) => "ESMTP",
+        (false, _) => "SMTP",
+    };
     let head = format!(
         "Received: from {} ({literal})\r\n\tby {} (hubrelay) with {protocol} id {}",
         clean(t.helo),
@@ -108,9 +115,14 @@ mod tests {
     use chrono::{TimeZone, Utc};
 
     fn stamp_with(body: &[u8], recipients: &[String], helo: &str) -> Stamped {
+        stamp_over(body, recipients, helo, false)
+    }
+
+    fn stamp_over(body: &[u8], recipients: &[String], helo: &str, tls: bool) -> Stamped {
         let trace = Trace {
             helo,
             esmtp: true,
+            tls,
             peer: "192.0.2.7".parse().expect("literal address"),
             hostname: "hub1.example.test",
             id: "abc.1",
@@ -136,6 +148,18 @@ mod tests {
             "Received: from client.test ([192.0.2.7])\r\n\tby hub1.example.test (hubrelay) with ESMTP id abc.1\r\n\
              \tfor <alice@example.test>; Sun, 22 Nov 2026 10:00:00 +0000\r\n\
              Message-ID: <x@y>\r\n\r\nhi\r\n"
+        );
+    }
+
+    #[test]
+    fn received_says_esmtps_over_tls() {
+        let s = stamp_over(b"Message-ID: <x@y>\r\n\r\n", &[], "client.test", true);
+        assert!(
+            text(&s).starts_with(
+                "Received: from client.test ([192.0.2.7])\r\n\tby hub1.example.test (hubrelay) with ESMTPS id abc.1;"
+            ),
+            "{}",
+            text(&s)
         );
     }
 

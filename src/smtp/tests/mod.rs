@@ -6,6 +6,7 @@ mod dsn;
 mod limits;
 mod props;
 mod server;
+mod tls;
 
 use std::io;
 use std::net::SocketAddr;
