@@ -220,7 +220,7 @@ fn spawn_listeners<B: smtp::Backend>(
     role: &str,
     (smtp_l, backend, smtp_cfg): (TcpListener, Arc<B>, SmtpConfig),
     (admin_l, router): (TcpListener, axum::Router),
-    site: &Site,
+    site: &Arc<Site>,
     shutdown: &CancellationToken,
 ) {
     spawn_smtp(tasks, role, smtp_l, backend, smtp_cfg, shutdown);
@@ -251,11 +251,11 @@ fn spawn_admin(
     role: &str,
     listener: TcpListener,
     router: axum::Router,
-    site: &Site,
+    site: &Arc<Site>,
     shutdown: &CancellationToken,
 ) {
     let role = role.to_string();
-    let app = admin::with_auth(router, site.admin_token.clone());
+    let app = admin::dashboard::mount(router, site.clone());
     let stop = shutdown.clone().cancelled_owned();
     let on_error = shutdown.clone();
     tasks.spawn(async move {
