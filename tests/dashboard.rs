@@ -192,8 +192,25 @@ fn wait_active(site: &TestSite, node: &str) {
     );
 }
 
+/// Each browser test runs four processes whose heartbeats have sub-second deadlines, and
+/// Chromium beside them: on a 2-core machine they take turns.
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    TURN.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn start_all(site: &TestSite) -> Vec<Proc> {
+    vec![
+        site.start(&["node", "--name", "node1"]),
+        site.start(&["node", "--name", "node2"]),
+        site.start(&["hub", "--name", "hub1"]),
+        site.start(&["hub", "--name", "hub2"]),
+    ]
+}
+
 #[test]
 fn the_dashboard_shows_the_site_live() {
+    let _turn = one_at_a_time();
     let browser = match Browser::get() {
         Ok(b) => b,
         Err(reason) => {
@@ -204,10 +221,7 @@ fn the_dashboard_shows_the_site_live() {
     let started = Instant::now();
     let site = TestSite::new("", &[]);
     let p = site.ports.clone();
-    let mut node1: Option<Proc> = Some(site.start(&["node", "--name", "node1"]));
-    let _node2 = site.start(&["node", "--name", "node2"]);
-    let _hub1 = site.start(&["hub", "--name", "hub1"]);
-    let _hub2 = site.start(&["hub", "--name", "hub2"]);
+    let mut procs = start_all(&site);
     wait_active(&site, "node1");
 
     // A wrong token is refused: the page asks for one and shows nothing of the site.
@@ -258,7 +272,7 @@ fn the_dashboard_shows_the_site_live() {
     );
     browser.screenshot(p.hub1_admin, "after-mail");
 
-    node1.take().expect("node1").kill9();
+    procs.remove(0).kill9();
     // Read from node2's own admin address: every role serves the page.
     let after_kill = browser.wait(p.node2_admin, "node2 active after node1's kill", |dom| {
         all(&[
@@ -275,4 +289,108 @@ fn the_dashboard_shows_the_site_live() {
     );
     browser.screenshot(p.node2_admin, "after-failover");
     eprintln!("dashboard test took {:?}", started.elapsed());
+}
+
+#[test]
+fn a_failover_that_would_lose_mail_shows_red() {
+    let _turn = one_at_a_time();
+    let browser = match Browser::get() {
+        Ok(b) => b,
+        Err(reason) => {
+            eprintln!("SKIPPED: dashboard test: Chromium could not be installed ({reason})");
+            return;
+        }
+    };
+    // Logs close every few messages, so the passive replays some; the dumpster holds only a few.
+    let site = TestSite::new("max_dumpster_size_per_storage_group = \"2KB\"", &[]);
+    let text = std::fs::read_to_string(site.config()).expect("config");
+    let text = text.replace(
+        "witness = \"witness/cms1\"",
+        "witness = \"witness/cms1\"\nlog_file_size = \"4KiB\"",
+    );
+    std::fs::write(site.config(), text).expect("write config");
+    let p = site.ports.clone();
+    let _procs = start_all(&site);
+    wait_active(&site, "node1");
+    let mut smtp = common::Smtplib::start();
+    let mut send = |prefix: &str, n: usize| {
+        for i in 0..n {
+            let m = common::message(
+                Some(&format!("<{prefix}-{i}@client.test>")),
+                &"x".repeat(300),
+            );
+            let r = smtp.send(p.hub1, "bob@example.test", &["alice@example.test"], &m);
+            assert!(r.starts_with("refused {}"), "{r}");
+        }
+    };
+    send("replayed", 20);
+    common::wait_for(WAIT, "the passive to replay a log", || {
+        let (_, v) = site.cli_json(&["status", "--cms", "cms1"]);
+        (v["storage_groups"][0]["newest_replayed"].is_string()).then_some(())
+    });
+    // From now on nothing more replays, while the dumpster lets the oldest entries go.
+    let (status, body) = common::api(
+        p.node2_admin,
+        "POST",
+        "/api/copy/SG1/suspend",
+        Some(TOKEN),
+        None,
+    );
+    assert_eq!(status, 200, "{body}");
+    send("unreplicated", 20);
+    common::wait_queue_empty(p.hub1_admin);
+    let dom = browser.wait(p.hub1_admin, "a gap in hub1's reach", |dom| {
+        all(&[
+            shows(dom, ("data-timeline", "SG1"), "data-state", "gap"),
+            shows(dom, ("data-lane", "hub1"), "data-state", "gap"),
+            shows(dom, ("data-lane", "hub2"), "data-state", "covered"),
+            shows(dom, ("data-copy", "SG1"), "data-copy-status", "Suspended"),
+        ])
+    });
+    let gap = element(&dom, "data-gap", "hub1").unwrap_or_else(|| panic!("no red bar:\n{dom}"));
+    assert!(
+        gap.get("style").is_some_and(|s| s.contains("width")),
+        "{gap:?}"
+    );
+    browser.screenshot(p.hub1_admin, "gap");
+}
+
+#[test]
+fn the_site_document_shows_what_is_down_and_the_queue_age() {
+    let site = TestSite::new("", &[]);
+    let p = site.ports.clone();
+    // Only hub1 runs: the message waits in its queue for a node.
+    let _hub1 = site.start(&["hub", "--name", "hub1"]);
+    let (code, out) = smtplib_send(
+        p.hub1,
+        "bob@example.test",
+        &["alice@example.test"],
+        &common::message(Some("<queued@client.test>"), "queued"),
+    );
+    assert_eq!(code, 0, "{out}");
+    let queue = common::api_json(p.hub1_admin, "GET", "/api/queue", None);
+    assert_eq!(queue["messages"], 1, "{queue}");
+    assert!(queue["oldest_age_seconds"].is_u64(), "{queue}");
+    let (status, _) = common::api(p.hub1_admin, "GET", "/api/site", None, None);
+    assert_eq!(status, 401);
+    let (status, page) = common::api(p.hub1_admin, "GET", "/", None, None);
+    assert_eq!(status, 200);
+    assert!(page.contains("dashboard.js"), "{page}");
+    let doc = common::api_json(p.hub1_admin, "GET", "/api/site", None);
+    assert_eq!(doc["hubs"][0]["up"], true, "{doc:#}");
+    assert_eq!(doc["hubs"][0]["queue_messages"], 1, "{doc:#}");
+    assert!(
+        doc["hubs"][0]["queue_oldest_age_seconds"].is_u64(),
+        "{doc:#}"
+    );
+    assert_eq!(doc["hubs"][1]["up"], false, "{doc:#}");
+    assert!(doc["hubs"][1]["error"].is_string(), "{doc:#}");
+    assert_eq!(
+        doc["cms"][0]["unreachable"],
+        serde_json::json!(["node1", "node2"]),
+        "{doc:#}"
+    );
+    assert_eq!(doc["cms"][0]["quorum"], "Lost", "{doc:#}");
+    assert_eq!(doc["coverage"][0]["state"], "unknown", "{doc:#}");
+    assert_eq!(doc["coverage"][0]["hubs"][1]["state"], "unknown", "{doc:#}");
 }

@@ -214,11 +214,12 @@ function renderCms(doc) {
 function renderCoverage(doc) {
   const figures = doc.coverage.map((c) => {
     const now = c.now_ms;
-    const starts = [now - 60000];
+    // At least ten seconds, with the earliest point a little in from the left edge.
+    const starts = [now];
     if (c.window_start_ms !== null) starts.push(c.window_start_ms);
     for (const h of c.hubs) if (h.reach_start_ms !== null) starts.push(h.reach_start_ms);
-    const from = Math.min(...starts);
-    const span = Math.max(1, now - from);
+    const span = Math.max(10000, now - Math.min(...starts)) * 1.15;
+    const from = now - span;
     const pct = (t) => (100 * (Math.min(now, Math.max(from, t)) - from) / span).toFixed(3) + "%";
     const width = (a, b) => (100 * Math.max(0, Math.min(now, b) - Math.max(from, a)) / span).toFixed(3) + "%";
     const windowFrom = c.has_passive ? (c.window_start_ms === null ? from : c.window_start_ms) : null;
