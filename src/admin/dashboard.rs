@@ -22,7 +22,7 @@ use super::cluster::{NodeStatus, OutstandingView, SgCopyStatus};
 use super::coverage::{self, Dumpster, SgCoverage, Window};
 use super::hub::{HubDumpsterStats, QueueSummary};
 use super::node::rfc3339;
-use crate::cli::cluster::{cms_status, CmsStatus};
+use crate::cli::cluster::cms_status_with;
 use crate::config::{Cms, Site};
 use crate::runtime::now_ms;
 
@@ -167,17 +167,26 @@ pub async fn gather(site: Arc<Site>) -> SiteDocument {
     let mut cms_calls = JoinSet::new();
     for i in 0..site.cms.len() {
         let (client, site) = (client.clone(), site.clone());
-        cms_calls.spawn(async move { (i, cms_view(&client, &site, &site.cms[i]).await) });
+        cms_calls.spawn(async move { (i, cms_view(&client, &site.cms[i]).await) });
     }
     let mut hubs: Vec<Option<HubView>> = site.hubs.iter().map(|_| None).collect();
-    while let Some(Ok((i, h))) = hub_calls.join_next().await {
-        hubs[i] = Some(h);
+    while let Some(done) = hub_calls.join_next().await {
+        if let Ok((i, h)) = done {
+            hubs[i] = Some(h);
+        }
     }
     let mut cms: Vec<Option<(CmsView, Vec<NodeStatus>)>> = site.cms.iter().map(|_| None).collect();
-    while let Some(Ok((i, c))) = cms_calls.join_next().await {
-        cms[i] = Some(c);
+    while let Some(done) = cms_calls.join_next().await {
+        if let Ok((i, c)) = done {
+            cms[i] = Some(c);
+        }
     }
-    let hubs: Vec<HubView> = hubs.into_iter().flatten().collect();
+    // A call that panicked shows its hub down rather than leaving it off the page.
+    let hubs: Vec<HubView> = hubs
+        .into_iter()
+        .zip(&site.hubs)
+        .map(|(h, cfg)| h.unwrap_or_else(|| down(cfg.name.clone(), "not asked".into())))
+        .collect();
     let cms: Vec<(CmsView, Vec<NodeStatus>)> = cms.into_iter().flatten().collect();
     let now = now_ms();
     let coverage = site
@@ -209,21 +218,25 @@ async fn hub_view(client: &AdminClient, name: String, addr: std::net::SocketAddr
             queue_oldest_age_seconds: q.oldest_age_seconds,
             dumpster: d,
         },
-        (Err(e), _) | (_, Err(e)) => HubView {
-            name,
-            up: false,
-            error: Some(e.to_string()),
-            queue_messages: None,
-            queue_oldest_age_seconds: None,
-            dumpster: Vec::new(),
-        },
+        (Err(e), _) | (_, Err(e)) => down(name, e.to_string()),
+    }
+}
+
+fn down(name: String, error: String) -> HubView {
+    HubView {
+        name,
+        up: false,
+        error: Some(error),
+        queue_messages: None,
+        queue_oldest_age_seconds: None,
+        dumpster: Vec::new(),
     }
 }
 
 /// `hubrelay status` of one CMS, with the outstanding requests of the nodes that answered. The
 /// nodes' own reports come back too, for the coverage of its storage groups.
-async fn cms_view(client: &AdminClient, site: &Site, cms: &Cms) -> (CmsView, Vec<NodeStatus>) {
-    let s: CmsStatus = cms_status(site, cms).await;
+async fn cms_view(client: &AdminClient, cms: &Cms) -> (CmsView, Vec<NodeStatus>) {
+    let s = cms_status_with(client, cms).await;
     let mut outstanding: Vec<OutstandingView> = Vec::new();
     for n in cms
         .nodes

@@ -38,7 +38,11 @@ pub struct CmsStatus {
 
 /// Asks both nodes of `cms`.
 pub async fn cms_status(site: &Site, cms: &Cms) -> CmsStatus {
-    let client = AdminClient::new(&site.admin_token);
+    cms_status_with(&AdminClient::new(&site.admin_token), cms).await
+}
+
+/// Asks both nodes of `cms` through `client` (the dashboard's has a shorter timeout).
+pub async fn cms_status_with(client: &AdminClient, cms: &Cms) -> CmsStatus {
     let mut nodes = Vec::new();
     let mut unreachable = Vec::new();
     for n in &cms.nodes {

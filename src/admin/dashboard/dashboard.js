@@ -160,19 +160,18 @@ function renderCms(doc) {
     }, el("strong", {}, n.name), " ", n.up ? n.role : "down (not answering)",
     n.up ? " · epoch " + n.epoch + (n.sees_peer ? " · sees peer" : " · peer not seen") +
       (n.witness_ok ? "" : " · witness unavailable") : null));
-    const opt = (v) => (v === null || v === undefined ? "–" : v);
     const sgRows = c.storage_groups.map((g) => el("tr", {
       "data-copy": g.name,
       "data-generated": g.last_log_generated,
-      "data-copied": opt(g.last_log_copied),
-      "data-replayed": opt(g.last_log_replayed),
-      "data-copy-status": opt(g.summary_copy_status),
+      "data-copied": dash(g.last_log_copied),
+      "data-replayed": dash(g.last_log_replayed),
+      "data-copy-status": dash(g.summary_copy_status),
     },
     el("th", {}, g.name),
     el("td", {}, g.last_log_generated),
-    el("td", {}, opt(g.last_log_copied)),
-    el("td", {}, opt(g.last_log_replayed)),
-    el("td", { class: "copy-status" }, opt(g.summary_copy_status),
+    el("td", {}, dash(g.last_log_copied)),
+    el("td", {}, dash(g.last_log_replayed)),
+    el("td", { class: "copy-status" }, dash(g.summary_copy_status),
       g.error ? el("small", {}, " " + g.error) : null,
       g.copy_command ? el("small", {}, " (" + g.copy_command.command +
         (g.copy_command.comment ? ": " + g.copy_command.comment : "") + ")") : null),
