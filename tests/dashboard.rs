@@ -8,6 +8,7 @@
 mod common;
 
 use std::collections::BTreeMap;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -116,9 +117,15 @@ impl Browser {
             "{} is not a PNG",
             path.display()
         );
-        eprintln!("dashboard screenshot: {}", path.display());
+        say(&format!("dashboard screenshot: {}", path.display()));
         path
     }
+}
+
+/// Writes a line to stderr past the test harness's capture, so a skip or an artifact's path shows
+/// in the output of a passing test too.
+fn say(line: &str) {
+    let _ = writeln!(std::io::stderr(), "{line}");
 }
 
 fn page(admin_port: u16, token: &str) -> String {
@@ -214,7 +221,9 @@ fn the_dashboard_shows_the_site_live() {
     let browser = match Browser::get() {
         Ok(b) => b,
         Err(reason) => {
-            eprintln!("SKIPPED: dashboard test: Chromium could not be installed ({reason})");
+            say(&format!(
+                "SKIPPED: dashboard test: Chromium could not be installed ({reason})"
+            ));
             return;
         }
     };
@@ -288,7 +297,7 @@ fn the_dashboard_shows_the_site_live() {
         "the page shows the admin token"
     );
     browser.screenshot(p.node2_admin, "after-failover");
-    eprintln!("dashboard test took {:?}", started.elapsed());
+    say(&format!("dashboard test took {:?}", started.elapsed()));
 }
 
 #[test]
@@ -297,7 +306,9 @@ fn a_failover_that_would_lose_mail_shows_red() {
     let browser = match Browser::get() {
         Ok(b) => b,
         Err(reason) => {
-            eprintln!("SKIPPED: dashboard test: Chromium could not be installed ({reason})");
+            say(&format!(
+                "SKIPPED: dashboard test: Chromium could not be installed ({reason})"
+            ));
             return;
         }
     };
