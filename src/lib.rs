@@ -7,7 +7,7 @@
 //! - [`smtp`]: the inbound SMTP server shared by hubs and nodes (state machine over `smtp-proto`).
 //! - [`hub`]: durable queue, delivery to the active node (lettre), retries, DSNs, dumpster, resubmission.
 //! - [`node`]: a mailbox node: transaction log (group-committed), mailbox store with dedup by Message-ID and content.
-//! - [`admin`]: the admin API (axum) of every role, and the client the CLI uses.
+//! - [`admin`]: the admin API (axum) of every role, the site dashboard it serves, and the client the CLI uses.
 //! - [`cli`]: the command line.
 //! - [`runtime`]: binding listeners and running roles until shutdown.
 //!

@@ -294,7 +294,7 @@ fn spawn_listeners<B: smtp::Backend>(
     role: &str,
     (smtp_l, backend, smtp_cfg): (TcpListener, Arc<B>, SmtpConfig),
     (admin_l, router): (TcpListener, axum::Router),
-    site: &Site,
+    site: &Arc<Site>,
     shutdown: &CancellationToken,
 ) {
     // With admin_tls the admin API presents the same (reloadable) certificate as SMTP.
@@ -327,12 +327,12 @@ fn spawn_admin(
     role: &str,
     listener: TcpListener,
     router: axum::Router,
-    site: &Site,
+    site: &Arc<Site>,
     tls: Option<Arc<ServerTls>>,
     shutdown: &CancellationToken,
 ) {
     let role = role.to_string();
-    let app = admin::with_auth(router, site.admin_token.clone());
+    let app = admin::dashboard::mount(router, site.clone());
     let stop = shutdown.clone().cancelled_owned();
     let on_error = shutdown.clone();
     tasks.spawn(async move {

@@ -104,6 +104,9 @@ pub struct QueueSummary {
     pub hub: String,
     /// Messages waiting for at least one recipient.
     pub messages: usize,
+    /// Seconds since the hub received the oldest of them (null when the queue is empty).
+    #[serde(default)]
+    pub oldest_age_seconds: Option<u64>,
 }
 
 /// The routes of a hub.
@@ -246,11 +249,20 @@ async fn resubmit_state(
     }
 }
 
-async fn queue(State(hub): State<Arc<Hub>>) -> Json<QueueSummary> {
-    Json(QueueSummary {
+async fn queue(State(hub): State<Arc<Hub>>) -> Result<Json<QueueSummary>, ApiError> {
+    let messages = hub.store.queue_len();
+    // A scan of the queue, so only when there is one (the usual queue is empty).
+    let oldest = if messages == 0 {
+        None
+    } else {
+        let queued = hub.store.queued().map_err(ApiError::internal)?;
+        queued.iter().map(|m| m.received_ms).min()
+    };
+    Ok(Json(QueueSummary {
         hub: hub.name.clone(),
-        messages: hub.store.queue_len(),
-    })
+        messages,
+        oldest_age_seconds: oldest.map(|t| now_ms().saturating_sub(t) / 1000),
+    }))
 }
 
 async fn metrics(State(hub): State<Arc<Hub>>) -> Result<impl IntoResponse, ApiError> {

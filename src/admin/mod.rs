@@ -1,10 +1,13 @@
 //! The admin API of every role (axum, JSON): what the CLI talks to.
 //!
 //! Every call carries `Authorization: Bearer <admin_token>`; anything else is a 401 before any
-//! handler runs. Malformed requests get a 400 whose body says what is wrong.
+//! handler runs; the one exception is the dashboard page and its assets, which hold no data.
+//! Malformed requests get a 400 whose body says what is wrong.
 
 pub mod client;
 pub mod cluster;
+pub mod coverage;
+pub mod dashboard;
 pub mod https;
 pub mod hub;
 pub mod node;
