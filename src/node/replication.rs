@@ -130,6 +130,18 @@ fn apply_generation(
 }
 
 impl CopyState {
+    /// Records what a copy round found. A suspension wins: a round that was under way when the
+    /// administrator suspended the copy must not report it Healthy again (which would then
+    /// turn into ServiceDown, since a suspended copy hears nothing from the active node).
+    pub fn settle(&mut self, status: SummaryCopyStatus, error: Option<String>) {
+        if !self.suspended {
+            self.status = status;
+        }
+        if error.is_some() {
+            self.error = error;
+        }
+    }
+
     /// SummaryCopyStatus as reported now: Healthy or Synchronizing only while copy rounds reach
     /// the active node, so a copy that has stopped hearing from it never looks caught up.
     pub fn reported_status(&self) -> SummaryCopyStatus {
@@ -217,11 +229,12 @@ impl MailboxNode {
         if let Some(cs) = copies.get_mut(sg) {
             cs.remote_generated = status.last_generated;
             cs.contact = Some(std::time::Instant::now());
-            cs.status = if cs.copy.last_copied() >= status.last_closed {
+            let caught_up = if cs.copy.last_copied() >= status.last_closed {
                 SummaryCopyStatus::Healthy
             } else {
                 SummaryCopyStatus::Synchronizing
             };
+            cs.settle(caught_up, None);
             cs.error = None;
         }
         Ok(())
@@ -298,10 +311,7 @@ impl MailboxNode {
 
     fn set_status(&self, sg: &str, status: SummaryCopyStatus, error: Option<String>) {
         if let Some(cs) = self.copies().get_mut(sg) {
-            cs.status = status;
-            if error.is_some() {
-                cs.error = error;
-            }
+            cs.settle(status, error);
         }
     }
 
@@ -337,5 +347,35 @@ impl MailboxNode {
         self.state().copied_epoch.remove(sg);
         self.persist()?;
         Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{CopyState, SummaryCopyStatus};
+
+    fn copy(dir: &std::path::Path) -> CopyState {
+        CopyState::new(store::txlog::LogCopy::open(dir, "SG1").expect("open copy"))
+    }
+
+    #[test]
+    fn a_round_under_way_does_not_undo_a_suspension() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut cs = copy(dir.path());
+        cs.settle(SummaryCopyStatus::Healthy, None);
+        assert_eq!(cs.status, SummaryCopyStatus::Healthy);
+
+        // The administrator suspends while a round is copying; the round then finishes.
+        cs.suspended = true;
+        cs.status = SummaryCopyStatus::Suspended;
+        cs.settle(SummaryCopyStatus::Healthy, None);
+        cs.settle(SummaryCopyStatus::ServiceDown, Some("peer gone".into()));
+        assert_eq!(cs.status, SummaryCopyStatus::Suspended);
+        assert_eq!(cs.reported_status(), SummaryCopyStatus::Suspended);
+        assert_eq!(
+            cs.error.as_deref(),
+            Some("peer gone"),
+            "what the round saw is kept"
+        );
     }
 }
