@@ -14,6 +14,7 @@
 
 pub mod driver;
 pub mod inbound;
+pub mod metrics;
 pub mod outstanding;
 pub mod replication;
 pub mod state;
@@ -33,6 +34,7 @@ use crate::cluster::machine::{Machine, Timing};
 use crate::cluster::witness::Witness;
 use crate::config::{Node, Site};
 use crate::runtime::{mono_ms, now_ms};
+use metrics::NodeMetrics;
 use replication::CopyState;
 use state::{EpochStart, NodeState, StateError};
 use writer::SgWriter;
@@ -79,6 +81,8 @@ pub struct MailboxNode {
     pub timing: Timing,
     /// Admin API client (log shipping, resubmission requests, moves).
     pub client: AdminClient,
+    /// Its Prometheus metrics, served at /metrics.
+    pub metrics: NodeMetrics,
     /// Admin API client for heartbeats, with a timeout shorter than the heartbeat period.
     heartbeats: AdminClient,
     /// Admin API client for a scheduled move's takeover call (the target copies, then mounts).
@@ -151,6 +155,14 @@ impl MailboxNode {
             witness: Witness::new(&witness_dir, name),
             timing,
             client: AdminClient::new(&site.admin_token),
+            metrics: NodeMetrics::new(
+                name,
+                &c.name,
+                &c.storage_groups
+                    .iter()
+                    .map(|s| s.name.clone())
+                    .collect::<Vec<_>>(),
+            ),
             heartbeats: AdminClient::with_timeout(
                 &site.admin_token,
                 std::time::Duration::from_millis(400),
@@ -329,6 +341,9 @@ impl MailboxNode {
         *self.writers.lock().unwrap_or_else(|p| p.into_inner()) = Some(writers);
         self.persist()?;
         let known_lost = missing.values().any(|n| *n > 0);
+        if failover {
+            self.metrics.failover(known_lost);
+        }
         if lossy_from.is_empty() {
             info!(node = %self.name, epoch, "databases mounted");
         } else if known_lost {
