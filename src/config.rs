@@ -17,6 +17,8 @@ use toml::Spanned;
 
 use crate::smtp::{BareNewline, TlsFiles};
 
+pub mod sanity;
+
 /// A configuration error, already located in the file.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {

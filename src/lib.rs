@@ -10,6 +10,7 @@
 //! - [`admin`]: the admin API (axum) of every role, the site dashboard it serves, and the client the CLI uses.
 //! - [`cli`]: the command line.
 //! - [`runtime`]: binding listeners and running roles until shutdown.
+//! - [`telemetry`]: Prometheus metrics and log lines shared by every role.
 //!
 //! Persistence (queue, dumpster, mailbox store, transaction logs) is the `store` crate, on sled.
 
@@ -21,3 +22,4 @@ pub mod hub;
 pub mod node;
 pub mod runtime;
 pub mod smtp;
+pub mod telemetry;

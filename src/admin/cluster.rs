@@ -42,6 +42,12 @@ pub struct SgCopyStatus {
     pub error: Option<String>,
     /// Hub receive-time horizon: the newest record replayed here (RFC 3339).
     pub newest_replayed: Option<String>,
+    /// Since when this copy has been behind (RFC 3339; null when Healthy, and on the active): the
+    /// later of when it stopped being Healthy and its newest replayed record, since everything
+    /// written after that may be missing here. `health` warns when it is older than
+    /// max_dumpster_time.
+    #[serde(default)]
+    pub behind_since: Option<String>,
     /// The administrator's last copy command on this storage group, with its comment.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub copy_command: Option<CopyCommandView>,
@@ -130,7 +136,8 @@ pub async fn status(State(node): State<Arc<MailboxNode>>) -> Json<NodeStatus> {
     Json(node_status(&node))
 }
 
-fn node_status(node: &MailboxNode) -> NodeStatus {
+/// The node's status as `GET /api/status` reports it (also what `/metrics` reports per SG).
+pub(crate) fn node_status(node: &MailboxNode) -> NodeStatus {
     let now = crate::runtime::mono_ms();
     // Taken before the copies' lock: the state is never locked inside it.
     let notes = node.state().copy_notes.clone();
@@ -170,6 +177,9 @@ fn node_status(node: &MailboxNode) -> NodeStatus {
             let newest_replayed = checkpoint.map(|(_, t)| rfc3339(t));
             match copies.get(&sg) {
                 Some(c) => {
+                    let behind_since = c
+                        .unhealthy_since_ms
+                        .map(|since| rfc3339(since.max(checkpoint.map_or(0, |(_, t)| t))));
                     let copied = c.copy.last_copied();
                     let gen = c.remote_generated.max(copied);
                     SgCopyStatus {
@@ -183,6 +193,7 @@ fn node_status(node: &MailboxNode) -> NodeStatus {
                         summary_copy_status: Some(c.reported_status()),
                         error: c.error.clone(),
                         newest_replayed,
+                        behind_since,
                     }
                 }
                 None => {
@@ -198,6 +209,7 @@ fn node_status(node: &MailboxNode) -> NodeStatus {
                         summary_copy_status: None,
                         error: database_error,
                         newest_replayed,
+                        behind_since: None,
                     }
                 }
             }

@@ -1,7 +1,6 @@
 //! A hub's admin routes: dumpster statistics, resubmission, queue summary, metrics; the queue's
 //! own routes are in [`super::queue`].
 
-use std::fmt::Write as _;
 use std::sync::Arc;
 
 use axum::extract::rejection::{JsonRejection, QueryRejection};
@@ -16,8 +15,10 @@ use store::hub::{ResubmitFilter, ResubmitRequest};
 
 use super::node::rfc3339;
 use super::{rejection, ApiError};
+use crate::hub::metrics::HubState;
 use crate::hub::Hub;
 use crate::runtime::now_ms;
+use crate::telemetry;
 
 /// One hub's dumpster statistics for one storage group (`GET /api/dumpster`).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -265,64 +266,42 @@ async fn queue(State(hub): State<Arc<Hub>>) -> Result<Json<QueueSummary>, ApiErr
     }))
 }
 
+/// `GET /metrics`: the hub's counters, with the queue and dumpster read from the store now.
 async fn metrics(State(hub): State<Arc<Hub>>) -> Result<impl IntoResponse, ApiError> {
-    let m = hub.metrics.snapshot();
-    let mut out = String::new();
-    let h = &hub.name;
-    let mut counter = |name: &str, help: &str, v: u64| {
-        let _ = writeln!(out, "# HELP hubrelay_{name} {help}\n# TYPE hubrelay_{name} counter\nhubrelay_{name}{{hub=\"{h}\"}} {v}");
-    };
-    counter(
-        "messages_received_total",
-        "Messages accepted with 250.",
-        m.received,
-    );
-    counter(
-        "recipients_delivered_total",
-        "Recipient deliveries accepted by a node.",
-        m.delivered,
-    );
-    counter(
-        "recipients_deferred_total",
-        "Recipient attempts that failed temporarily.",
-        m.deferred,
-    );
-    counter(
-        "recipients_failed_total",
-        "Recipients that failed permanently or expired.",
-        m.failed,
-    );
-    counter("dsn_total", "Delivery status notifications queued.", m.dsn);
-    let _ = writeln!(out, "# HELP hubrelay_queue_messages Messages in the delivery queue.\n# TYPE hubrelay_queue_messages gauge\nhubrelay_queue_messages{{hub=\"{h}\"}} {}", hub.store.queue_len());
-    let _ = writeln!(out, "# HELP hubrelay_dumpster_items Dumpster entries per storage group.\n# TYPE hubrelay_dumpster_items gauge");
-    let stats = hub
+    let reader = hub.clone();
+    let state = tokio::task::spawn_blocking(move || hub_state(&reader))
+        .await
+        .map_err(ApiError::internal)??;
+    let text = hub.metrics.encode(&state).map_err(ApiError::internal)?;
+    Ok(([(header::CONTENT_TYPE, telemetry::CONTENT_TYPE)], text))
+}
+
+/// What `/metrics` reports of the store (blocking: the oldest queued message takes a queue scan).
+fn hub_state(hub: &Hub) -> Result<HubState, ApiError> {
+    let now_ms = now_ms();
+    let dumpster = hub
         .site
         .storage_group_names()
+        .into_iter()
+        .map(|sg| {
+            let s = hub
+                .store
+                .dumpster_stats(&sg, now_ms, hub.limits())
+                .map_err(ApiError::internal)?;
+            Ok((sg, s))
+        })
+        .collect::<Result<_, ApiError>>()?;
+    let oldest_queued_ms = hub
+        .store
+        .queued()
+        .map_err(ApiError::internal)?
         .iter()
-        .map(|sg| stats_of(&hub, sg))
-        .collect::<Result<Vec<_>, _>>()?;
-    for s in &stats {
-        let _ = writeln!(
-            out,
-            "hubrelay_dumpster_items{{hub=\"{h}\",storage_group=\"{}\"}} {}",
-            s.storage_group, s.items
-        );
-    }
-    let _ = writeln!(out, "# HELP hubrelay_dumpster_bytes Dumpster bytes per storage group.\n# TYPE hubrelay_dumpster_bytes gauge");
-    for s in &stats {
-        let _ = writeln!(
-            out,
-            "hubrelay_dumpster_bytes{{hub=\"{h}\",storage_group=\"{}\"}} {}",
-            s.storage_group, s.bytes
-        );
-    }
-    let _ = writeln!(out, "# HELP hubrelay_dumpster_evictions_total Entries evicted by the size bound.\n# TYPE hubrelay_dumpster_evictions_total counter");
-    for s in &stats {
-        let _ = writeln!(
-            out,
-            "hubrelay_dumpster_evictions_total{{hub=\"{h}\",storage_group=\"{}\"}} {}",
-            s.storage_group, s.evicted
-        );
-    }
-    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out))
+        .map(|m| m.received_ms)
+        .min();
+    Ok(HubState {
+        now_ms,
+        queue_messages: hub.store.queue_len() as u64,
+        oldest_queued_ms,
+        dumpster,
+    })
 }

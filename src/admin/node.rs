@@ -15,6 +15,8 @@ use serde::{Deserialize, Serialize};
 
 use super::{rejection, ApiError};
 use crate::node::MailboxNode;
+use crate::runtime::now_ms;
+use crate::telemetry;
 
 /// Query of `GET /api/mailbox`.
 #[derive(Debug, Deserialize)]
@@ -58,6 +60,7 @@ pub struct MailboxListing {
 pub fn node_router(node: Arc<MailboxNode>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
+        .route("/metrics", get(metrics))
         .route("/api/mailbox", get(mailbox))
         .route("/api/mailbox/message", get(message))
         .route("/api/status", get(cluster::status))
@@ -133,6 +136,16 @@ async fn message(
             format!("{address} holds no message {}", q.message_id),
         )),
     }
+}
+
+/// `GET /metrics`: the node's counters, with its replication state as `GET /api/status` has it.
+async fn metrics(State(node): State<Arc<MailboxNode>>) -> Result<impl IntoResponse, ApiError> {
+    let status = cluster::node_status(&node);
+    let text = node
+        .metrics
+        .encode(&status, now_ms())
+        .map_err(ApiError::internal)?;
+    Ok(([(header::CONTENT_TYPE, telemetry::CONTENT_TYPE)], text))
 }
 
 /// Milliseconds since the epoch as RFC 3339 UTC.

@@ -8,7 +8,7 @@ use super::{print_json, Failure};
 use crate::admin::client::AdminClient;
 use crate::admin::cluster::{MoveBody, MoveResult, NodeStatus, SgCopyStatus};
 use crate::admin::hub::HubDumpsterStats;
-use crate::config::{Cms, Site};
+use crate::config::{sanity, Cms, Site};
 
 /// `status --json`, per CMS.
 #[derive(Debug, Serialize, Deserialize)]
@@ -248,7 +248,7 @@ pub async fn health(site: &Site, json: bool) -> Result<(), Failure> {
             hub_stats.extend(s);
         }
     }
-    let mut checks = Vec::new();
+    let mut checks = vec![dumpster_size_check(site)];
     for c in &site.cms {
         let s = cms_status(&client, c).await;
         let name = &s.cms;
@@ -346,6 +346,10 @@ pub async fn health(site: &Site, json: bool) -> Result<(), Failure> {
                     format!("{sg}: copy queue {q} logs"),
                 ),
             });
+            // Only a passive copy's own report says how long it has been behind.
+            if g.last_log_copied.is_some() {
+                checks.push(dumpster_time_check(site, g));
+            }
             for h in hub_stats.iter().filter(|h| &h.storage_group == sg) {
                 let covered = match (&h.oldest_delivered, &g.newest_replayed) {
                     (Some(oldest), Some(replayed)) => oldest <= replayed,
@@ -383,6 +387,52 @@ pub async fn health(site: &Site, json: bool) -> Result<(), Failure> {
         ))
     } else {
         Ok(())
+    }
+}
+
+/// The seeds' sizing rule for the dumpster bound, from the site file.
+fn dumpster_size_check(site: &Site) -> Check {
+    match sanity::dumpster_size(
+        site.max_dumpster_size_per_storage_group,
+        site.max_message_size,
+    ) {
+        Some(w) => check("DumpsterSize", "WARN", w.to_string()),
+        None => check(
+            "DumpsterSize",
+            "PASS",
+            format!(
+                "max_dumpster_size_per_storage_group ({} bytes) is at least 1.5 × max_message_size ({} bytes)",
+                site.max_dumpster_size_per_storage_group, site.max_message_size
+            ),
+        ),
+    }
+}
+
+/// Whether the dumpster still reaches back as far as a passive copy has been behind.
+fn dumpster_time_check(site: &Site, g: &SgCopyStatus) -> Check {
+    let behind = g
+        .behind_since
+        .as_deref()
+        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+        .map(|t| {
+            (chrono::Utc::now() - t.to_utc())
+                .to_std()
+                .unwrap_or_default()
+        });
+    match sanity::copy_lag(&g.name, behind, site.max_dumpster_time) {
+        Some(w) => check("DumpsterTime", "WARN", w.to_string()),
+        None => check(
+            "DumpsterTime",
+            "PASS",
+            format!(
+                "{}: the copy has been behind for {}, within max_dumpster_time ({})",
+                g.name,
+                humantime::format_duration(std::time::Duration::from_secs(
+                    behind.unwrap_or_default().as_secs()
+                )),
+                humantime::format_duration(site.max_dumpster_time)
+            ),
+        ),
     }
 }
 

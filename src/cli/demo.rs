@@ -20,6 +20,7 @@ use super::{print_json, Failure};
 use crate::admin::client::AdminClient;
 use crate::admin::node::MailboxListing;
 use crate::config::Site;
+use crate::telemetry::logging::LogFormat;
 
 const TOKEN: &str = "demo-token";
 const WAIT: Duration = Duration::from_secs(30);
@@ -61,10 +62,18 @@ impl Children {
         data: &Path,
         kind: &str,
         name: &str,
+        log_format: LogFormat,
     ) -> Result<(), Failure> {
         let log = std::fs::File::create(data.join(format!("{name}.log"))).map_err(fail)?;
         let mut child = Command::new(exe)
-            .args([kind, "--name", name, "--config"])
+            .args([
+                kind,
+                "--name",
+                name,
+                "--log-format",
+                log_format.as_arg(),
+                "--config",
+            ])
             .arg(config)
             .arg("--data")
             .arg(data)
@@ -264,11 +273,11 @@ fn ids(prefix: &str, n: usize) -> Vec<String> {
         .collect()
 }
 
-/// Runs `hubrelay demo`.
-pub async fn run(json: bool) -> Result<(), Failure> {
+/// Runs `hubrelay demo`; its processes log (to files in the private site) in `log` format.
+pub async fn run(json: bool, log: LogFormat) -> Result<(), Failure> {
     let dir = std::env::temp_dir().join(format!("hubrelay-demo-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(fail)?;
-    let result = run_in(&dir, json).await;
+    let result = run_in(&dir, json, log).await;
     let _ = std::fs::remove_dir_all(&dir);
     let verdict = result?;
     if json {
@@ -294,7 +303,7 @@ pub async fn run(json: bool) -> Result<(), Failure> {
     }
 }
 
-async fn run_in(dir: &Path, json: bool) -> Result<Verdict, Failure> {
+async fn run_in(dir: &Path, json: bool, log: LogFormat) -> Result<Verdict, Failure> {
     let exe = std::env::current_exe().map_err(fail)?;
     let config = write_site(dir)?;
     let data = dir.join("data");
@@ -317,7 +326,7 @@ async fn run_in(dir: &Path, json: bool) -> Result<Verdict, Failure> {
         ("hub", "hub1"),
         ("hub", "hub2"),
     ] {
-        kids.start(&exe, &config, &data, kind, name)?;
+        kids.start(&exe, &config, &data, kind, name, log)?;
     }
     demo.wait_active("node1").await?;
     demo.say("node1 is active, node2 copies its closed transaction logs (4 KiB each here).");

@@ -18,6 +18,7 @@ use std::sync::Arc;
 use clap::{Parser, Subcommand};
 
 use crate::config::Site;
+use crate::telemetry::logging::LogFormat;
 
 /// hubrelay: an SMTP relay with a transport dumpster, for clustered mailbox servers with automatic
 /// failover.
@@ -35,6 +36,17 @@ pub struct Cli {
     /// Print one JSON document instead of text.
     #[arg(long, global = true)]
     pub json: bool,
+    /// How `site`, `hub` and `node` (and the demo's processes) write log lines on stderr: `text`,
+    /// or `json` (one object per line, with span fields) for log collectors. `HUBRELAY_LOG`
+    /// filters them (default `info`).
+    #[arg(
+        long = "log-format",
+        global = true,
+        value_enum,
+        default_value_t = LogFormat::Text,
+        value_name = "FORMAT"
+    )]
+    pub log_format: LogFormat,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -183,14 +195,14 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
     // The demo writes its own private site and `tls` needs none; every other command runs from
     // the config.
     let site = match &cli.command {
-        Command::Demo => return demo::run(cli.json).await,
+        Command::Demo => return demo::run(cli.json, cli.log_format).await,
         Command::Tls { command } => return tls::run(command, cli.json),
         _ => load()?,
     };
     match cli.command {
-        Command::Site { data } => run::site(site, &data).await,
-        Command::Hub { name, data } => run::hub(site, &name, &data).await,
-        Command::Node { name, data } => run::node(site, &name, &data).await,
+        Command::Site { data } => run::site(site, &data, cli.log_format).await,
+        Command::Hub { name, data } => run::hub(site, &name, &data, cli.log_format).await,
+        Command::Node { name, data } => run::node(site, &name, &data, cli.log_format).await,
         Command::Mailbox {
             address,
             message_id,
@@ -198,7 +210,7 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
         Command::Stats { storage_group } => {
             stats::run(&site, storage_group.as_deref(), cli.json).await
         }
-        Command::Demo => demo::run(cli.json).await,
+        Command::Demo => demo::run(cli.json, cli.log_format).await,
         Command::Tls { command } => tls::run(&command, cli.json),
         Command::Status { cms } => cluster::status(&site, cms.as_deref(), cli.json).await,
         Command::Health => cluster::health(&site, cli.json).await,

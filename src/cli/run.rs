@@ -6,20 +6,20 @@ use std::sync::Arc;
 
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tracing::warn;
 
 use super::Failure;
-use crate::config::Site;
+use crate::config::{sanity, Site};
 use crate::node::MailboxNode;
 use crate::runtime::{self, Endpoint, StartError};
+use crate::telemetry::logging::{self, LogFormat};
 
-fn tracing_init() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("HUBRELAY_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init();
+/// Installs logging, then warns about sizing rules the site file breaks (once per process).
+fn start_up(site: &Site, log: LogFormat) {
+    logging::init(log);
+    for w in sanity::site_warnings(site) {
+        warn!(config = %site.file.display(), "{w}");
+    }
 }
 
 fn start_failed(e: StartError) -> Failure {
@@ -62,8 +62,8 @@ async fn serve(
 }
 
 /// Runs every hub and node of the site in this process.
-pub async fn site(site: Arc<Site>, data: &Path) -> Result<(), Failure> {
-    tracing_init();
+pub async fn site(site: Arc<Site>, data: &Path, log: LogFormat) -> Result<(), Failure> {
+    start_up(&site, log);
     let shutdown = CancellationToken::new();
     let mut tasks = JoinSet::new();
     let mut endpoints = Vec::new();
@@ -87,8 +87,8 @@ pub async fn site(site: Arc<Site>, data: &Path) -> Result<(), Failure> {
 }
 
 /// Runs one hub.
-pub async fn hub(site: Arc<Site>, name: &str, data: &Path) -> Result<(), Failure> {
-    tracing_init();
+pub async fn hub(site: Arc<Site>, name: &str, data: &Path, log: LogFormat) -> Result<(), Failure> {
+    start_up(&site, log);
     let shutdown = CancellationToken::new();
     let mut tasks = JoinSet::new();
     let endpoints = runtime::start_hub(&site, name, data, &shutdown, &mut tasks)
@@ -98,8 +98,8 @@ pub async fn hub(site: Arc<Site>, name: &str, data: &Path) -> Result<(), Failure
 }
 
 /// Runs one mailbox node.
-pub async fn node(site: Arc<Site>, name: &str, data: &Path) -> Result<(), Failure> {
-    tracing_init();
+pub async fn node(site: Arc<Site>, name: &str, data: &Path, log: LogFormat) -> Result<(), Failure> {
+    start_up(&site, log);
     let shutdown = CancellationToken::new();
     let mut tasks = JoinSet::new();
     let (endpoints, node) = runtime::start_node(&site, name, data, &shutdown, &mut tasks)

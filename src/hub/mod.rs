@@ -73,7 +73,7 @@ pub struct Hub {
     pub hostname: String,
     /// The queue and dumpster.
     pub store: Arc<HubStore>,
-    /// Counters served at /metrics.
+    /// Its Prometheus metrics, served at /metrics.
     pub metrics: HubMetrics,
     commit: GroupCommit,
     links: Vec<CmsLink>,
@@ -103,7 +103,7 @@ impl Hub {
             site,
             hostname,
             store,
-            metrics: HubMetrics::default(),
+            metrics: HubMetrics::new(name),
             commit,
             links,
             scheduler,
@@ -274,6 +274,11 @@ impl Hub {
                     Outcome::Delivered => {
                         delivered.push(i);
                         self.metrics.delivered();
+                        // A resubmitted copy keeps its original receive time: not a latency.
+                        if msg.resubmission.is_none() {
+                            let took = now_ms().saturating_sub(msg.received_ms);
+                            self.metrics.latency(Duration::from_millis(took));
+                        }
                         info!(rcpt = %msg.recipients[i].address, storage_group = %msg.recipients[i].storage_group, node = node.as_deref().unwrap_or(""), "delivered");
                     }
                     Outcome::Transient(e) => {

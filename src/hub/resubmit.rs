@@ -113,6 +113,7 @@ impl Hub {
             .await
             .map_err(|e| HubError::Task(e.to_string()))??;
             self.durable().await?;
+            self.metrics.resubmitted(queued.len());
             for m in &queued {
                 self.schedule(now, m.id);
             }

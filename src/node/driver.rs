@@ -339,6 +339,7 @@ impl MailboxNode {
         }
         let actions = self.machine().move_away();
         self.execute_locked(actions).await;
+        self.metrics.moved();
         info!(node = %self.name, to = %self.peer.name, "scheduled move done");
         Ok(last)
     }

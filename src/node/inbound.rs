@@ -65,7 +65,7 @@ impl Backend for NodeInbound {
                 continue;
             };
             match node.store.contains(&addr, &msg.message_id, &digest, now) {
-                Ok(true) => {}
+                Ok(true) => node.metrics.delivered(&route.storage_group, 0, 1),
                 Ok(false) => by_sg.entry(route.storage_group).or_default().push(addr),
                 Err(e) => {
                     error!(error = %e, "mailbox store lookup failed");
@@ -79,6 +79,7 @@ impl Backend for NodeInbound {
             let Some(writer) = node.writer(&sg).filter(|w| w.epoch() == epoch) else {
                 return self.passive_reply();
             };
+            let wanted = recipients.len();
             let rec = LogRecord {
                 message_id: msg.message_id.clone(),
                 recipients,
@@ -87,7 +88,10 @@ impl Backend for NodeInbound {
                 body: msg.data.clone(),
             };
             match writer.write(rec).await {
-                Ok(n) => added += n,
+                Ok(n) => {
+                    node.metrics.delivered(&sg, n, wanted.saturating_sub(n));
+                    added += n;
+                }
                 Err(WriteError::Stopped) => return self.passive_reply(),
                 Err(e) => {
                     error!(storage_group = %sg, error = %e, "could not store");

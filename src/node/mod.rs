@@ -15,6 +15,7 @@
 pub mod copy_admin;
 pub mod driver;
 pub mod inbound;
+pub mod metrics;
 pub mod outstanding;
 pub mod replication;
 pub mod state;
@@ -34,6 +35,7 @@ use crate::cluster::machine::{Machine, Timing};
 use crate::cluster::witness::Witness;
 use crate::config::{Node, Site};
 use crate::runtime::{mono_ms, now_ms};
+use metrics::NodeMetrics;
 use replication::CopyState;
 use state::{EpochStart, NodeState, StateError};
 use writer::SgWriter;
@@ -83,6 +85,8 @@ pub struct MailboxNode {
     pub timing: Timing,
     /// Admin API client (log shipping, resubmission requests, moves).
     pub client: AdminClient,
+    /// Its Prometheus metrics, served at /metrics.
+    pub metrics: NodeMetrics,
     /// Admin API client for heartbeats, with a timeout shorter than the heartbeat period.
     heartbeats: AdminClient,
     /// Admin API client for a scheduled move's takeover call (the target copies, then mounts).
@@ -155,6 +159,14 @@ impl MailboxNode {
             witness: Witness::new(&witness_dir, name),
             timing,
             client: AdminClient::new(&site)?,
+            metrics: NodeMetrics::new(
+                name,
+                &c.name,
+                &c.storage_groups
+                    .iter()
+                    .map(|s| s.name.clone())
+                    .collect::<Vec<_>>(),
+            ),
             heartbeats: AdminClient::with_timeout(&site, std::time::Duration::from_millis(400))?,
             moves: AdminClient::with_timeout(&site, std::time::Duration::from_secs(40))?,
             dir: dir.to_path_buf(),
@@ -345,6 +357,9 @@ impl MailboxNode {
         *self.writers.lock().unwrap_or_else(|p| p.into_inner()) = Some(writers);
         self.persist()?;
         let known_lost = missing.values().any(|n| *n > 0);
+        if failover {
+            self.metrics.failover(known_lost);
+        }
         if lossy_from.is_empty() {
             info!(node = %self.name, epoch, "databases mounted");
         } else if known_lost {

@@ -62,6 +62,9 @@ pub struct CopyState {
     pub verified_epoch: Option<u64>,
     /// When a copy round last heard from the active node: a status older than that is stale.
     pub contact: Option<std::time::Instant>,
+    /// Since when (ms since the epoch) the copy has not been Healthy, as copy rounds saw it:
+    /// how long it has been behind decides whether the dumpster still covers what it lacks.
+    pub unhealthy_since_ms: Option<u64>,
 }
 
 impl CopyState {
@@ -75,6 +78,7 @@ impl CopyState {
             suspended: false,
             verified_epoch: None,
             contact: None,
+            unhealthy_since_ms: None,
         }
     }
 }
@@ -165,6 +169,18 @@ impl MailboxNode {
         for sg in self.storage_groups() {
             if let Err(e) = self.copy_sg(&sg).await {
                 warn!(node = %self.name, storage_group = %sg, error = %e, "copy failed");
+            }
+            self.note_health(&sg);
+        }
+    }
+
+    /// Starts or ends the copy's unhealthy period after a round (suspended copies included).
+    fn note_health(&self, sg: &str) {
+        if let Some(cs) = self.copies().get_mut(sg) {
+            if cs.reported_status() == SummaryCopyStatus::Healthy {
+                cs.unhealthy_since_ms = None;
+            } else if cs.unhealthy_since_ms.is_none() {
+                cs.unhealthy_since_ms = Some(crate::runtime::now_ms());
             }
         }
     }
