@@ -125,6 +125,14 @@ impl<'de> Deserialize<'de> for Dur {
 fn default_max_message_size() -> Size {
     Size(10_000_000)
 }
+/// sled's page cache per store: its default (1 GiB) let a hub's memory grow with its dumpster.
+fn default_store_cache_size() -> Size {
+    Size(64 * 1024 * 1024)
+}
+/// Postfix's `in_flow_delay` default.
+fn default_in_flow_delay() -> Dur {
+    Dur(Duration::from_secs(1))
+}
 fn default_max_dumpster_size() -> Size {
     Size(18_000_000)
 }
@@ -243,6 +251,10 @@ struct RawSite {
     delivery_tls: Spanned<DeliveryTls>,
     #[serde(default = "default_admin_tls")]
     admin_tls: Spanned<bool>,
+    #[serde(default = "default_store_cache_size")]
+    store_cache_size: Size,
+    #[serde(default = "default_in_flow_delay")]
+    in_flow_delay: Dur,
 }
 
 #[derive(Deserialize)]
@@ -328,6 +340,10 @@ pub struct Site {
     pub data_timeout: Duration,
     /// What a bare CR or LF in a message leads to.
     pub bare_newline: BareNewline,
+    /// Bytes of sled page cache each hub or node store may keep in memory.
+    pub store_cache_size: u64,
+    /// How long a hub may hold a new message's 250 back while deliveries catch up.
+    pub in_flow_delay: Duration,
     /// Dumpster entries per second one hub puts back in its queue for a resubmission request, so
     /// normal traffic to the new active keeps flowing.
     pub resubmit_rate: u64,
@@ -817,6 +833,8 @@ fn build(at: &Locator, raw: RawConfig) -> Result<Site, ConfigError> {
         name: site.name,
         accepted_domains,
         max_message_size: site.max_message_size.0,
+        store_cache_size: site.store_cache_size.0,
+        in_flow_delay: site.in_flow_delay.0,
         max_dumpster_size_per_storage_group: site.max_dumpster_size_per_storage_group.0,
         max_dumpster_time: site.max_dumpster_time.0,
         message_expiry: site.message_expiry.0,
@@ -975,6 +993,8 @@ mod tests {
         assert_eq!(site.hubs.len(), 2);
         assert_eq!(site.cms[0].nodes.len(), 2);
         assert_eq!(site.max_message_size, 10_000_000);
+        assert_eq!(site.store_cache_size, 64 * 1024 * 1024);
+        assert_eq!(site.in_flow_delay, Duration::from_secs(1));
         assert_eq!(site.max_dumpster_size_per_storage_group, 18_000_000);
         assert_eq!(site.max_dumpster_time, Duration::from_secs(7 * 86_400));
         assert_eq!(site.cms[0].log_file_size, 1 << 20);

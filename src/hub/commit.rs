@@ -1,9 +1,9 @@
-//! Group commit: many SMTP sessions wait on one fsync.
+//! Group commit for the writes made outside the [`super::writer`] (an administrator's queue
+//! actions, resubmission bookkeeping): many waiters share one fsync.
 //!
-//! A 250 after DATA promises the message is on disk. One fsync per message would cap the hub at the
-//! disk's fsync rate (about 3300/s here, and far less under load); instead every writer registers
+//! One fsync per write would cap those at the disk's fsync rate; instead every writer registers
 //! after its write and waits for the next flush that *starts* after it registered, so one flush
-//! covers all the messages written while the previous one ran.
+//! covers everything written while the previous one ran.
 
 use std::sync::Arc;
 

@@ -62,8 +62,10 @@ impl Backend for HubInbound {
             });
         }
         let message_id = msg.message_id.clone();
+        let token = hub.admit().await;
         match hub
             .submit(
+                token,
                 msg.message_id,
                 msg.sender,
                 msg.dsn.message,

@@ -41,6 +41,7 @@ pub struct HubMetrics {
     failed: Counter,
     dsn: Counter,
     resubmitted: Counter,
+    in_flow_delayed: Counter,
     latency: AtomicHistogram,
     queue_messages: Gauge,
     queue_oldest_age: Gauge<f64, AtomicU64>,
@@ -65,6 +66,7 @@ impl HubMetrics {
             failed: Counter::default(),
             dsn: Counter::default(),
             resubmitted: Counter::default(),
+            in_flow_delayed: Counter::default(),
             latency: AtomicHistogram::new(&LATENCY_BUCKETS),
             queue_messages: Gauge::default(),
             queue_oldest_age: Gauge::default(),
@@ -81,6 +83,11 @@ impl HubMetrics {
             "messages_received",
             "Messages accepted with 250 (DSNs this hub generated included)",
             m.received.clone(),
+        );
+        r.register(
+            "in_flow_delayed",
+            "Messages whose acceptance waited for a delivery to end (in_flow_delay: intake slowed to the delivery rate)",
+            m.in_flow_delayed.clone(),
         );
         r.register(
             "recipients_delivered",
@@ -158,6 +165,10 @@ impl HubMetrics {
     /// One message accepted.
     pub fn received(&self) {
         self.received.inc();
+    }
+    /// One message's acceptance waited for a delivery (in_flow_delay).
+    pub fn in_flow_delayed(&self) {
+        self.in_flow_delayed.inc();
     }
     /// One recipient delivered.
     pub fn delivered(&self) {

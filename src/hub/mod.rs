@@ -1,9 +1,10 @@
 //! The hub transport role: SMTP in → durable queue → delivery to the active node of each recipient's
 //! CMS → dumpster copy per storage group.
 //!
-//! A message's life: [`inbound`] accepts it and writes it to the store; [`commit`] makes the write
-//! durable (shared fsync) before the 250; a delivery task sends it ([`delivery`]); the outcome of every
-//! attempt is recorded atomically with the dumpster entries it creates; temporary failures go to the
+//! A message's life: [`inbound`] accepts it once the backlog allows ([`flow`]); the [`writer`]
+//! thread stores it, in a batch with what other sessions received meanwhile, and makes it durable
+//! before the 250; a delivery task sends it ([`delivery`]); the outcome of every attempt is
+//! recorded (again batched by the writer) atomically with the dumpster entries it creates; temporary failures go to the
 //! retry [`scheduler`]; permanent ones, and deliveries the sender asked to hear about (RFC 3461
 //! NOTIFY), to a [`dsn`] for the sender (never for a resubmitted copy). An administrator can hold,
 //! release, retry or delete a queued message ([`queue`]).
@@ -12,12 +13,14 @@ mod claims;
 pub mod commit;
 pub mod delivery;
 pub mod dsn;
+pub mod flow;
 pub mod inbound;
 pub mod metrics;
 pub mod node_tls;
 pub mod queue;
 pub mod resubmit;
 pub mod scheduler;
+pub mod writer;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -37,11 +40,15 @@ use crate::runtime::now_ms;
 use commit::GroupCommit;
 use delivery::{CmsLink, Outcome};
 use dsn::{Action, Notice};
+use flow::{Admission, InFlow, Token};
 use metrics::HubMetrics;
 use scheduler::Scheduler;
 
 /// Deliveries in flight at once per hub; bounds memory and connections to the nodes.
 const MAX_INFLIGHT: usize = 64;
+/// New messages that may wait for their first delivery attempt before intake is slowed
+/// (in_flow_delay): twice what can be in flight, so the deliveries never run dry.
+const IN_FLOW_BACKLOG: usize = 2 * MAX_INFLIGHT;
 
 /// Why a hub operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +68,9 @@ pub enum HubError {
     /// The TLS settings for delivery to the nodes cannot be used.
     #[error(transparent)]
     NodeTls(#[from] node_tls::NodeTlsError),
+    /// The thread that writes the queue could not be started.
+    #[error("cannot start the queue writer: {0}")]
+    Writer(std::io::Error),
 }
 
 /// One running hub: its store, links to the CMSs and delivery machinery.
@@ -76,9 +86,11 @@ pub struct Hub {
     /// Its Prometheus metrics, served at /metrics.
     pub metrics: HubMetrics,
     commit: GroupCommit,
+    writer: writer::Writer,
     links: Vec<CmsLink>,
     scheduler: Scheduler,
     inflight: Arc<Semaphore>,
+    in_flow: InFlow,
     /// Messages an attempt, hold or delete is working on, so those never overlap.
     claims: claims::Claims,
 }
@@ -88,7 +100,8 @@ impl Hub {
     /// from a previous run are scheduled again.
     pub fn open(site: Arc<Site>, name: &str, dir: &Path) -> Result<Arc<Hub>, HubError> {
         let node_tls = node_tls::NodeTls::from_site(&site)?;
-        let store = Arc::new(HubStore::open(dir)?);
+        let store = Arc::new(HubStore::open(dir, site.store_cache_size)?);
+        let writer = writer::Writer::start(store.clone(), name).map_err(HubError::Writer)?;
         let flusher = store.clone();
         let commit = GroupCommit::start(move || flusher.flush().map_err(|e| e.to_string()));
         let hostname = format!("{name}.{}", site.name);
@@ -98,6 +111,7 @@ impl Hub {
             .map(|c| CmsLink::new(c, &hostname, &node_tls))
             .collect::<Result<_, _>>()?;
         let (scheduler, due) = Scheduler::new();
+        let in_flow = InFlow::new(IN_FLOW_BACKLOG, site.in_flow_delay);
         let hub = Arc::new(Hub {
             name: name.to_string(),
             site,
@@ -105,9 +119,11 @@ impl Hub {
             store,
             metrics: HubMetrics::new(name),
             commit,
+            writer,
             links,
             scheduler,
             inflight: Arc::new(Semaphore::new(MAX_INFLIGHT)),
+            in_flow,
             claims: claims::Claims::default(),
         });
         let queued = hub.store.queued()?;
@@ -119,7 +135,7 @@ impl Hub {
         }
         let runner = hub.clone();
         tokio::spawn(scheduler::run(due, move |id| {
-            runner.clone().spawn_delivery(id)
+            runner.clone().spawn_delivery(id, Token::none())
         }));
         hub.resume_resubmissions()?;
         Ok(hub)
@@ -133,10 +149,23 @@ impl Hub {
         }
     }
 
+    /// A token for one new message from a client, once the backlog of messages not yet attempted
+    /// allows it or `in_flow_delay` has passed; [`Hub::submit`] keeps it until the first attempt
+    /// ends.
+    pub async fn admit(&self) -> Token {
+        let (token, how) = self.in_flow.admit().await;
+        if how != Admission::Immediate {
+            self.metrics.in_flow_delayed();
+        }
+        token
+    }
+
     /// Stores a new message durably and starts its delivery; returns its queue id only once the
-    /// message is on disk. `dsn` is the sender's RET and ENVID, kept for the reports.
+    /// message is on disk. `dsn` is the sender's RET and ENVID, kept for the reports; `token` is
+    /// the message's place in the backlog ([`Hub::admit`]).
     pub async fn submit(
         self: &Arc<Self>,
+        token: Token,
         message_id: String,
         sender: String,
         dsn: MessageDsn,
@@ -152,13 +181,9 @@ impl Hub {
             recipients,
             dsn,
         };
-        let store = self.store.clone();
-        let queued = tokio::task::spawn_blocking(move || store.enqueue(new, &body, now))
-            .await
-            .map_err(|e| HubError::Task(e.to_string()))??;
-        self.commit.durable().await?;
+        let queued = self.writer.enqueue(new, body, now).await?;
         self.metrics.received();
-        self.clone().spawn_delivery(queued.id);
+        self.clone().spawn_delivery(queued.id, token);
         Ok(queued.id)
     }
 
@@ -172,8 +197,10 @@ impl Hub {
         self.scheduler.at(due_ms, id);
     }
 
-    fn spawn_delivery(self: Arc<Self>, id: u64) {
+    /// Attempts message `id` in its own task; `token` is given back when the attempt ends.
+    fn spawn_delivery(self: Arc<Self>, id: u64, token: Token) {
         tokio::spawn(async move {
+            let _token = token;
             let Ok(_permit) = self.inflight.clone().acquire_owned().await else {
                 return;
             };
@@ -216,12 +243,9 @@ impl Hub {
             if pending {
                 msg.next_attempt_ms = now_ms() + self.backoff(msg.attempts);
             }
-            let store = self.store.clone();
-            let limits = self.limits();
-            let record = msg.clone();
-            tokio::task::spawn_blocking(move || store.record_attempt(&record, delivered, limits))
-                .await
-                .map_err(|e| HubError::Task(e.to_string()))??;
+            self.writer
+                .record(msg.clone(), delivered, self.limits())
+                .await?;
             if pending {
                 self.scheduler.at(msg.next_attempt_ms, msg.id);
             }
@@ -389,6 +413,7 @@ impl Hub {
         };
         let rendered = report.render(&dsn_id, now);
         let submit = self.submit(
+            Token::none(),
             dsn_id.clone(),
             String::new(),
             MessageDsn::default(),

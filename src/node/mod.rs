@@ -119,6 +119,7 @@ impl MailboxNode {
         let store = Arc::new(MailboxStore::open(
             &dir.join("store"),
             site.dedup_retention.as_millis() as u64,
+            site.store_cache_size,
         )?);
         let c = &site.cms[cms];
         let state = NodeState::load(dir)?;

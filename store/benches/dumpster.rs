@@ -18,6 +18,8 @@ const BODY: u64 = 64;
 /// Entries per `record_attempt` while pre-filling, so 10^6 entries take 10^3 transactions.
 const FILL_BATCH: u64 = 1_000;
 const WINDOW: u64 = 100;
+/// sled page cache, as a hub's default `store_cache_size`.
+const CACHE: u64 = 64 * 1024 * 1024;
 
 /// A store whose SG1 dumpster holds exactly `n` entries of `BODY` bytes, delivered at 0..n ms,
 /// with the size bound at n × BODY: full, so each further delivery evicts one entry.
@@ -30,7 +32,7 @@ struct Fixture {
 
 fn fixture(n: u64) -> Fixture {
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = HubStore::open(dir.path()).expect("open store");
+    let store = HubStore::open(dir.path(), CACHE).expect("open store");
     let limits = DumpsterLimits {
         max_bytes_per_sg: n * BODY,
         max_age_ms: Millis::MAX,

@@ -394,10 +394,10 @@ pub struct HubStore {
 }
 
 impl HubStore {
-    /// Opens (or creates) the hub's store under `path` (a directory). Errors clearly if it is
-    /// locked by another process.
-    pub fn open(path: &Path) -> Result<HubStore, HubStoreError> {
-        let db = open_db(path)?;
+    /// Opens (or creates) the hub's store under `path` (a directory), keeping at most
+    /// `cache_bytes` of it cached in memory. Errors clearly if it is locked by another process.
+    pub fn open(path: &Path, cache_bytes: u64) -> Result<HubStore, HubStoreError> {
+        let db = open_db(path, cache_bytes)?;
         let trees = tx::Trees::open(&db)?;
         let queue_len = AtomicUsize::new(trees.queue.len());
         Ok(HubStore {
@@ -440,10 +440,14 @@ impl HubStore {
 const LOCK_WAIT: Duration = Duration::from_secs(1);
 const LOCK_RETRY: Duration = Duration::from_millis(10);
 
-fn open_db(path: &Path) -> Result<sled::Db, HubStoreError> {
+fn open_db(path: &Path, cache_bytes: u64) -> Result<sled::Db, HubStoreError> {
     let deadline = Instant::now() + LOCK_WAIT;
     loop {
-        match sled::Config::new().path(path).open() {
+        match sled::Config::new()
+            .path(path)
+            .cache_capacity(cache_bytes)
+            .open()
+        {
             Ok(db) => return Ok(db),
             // sled 0.34 reports a held file lock only as this io::Error text (ErrorKind::Other).
             Err(e) if e.to_string().contains("could not acquire lock") => {

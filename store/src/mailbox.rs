@@ -160,14 +160,23 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 impl MailboxStore {
-    /// Opens (creating) the store in its own sled database directory; dedup keys count for
-    /// `retention` ms after the record that made them.
-    pub fn open(path: &Path, retention: Millis) -> Result<MailboxStore, MailboxError> {
+    /// Opens (creating) the store in its own sled database directory, keeping at most
+    /// `cache_bytes` of it cached in memory; dedup keys count for `retention` ms after the record
+    /// that made them.
+    pub fn open(
+        path: &Path,
+        retention: Millis,
+        cache_bytes: u64,
+    ) -> Result<MailboxStore, MailboxError> {
         let open_err = |source| MailboxError::Open {
             path: path.to_owned(),
             source,
         };
-        let db = sled::open(path).map_err(open_err)?;
+        let db = sled::Config::new()
+            .path(path)
+            .cache_capacity(cache_bytes)
+            .open()
+            .map_err(open_err)?;
         let tree = |name: &str| db.open_tree(name).map_err(open_err);
         Ok(MailboxStore {
             messages: tree("messages")?,

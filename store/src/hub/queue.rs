@@ -18,28 +18,47 @@ impl HubStore {
         body: &[u8],
         now_ms: Millis,
     ) -> Result<QueuedMessage, HubStoreError> {
-        let queued = QueuedMessage {
-            id: self.next_id()?,
-            blob: self.next_id()?,
-            message_id: msg.message_id,
-            sender: msg.sender,
-            received_ms: msg.received_ms,
-            expires_ms: msg.expires_ms,
-            size: body.len() as u64,
-            recipients: msg.recipients,
-            attempts: 0,
-            next_attempt_ms: now_ms,
-            resubmission: None,
-            dsn: msg.dsn,
-            held_since_ms: None,
-        };
+        // One message in, one out.
+        Ok(self.enqueue_batch(vec![(msg, body)], now_ms)?.remove(0))
+    }
+
+    /// [`HubStore::enqueue`] for many messages in ONE transaction (all or none), in order: the
+    /// hub's writer stores what every session received meanwhile at once.
+    pub fn enqueue_batch<B: AsRef<[u8]>>(
+        &self,
+        batch: Vec<(NewMessage, B)>,
+        now_ms: Millis,
+    ) -> Result<Vec<QueuedMessage>, HubStoreError> {
+        let mut queued = Vec::with_capacity(batch.len());
+        let mut bodies = Vec::with_capacity(batch.len());
+        for (msg, body) in batch {
+            queued.push(QueuedMessage {
+                id: self.next_id()?,
+                blob: self.next_id()?,
+                message_id: msg.message_id,
+                sender: msg.sender,
+                received_ms: msg.received_ms,
+                expires_ms: msg.expires_ms,
+                size: body.as_ref().len() as u64,
+                recipients: msg.recipients,
+                attempts: 0,
+                next_attempt_ms: now_ms,
+                resubmission: None,
+                dsn: msg.dsn,
+                held_since_ms: None,
+            });
+            bodies.push(body);
+        }
         self.transact(|tx| {
-            let blob = id_key(queued.blob);
-            tx.blobs.insert(&blob, body)?;
-            tx.refs.insert(&blob, &1u64.to_be_bytes())?;
-            tx.put_message(&queued)
+            for (q, body) in queued.iter().zip(&bodies) {
+                let blob = id_key(q.blob);
+                tx.blobs.insert(&blob, body.as_ref())?;
+                tx.refs.insert(&blob, &1u64.to_be_bytes())?;
+                tx.put_message(q)?;
+            }
+            Ok(())
         })?;
-        self.queue_len.fetch_add(1, Ordering::Relaxed);
+        self.queue_len.fetch_add(queued.len(), Ordering::Relaxed);
         Ok(queued)
     }
 
@@ -106,38 +125,56 @@ impl HubStore {
         delivered: Vec<DumpsterEntry>,
         limits: DumpsterLimits,
     ) -> Result<u64, HubStoreError> {
+        self.record_attempts(vec![(msg.clone(), delivered)], limits)
+    }
+
+    /// [`HubStore::record_attempt`] for the attempts of many messages (each at most once) in ONE
+    /// transaction, all or none; the dumpster entries of the whole batch are planned together, so
+    /// the size bound holds as if they had been recorded one by one.
+    pub fn record_attempts(
+        &self,
+        batch: Vec<(QueuedMessage, Vec<DumpsterEntry>)>,
+        limits: DumpsterLimits,
+    ) -> Result<u64, HubStoreError> {
         let _planning = self.lock_planner();
+        let mut messages = Vec::with_capacity(batch.len());
+        let mut delivered = Vec::new();
+        for (msg, entries) in batch {
+            messages.push(msg);
+            delivered.extend(entries);
+        }
         let mut evicted = 0;
         for sg in distinct_sgs(&delivered) {
             evicted += self.trim_to(sg, limits.max_bytes_per_sg)?;
         }
         let mut plan = self.plan_deliveries(delivered, limits.max_bytes_per_sg)?;
-        let finished = msg.is_finished();
-        if finished {
+        let mut finished = 0;
+        for msg in messages.iter().filter(|m| m.is_finished()) {
             plan.add_ref(msg.blob, -1);
+            finished += 1;
         }
         self.transact(|tx| {
-            let stored = tx.take_message(msg.id)?;
-            if stored.blob != msg.blob {
-                return Err(HubStoreError::BlobMismatch {
-                    id: msg.id,
-                    given: msg.blob,
-                    stored: stored.blob,
+            for msg in &messages {
+                let stored = tx.take_message(msg.id)?;
+                if stored.blob != msg.blob {
+                    return Err(HubStoreError::BlobMismatch {
+                        id: msg.id,
+                        given: msg.blob,
+                        stored: stored.blob,
+                    }
+                    .into());
                 }
-                .into());
-            }
-            if !finished {
-                tx.put_message(&QueuedMessage {
-                    held_since_ms: stored.held_since_ms,
-                    expires_ms: stored.expires_ms,
-                    ..msg.clone()
-                })?;
+                if !msg.is_finished() {
+                    tx.put_message(&QueuedMessage {
+                        held_since_ms: stored.held_since_ms,
+                        expires_ms: stored.expires_ms,
+                        ..msg.clone()
+                    })?;
+                }
             }
             plan.apply(tx)
         })?;
-        if finished {
-            self.queue_len.fetch_sub(1, Ordering::Relaxed);
-        }
+        self.queue_len.fetch_sub(finished, Ordering::Relaxed);
         Ok(evicted + plan.evicted())
     }
 }

@@ -8,6 +8,8 @@ use super::*;
 const SG1: &str = "SG1";
 const SG2: &str = "SG2";
 const DAY: Millis = 86_400_000;
+/// sled page cache for test stores: small, like a production default.
+const CACHE: u64 = 16 * 1024 * 1024;
 
 fn limits(max_bytes_per_sg: u64, max_age_ms: Millis) -> DumpsterLimits {
     DumpsterLimits {
@@ -17,7 +19,7 @@ fn limits(max_bytes_per_sg: u64, max_age_ms: Millis) -> DumpsterLimits {
 }
 
 fn open(dir: &Path) -> HubStore {
-    HubStore::open(dir).expect("open store")
+    HubStore::open(dir, CACHE).expect("open store")
 }
 
 fn rcpt(address: &str, sg: &str) -> Recipient {
@@ -749,7 +751,7 @@ fn corrupt_records_give_typed_errors() {
 fn second_open_of_the_same_directory_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let _first = open(dir.path());
-    match HubStore::open(dir.path()) {
+    match HubStore::open(dir.path(), CACHE) {
         Err(HubStoreError::Locked { path, .. }) => assert_eq!(path, dir.path()),
         Err(other) => panic!("expected Locked, got {other:?}"),
         Ok(_) => panic!("a second open of a locked store succeeded"),
@@ -969,4 +971,122 @@ fn queue_records_from_before_holds_load_as_not_held() {
     let old: QueuedMessage = serde_json::from_value(json).expect("an old record decodes");
     assert!(!old.is_held());
     assert_eq!(old, queued);
+}
+
+/// A message's attempt in which every recipient was delivered at `at_ms`, with its entries.
+fn delivered_attempt(msg: &QueuedMessage, at_ms: Millis) -> (QueuedMessage, Vec<DumpsterEntry>) {
+    let mut done = msg.clone();
+    done.attempts += 1;
+    for r in &mut done.recipients {
+        r.status = RcptStatus::Delivered { at_ms };
+    }
+    let sgs: BTreeSet<&str> = msg
+        .recipients
+        .iter()
+        .map(|r| r.storage_group.as_str())
+        .collect();
+    let entries = sgs.into_iter().map(|sg| entry(msg, sg, at_ms)).collect();
+    (done, entries)
+}
+
+#[test]
+fn a_batch_of_new_messages_is_stored_whole_and_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let batch: Vec<(NewMessage, Vec<u8>)> = (0..5u8)
+        .map(|n| {
+            let msg = NewMessage {
+                message_id: format!("<b{n}@test>"),
+                sender: "sender@example.test".to_string(),
+                received_ms: 1_000,
+                expires_ms: 1_000 + DAY,
+                recipients: vec![rcpt("user@sg1.test", SG1)],
+                dsn: MessageDsn::default(),
+            };
+            (msg, vec![b'0' + n; 10 + n as usize])
+        })
+        .collect();
+    let queued = store.enqueue_batch(batch, 1_000).expect("enqueue_batch");
+    let ids: BTreeSet<u64> = queued.iter().map(|q| q.id).collect();
+    assert_eq!(ids.len(), 5, "every message has its own id");
+    assert_eq!(store.queue_len(), 5);
+    for (n, q) in queued.iter().enumerate() {
+        assert_eq!(q.message_id, format!("<b{n}@test>"));
+        assert_eq!(q.size, 10 + n as u64);
+        assert_eq!(store.get(q.id).unwrap().as_ref(), Some(q));
+        assert_eq!(
+            store.body(q.blob).unwrap(),
+            Some(vec![b'0' + n as u8; 10 + n])
+        );
+        assert_eq!(refcount(&store, q.blob), Some(1));
+    }
+}
+
+#[test]
+fn a_batch_of_attempts_keeps_the_dumpster_as_one_by_one_would() {
+    // The same deliveries recorded one by one and as one batch leave the same dumpster: the
+    // size bound evicts the same (oldest) entries, counters and blob references agree.
+    let lim = limits(1_000, DAY);
+    let mut results = Vec::new();
+    for batched in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let msgs: Vec<QueuedMessage> = (0..8)
+            .map(|n| enqueue(&store, n, 1_000 + n, 300, &[SG1]))
+            .collect();
+        // One message stays queued: its recipient was deferred.
+        let mut deferred = enqueue(&store, 99, 2_000, 300, &[SG2]);
+        deferred.attempts += 1;
+        deferred.recipients[0].status = RcptStatus::Deferred {
+            reason: "451 try later".into(),
+        };
+        let mut attempts: Vec<_> = msgs
+            .iter()
+            .enumerate()
+            .map(|(i, m)| delivered_attempt(m, 5_000 + i as u64))
+            .collect();
+        attempts.push((deferred.clone(), Vec::new()));
+        let evicted = if batched {
+            store.record_attempts(attempts, lim).expect("batch")
+        } else {
+            attempts
+                .into_iter()
+                .map(|(m, e)| store.record_attempt(&m, e, lim).expect("one"))
+                .sum()
+        };
+        let window = store.dumpster_window(SG1, 0, u64::MAX, 6_000, lim).unwrap();
+        let stats = store.dumpster_stats(SG1, 6_000, lim).unwrap();
+        let refs: Vec<Option<u64>> = msgs.iter().map(|m| refcount(&store, m.blob)).collect();
+        assert_eq!(store.queue_len(), 1, "only the deferred message is left");
+        assert_eq!(store.get(deferred.id).unwrap().map(|m| m.attempts), Some(1));
+        results.push((evicted, message_ids(&window), stats, refs));
+    }
+    let (evicted, kept, stats, refs) = &results[1];
+    assert_eq!(*evicted, 5, "8 × 300 bytes under a 1000-byte bound keeps 3");
+    assert_eq!(kept, &["<5@test>", "<6@test>", "<7@test>"]);
+    assert_eq!((stats.items, stats.bytes, stats.evicted), (3, 900, 5));
+    assert_eq!(
+        refs.iter().filter(|r| r.is_some()).count(),
+        3,
+        "evicted bodies are freed"
+    );
+    assert_eq!(results[0], results[1]);
+}
+
+#[test]
+fn a_batch_with_a_message_no_longer_queued_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let lim = limits(1 << 20, DAY);
+    let a = enqueue(&store, 1, 1_000, 100, &[SG1]);
+    let b = enqueue(&store, 2, 1_000, 100, &[SG1]);
+    deliver(&store, &b, 2_000, lim);
+    let batch = vec![delivered_attempt(&a, 3_000), delivered_attempt(&b, 3_000)];
+    let e = store.record_attempts(batch, lim).expect_err("b is gone");
+    assert!(
+        matches!(e, HubStoreError::UnknownMessage(id) if id == b.id),
+        "{e}"
+    );
+    assert_eq!(store.get(a.id).unwrap().map(|m| m.attempts), Some(0));
+    assert_eq!(store.dumpster_stats(SG1, 3_000, lim).unwrap().items, 1);
 }

@@ -4,6 +4,8 @@ const ALICE: &str = "alice@example.test";
 const BOB: &str = "bob@example.test";
 /// Dedup retention of the test stores (ms).
 const RETENTION: Millis = 1_000_000;
+/// sled page cache for test stores: small, like a production default.
+const CACHE: u64 = 16 * 1024 * 1024;
 
 fn rec(id: &str, to: &[&str], time_ms: Millis) -> LogRecord {
     LogRecord {
@@ -34,7 +36,7 @@ fn ids(store: &MailboxStore, address: &str) -> Vec<String> {
 }
 
 fn open(dir: &Path) -> MailboxStore {
-    MailboxStore::open(&dir.join("mailbox"), RETENTION).expect("open store")
+    MailboxStore::open(&dir.join("mailbox"), RETENTION, CACHE).expect("open store")
 }
 
 #[test]
@@ -551,8 +553,9 @@ fn sweeping_never_changes_a_dedup_decision() {
     // The active sweeps on its own schedule; a passive replaying the same records must still
     // decide alike, so a sweep may only remove keys no later record can match.
     let tmp = tempfile::tempdir().expect("tempdir");
-    let swept = MailboxStore::open(&tmp.path().join("swept"), RETENTION).expect("open");
-    let replayed = MailboxStore::open(&tmp.path().join("replayed"), RETENTION).expect("open");
+    let swept = MailboxStore::open(&tmp.path().join("swept"), RETENTION, CACHE).expect("open");
+    let replayed =
+        MailboxStore::open(&tmp.path().join("replayed"), RETENTION, CACHE).expect("open");
     let log = [
         rec("<m1>", &[ALICE], 10),
         rec("<m2>", &[ALICE, BOB], 20),
