@@ -5,6 +5,7 @@ pub mod cluster;
 pub mod copy;
 pub mod demo;
 pub mod mailbox;
+pub mod private_site;
 pub mod queue;
 pub mod resubmit;
 pub mod run;
