@@ -95,6 +95,24 @@ fn a_short_bench_delivers_every_message_once_and_reports_every_figure() {
         assert!(g["copy_queue_length"].as_u64().is_some(), "{v:#}");
     }
 
+    // The README documents every field of the report.
+    let readme = include_str!("../README.md");
+    let section = readme
+        .split("### Sizing with `hubrelay bench`")
+        .nth(1)
+        .expect("README has the bench section");
+    let undocumented: Vec<&String> = v
+        .as_object()
+        .expect("an object")
+        .keys()
+        .chain(groups[0].as_object().expect("an object").keys())
+        .filter(|k| !section.contains(&format!("`{k}`")))
+        .collect();
+    assert!(
+        undocumented.is_empty(),
+        "fields missing from the README: {undocumented:?}"
+    );
+
     let site = std::env::temp_dir().join(format!("hubrelay-bench-{pid}"));
     assert!(
         !site.exists(),

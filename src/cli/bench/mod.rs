@@ -322,17 +322,18 @@ async fn list_mailboxes(ps: &PrivateSite, plan: &Plan) -> Result<Vec<Listed>, Fa
     Ok(out)
 }
 
-/// The progress display on stderr: accepted and delivered, each against the messages asked for
-/// (hidden when stderr is not a terminal).
+/// The progress display on stderr: accepted and delivered, each against the messages asked for,
+/// with the rate since the load started (hidden when stderr is not a terminal).
 struct Bars {
     accepted: ProgressBar,
     delivered: ProgressBar,
+    started: Instant,
 }
 
 impl Bars {
     fn new(messages: usize) -> Bars {
         let multi = MultiProgress::new();
-        let style = ProgressStyle::with_template("{prefix:>9} [{bar:40}] {pos:>8}/{len} {per_sec}")
+        let style = ProgressStyle::with_template("{prefix:>9} [{bar:40}] {pos:>8}/{len} {msg}")
             .expect("static template is valid")
             .progress_chars("=> ");
         let bar = |name: &'static str| {
@@ -344,16 +345,25 @@ impl Bars {
         Bars {
             accepted: bar("accepted"),
             delivered: bar("delivered"),
+            started: Instant::now(),
         }
     }
 
     fn show(&self, accepted: usize, delivered: usize) {
-        self.accepted.set_position(accepted as u64);
+        self.set(&self.accepted, accepted);
         self.show_delivered(delivered);
     }
 
     fn show_delivered(&self, delivered: usize) {
-        self.delivered.set_position(delivered as u64);
+        self.set(&self.delivered, delivered);
+    }
+
+    fn set(&self, bar: &ProgressBar, n: usize) {
+        bar.set_position(n as u64);
+        let seconds = self.started.elapsed().as_secs_f64();
+        if seconds > 0.0 {
+            bar.set_message(format!("{:.0} msg/s", n as f64 / seconds));
+        }
     }
 
     fn finish(&self) {

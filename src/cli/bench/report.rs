@@ -258,8 +258,8 @@ impl Report {
     pub fn problem(&self) -> Option<String> {
         if self.lost > 0 || self.duplicates > 0 {
             Some(format!(
-                "MAIL LOST OR DOUBLED: of {} accepted messages, {} are missing from their mailboxes and {} are stored more than once",
-                self.accepted, self.lost, self.duplicates
+                "MAIL LOST OR DOUBLED: {} of {} accepted messages missing from their mailboxes, {} stored more than once",
+                self.lost, self.accepted, self.duplicates
             ))
         } else if self.failed > 0 {
             Some(format!(
