@@ -22,7 +22,7 @@ use chrono::DateTime;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
 use self::load::{Plan, DOMAIN};
-use self::report::{Latency, Listed, Report};
+use self::report::{Listed, Report};
 use super::private_site::{fail, until_interrupted, PrivateSite, SiteSpec};
 use super::{print_json, Failure};
 use crate::admin::client::{encode, AdminClient};
@@ -160,39 +160,14 @@ async fn bench(args: &BenchArgs, json: bool, log: LogFormat) -> Result<Report, F
         })
         .collect();
     drop(ps);
-
-    let tally = report::tally(&plan, &outcome.accepted, &listed);
-    let mut accept: Vec<f64> = outcome.accepted.iter().map(|a| a.accept_ms).collect();
-    let mut end_to_end = tally.end_to_end_ms;
-    let accept_seconds = outcome.accept_span.map(|d| d.as_millis() as f64 / 1000.0);
-    let deliver_seconds = tally
-        .last_stored_ms
-        .map(|t| t.saturating_sub(outcome.first_connect_ms) as f64 / 1000.0);
-    let mut r = Report {
-        messages: plan.messages,
-        size: args.size.0,
-        concurrency: plan.concurrency,
-        recipients: plan.recipients,
-        accepted: outcome.accepted.len(),
-        failed: outcome.failed,
-        delivered: tally.delivered,
-        lost: tally.lost,
-        duplicates: tally.duplicates,
-        stored_unacknowledged: tally.unacknowledged,
-        accept_seconds,
-        deliver_seconds,
-        accepted_per_second: report::rate(outcome.accepted.len(), accept_seconds),
-        delivered_per_second: report::rate(tally.delivered, deliver_seconds),
-        accept_latency_ms: Latency::of(&mut accept),
-        end_to_end_latency_ms: Latency::of(&mut end_to_end),
+    Ok(Report::compose(
+        &plan,
+        outcome,
+        &listed,
         replication,
         peak_rss_bytes,
         stalled,
-        errors: outcome.errors,
-        ok: false,
-    };
-    r.ok = r.problem().is_none();
-    Ok(r)
+    ))
 }
 
 /// Waits until a node is active and the other's copy of every storage group is Healthy, so the

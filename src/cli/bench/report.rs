@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 use chrono::DateTime;
 use serde::Serialize;
 
-use super::load::{Accepted, Plan};
+use super::load::{Accepted, Outcome, Plan};
 use crate::admin::cluster::NodeStatus;
 use crate::node::replication::SummaryCopyStatus;
 
@@ -254,6 +254,50 @@ pub struct Report {
 }
 
 impl Report {
+    /// The report of a run of `plan`: what the load generator saw, the mailboxes' copies of the
+    /// run's messages, and what was read from the site at the end.
+    pub fn compose(
+        plan: &Plan,
+        outcome: Outcome,
+        listed: &[Listed],
+        replication: Vec<Replication>,
+        peak_rss_bytes: BTreeMap<String, Option<u64>>,
+        stalled: bool,
+    ) -> Report {
+        let tally = tally(plan, &outcome.accepted, listed);
+        let mut accept: Vec<f64> = outcome.accepted.iter().map(|a| a.accept_ms).collect();
+        let mut end_to_end = tally.end_to_end_ms;
+        let accept_seconds = outcome.accept_span.map(|d| d.as_millis() as f64 / 1000.0);
+        let deliver_seconds = tally
+            .last_stored_ms
+            .map(|t| t.saturating_sub(outcome.first_connect_ms) as f64 / 1000.0);
+        let mut r = Report {
+            messages: plan.messages,
+            size: plan.size as u64,
+            concurrency: plan.concurrency,
+            recipients: plan.recipients,
+            accepted: outcome.accepted.len(),
+            failed: outcome.failed,
+            delivered: tally.delivered,
+            lost: tally.lost,
+            duplicates: tally.duplicates,
+            stored_unacknowledged: tally.unacknowledged,
+            accept_seconds,
+            deliver_seconds,
+            accepted_per_second: rate(outcome.accepted.len(), accept_seconds),
+            delivered_per_second: rate(tally.delivered, deliver_seconds),
+            accept_latency_ms: Latency::of(&mut accept),
+            end_to_end_latency_ms: Latency::of(&mut end_to_end),
+            replication,
+            peak_rss_bytes,
+            stalled,
+            errors: outcome.errors,
+            ok: false,
+        };
+        r.ok = r.problem().is_none();
+        r
+    }
+
     /// What went wrong, in one line, or `None` when the run is clean.
     pub fn problem(&self) -> Option<String> {
         if self.lost > 0 || self.duplicates > 0 {
@@ -524,6 +568,74 @@ mod tests {
         let t = tally(&plan, &acked, &stored);
         assert_eq!((t.delivered, t.lost, t.duplicates), (3, 0, 0));
         assert_eq!(t.last_stored_ms, Some(7));
+    }
+
+    fn outcome(accepted: Vec<Accepted>, failed: usize) -> Outcome {
+        Outcome {
+            first_connect_ms: 1_000,
+            accept_span: Some(std::time::Duration::from_millis(2_000)),
+            accepted,
+            failed,
+            errors: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_report_is_ok_only_when_everything_was_accepted_and_stored_once() {
+        let plan = Plan::new(2, 4096, 2, 1, "r".into());
+        let both = vec![accepted(0, 1_000), accepted(1, 1_100)];
+        let stored = [listed(0, 0, 1_500), listed(1, 1, 3_000)];
+        let r = Report::compose(
+            &plan,
+            outcome(both.clone(), 0),
+            &stored,
+            Vec::new(),
+            BTreeMap::new(),
+            false,
+        );
+        assert!(r.ok, "{r:?}");
+        assert_eq!(r.problem(), None);
+        assert_eq!(
+            (r.accept_seconds, r.accepted_per_second),
+            (Some(2.0), Some(1.0))
+        );
+        assert_eq!(
+            (r.deliver_seconds, r.delivered_per_second),
+            (Some(2.0), Some(1.0))
+        );
+        let e2e = r.end_to_end_latency_ms.expect("latency");
+        assert_eq!((e2e.p50, e2e.p99), (500.0, 1900.0));
+        assert!(r
+            .text()
+            .contains("Verdict: all 2 messages accepted and stored exactly once"));
+
+        let lost = Report::compose(
+            &plan,
+            outcome(both, 0),
+            &stored[..1],
+            Vec::new(),
+            BTreeMap::new(),
+            true,
+        );
+        assert!(!lost.ok);
+        assert_eq!(lost.lost, 1);
+        let p = lost.problem().expect("a problem");
+        assert!(p.starts_with("MAIL LOST OR DOUBLED: 1 of 2"), "{p}");
+        assert!(lost.text().contains(&format!("Verdict: {p}")));
+
+        let refused = Report::compose(
+            &plan,
+            outcome(vec![accepted(0, 1_000)], 1),
+            &stored[..1],
+            Vec::new(),
+            BTreeMap::new(),
+            false,
+        );
+        assert!(!refused.ok);
+        assert_eq!(
+            refused.problem().as_deref(),
+            Some("1 of 2 messages were not accepted")
+        );
     }
 
     fn node(name: &str, sg: SgCopyStatus) -> NodeStatus {
