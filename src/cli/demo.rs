@@ -1,7 +1,7 @@
-//! `hubrelay demo`: a private site in a temporary directory, four processes of this binary (hub1,
-//! hub2, node1, node2) on free 127.0.0.1 ports. It sends mail, makes the passive node fall behind,
-//! kills the active node (`kill -9`) before its newest logs ship, and narrates the automatic lossy
-//! failover and the dumpster recovery, ending with a verdict.
+//! `hubrelay demo`: a private site ([`super::private_site`]: four processes of this binary, hub1,
+//! hub2, node1 and node2, in a temporary directory on free 127.0.0.1 ports). It sends mail, makes
+//! the passive node fall behind, kills the active node (`kill -9`) before its newest logs ship,
+//! and narrates the automatic lossy failover and the dumpster recovery, ending with a verdict.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
