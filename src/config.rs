@@ -84,6 +84,21 @@ pub enum DeliveryTls {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Size(pub u64);
 
+/// The text form, shared by the site file and command-line options (`bench --size`), so both
+/// accept the same spellings and explain a mistake alike.
+impl std::str::FromStr for Size {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Size, String> {
+        s.trim()
+            .parse::<bytesize::ByteSize>()
+            .map(|b| Size(b.as_u64()))
+            .map_err(|_| {
+                format!("`{s}` is not a size (write e.g. \"18MB\", \"1MiB\" or a number of bytes)")
+            })
+    }
+}
+
 impl<'de> Deserialize<'de> for Size {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         #[derive(Deserialize)]
@@ -94,15 +109,7 @@ impl<'de> Deserialize<'de> for Size {
         }
         match Raw::deserialize(d)? {
             Raw::Int(n) => Ok(Size(n)),
-            Raw::Text(s) => s
-                .trim()
-                .parse::<bytesize::ByteSize>()
-                .map(|b| Size(b.as_u64()))
-                .map_err(|_| {
-                    serde::de::Error::custom(format!(
-                        "`{s}` is not a size (write e.g. \"18MB\", \"1MiB\" or a number of bytes)"
-                    ))
-                }),
+            Raw::Text(s) => s.parse().map_err(serde::de::Error::custom),
         }
     }
 }
@@ -1036,6 +1043,16 @@ mod tests {
             .unwrap()
             + 1;
         assert!(e.starts_with(&format!("site.toml:{line}:")), "{e}");
+    }
+
+    #[test]
+    fn sizes_parse_as_in_the_site_file() {
+        let size = |s: &str| s.parse::<Size>().map(|s| s.0);
+        assert_eq!(size("4KiB"), Ok(4096));
+        assert_eq!(size(" 64KiB "), Ok(65_536));
+        assert_eq!(size("18MB"), Ok(18_000_000));
+        assert_eq!(size("4096"), Ok(4096));
+        assert!(size("lots").unwrap_err().contains("not a size"));
     }
 
     #[test]

@@ -1,13 +1,9 @@
-//! `hubrelay demo`: a private site in a temporary directory, four processes of this binary (hub1,
-//! hub2, node1, node2) on free 127.0.0.1 ports. It sends mail, makes the passive node fall behind,
-//! kills the active node (`kill -9`) before its newest logs ship, and narrates the automatic lossy
-//! failover and the dumpster recovery, ending with a verdict.
+//! `hubrelay demo`: a private site ([`super::private_site`]: four processes of this binary, hub1,
+//! hub2, node1 and node2, in a temporary directory on free 127.0.0.1 ports). It sends mail, makes
+//! the passive node fall behind, kills the active node (`kill -9`) before its newest logs ship,
+//! and narrates the automatic lossy failover and the dumpster recovery, ending with a verdict.
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use lettre::address::Envelope;
@@ -15,14 +11,11 @@ use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
 use serde::Serialize;
 
 use super::cluster::cms_status;
-use super::tls::SelfSigned;
+use super::private_site::{fail, until_interrupted, PrivateSite, SiteSpec};
 use super::{print_json, Failure};
-use crate::admin::client::AdminClient;
 use crate::admin::node::MailboxListing;
-use crate::config::Site;
 use crate::telemetry::logging::LogFormat;
 
-const TOKEN: &str = "demo-token";
 const WAIT: Duration = Duration::from_secs(30);
 
 /// The demo's verdict.
@@ -42,141 +35,25 @@ pub struct Verdict {
     pub ok: bool,
 }
 
-/// The child processes; killed when dropped.
-struct Children(Vec<(String, Child)>);
-
-impl Drop for Children {
-    fn drop(&mut self) {
-        for (_, c) in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Children {
-    fn start(
-        &mut self,
-        exe: &Path,
-        config: &Path,
-        data: &Path,
-        kind: &str,
-        name: &str,
-        log_format: LogFormat,
-    ) -> Result<(), Failure> {
-        let log = std::fs::File::create(data.join(format!("{name}.log"))).map_err(fail)?;
-        let mut child = Command::new(exe)
-            .args([
-                kind,
-                "--name",
-                name,
-                "--log-format",
-                log_format.as_arg(),
-                "--config",
-            ])
-            .arg(config)
-            .arg("--data")
-            .arg(data)
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .spawn()
-            .map_err(fail)?;
-        let stdout = child
-            .stdout
-            .take()
-            .ok_or_else(|| Failure::Failed("no stdout".into()))?;
-        self.0.push((name.to_string(), child));
-        for line in BufReader::new(stdout).lines() {
-            if line.map_err(fail)? == "ready" {
-                return Ok(());
-            }
-        }
-        Err(Failure::Failed(format!(
-            "{name} did not start; see {}",
-            data.join(format!("{name}.log")).display()
-        )))
-    }
-
-    fn kill9(&mut self, name: &str) {
-        if let Some(i) = self.0.iter().position(|(n, _)| n == name) {
-            let (_, mut c) = self.0.remove(i);
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-fn fail(e: impl std::fmt::Display) -> Failure {
-    Failure::Failed(e.to_string())
-}
-
-fn free_port() -> Result<u16, Failure> {
-    Ok(TcpListener::bind("127.0.0.1:0")
-        .map_err(fail)?
-        .local_addr()
-        .map_err(fail)?
-        .port())
-}
-
-fn write_site(dir: &Path) -> Result<PathBuf, Failure> {
-    let mut p = Vec::new();
-    for _ in 0..8 {
-        p.push(free_port()?);
-    }
-    let text = format!(
-        r#"[site]
-name = "demo"
-accepted_domains = ["example.test"]
-admin_token = "{TOKEN}"
+/// The demo's site: STARTTLS between hubs and nodes, small log generations (4 KiB) so that a few
+/// messages close several, and quick retries.
+const SITE: SiteSpec<'static> = SiteSpec {
+    name: "demo",
+    admin_token: "demo-token",
+    site_keys: r#"accepted_domains = ["example.test"]
 retry_min = "200ms"
 retry_max = "2s"
-# Hubs deliver to the nodes over STARTTLS (opportunistic, the default).
-tls_certificate = "site.crt"
-tls_private_key = "site.key"
-
-[[hub]]
-name = "hub1"
-smtp = "127.0.0.1:{}"
-admin = "127.0.0.1:{}"
-
-[[hub]]
-name = "hub2"
-smtp = "127.0.0.1:{}"
-admin = "127.0.0.1:{}"
-
-[[cms]]
-name = "cms1"
-auto_database_mount_dial = "GoodAvailability"
-witness = "witness/cms1"
-log_file_size = "4KiB"
-
-[[cms.node]]
-name = "node1"
-smtp = "127.0.0.1:{}"
-admin = "127.0.0.1:{}"
-
-[[cms.node]]
-name = "node2"
-smtp = "127.0.0.1:{}"
-admin = "127.0.0.1:{}"
-
-[[cms.storage_group]]
+"#,
+    tls: true,
+    log_file_size: "4KiB",
+    storage_groups: r#"[[cms.storage_group]]
 name = "SG1"
 mailboxes = ["alice@example.test", "bob@example.test"]
 "#,
-        p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7]
-    );
-    let pair = SelfSigned::new(&["localhost".into(), "127.0.0.1".into()]).map_err(fail)?;
-    std::fs::write(dir.join("site.crt"), pair.cert_pem).map_err(fail)?;
-    std::fs::write(dir.join("site.key"), pair.key_pem).map_err(fail)?;
-    let path = dir.join("site.toml");
-    std::fs::write(&path, text).map_err(fail)?;
-    Ok(path)
-}
+};
 
 struct Demo {
-    site: Site,
-    client: AdminClient,
+    ps: PrivateSite,
     json: bool,
 }
 
@@ -189,7 +66,7 @@ impl Demo {
 
     async fn wait_active(&self, node: &str) -> Result<(), Failure> {
         let start = Instant::now();
-        while cms_status(&self.client, &self.site.cms[0])
+        while cms_status(&self.ps.client, &self.ps.site.cms[0])
             .await
             .active_node
             .as_deref()
@@ -204,7 +81,7 @@ impl Demo {
     }
 
     async fn send(&self, hub: usize, ids: &[String]) -> Result<(), Failure> {
-        let port = self.site.hubs[hub].smtp.port();
+        let port = self.ps.site.hubs[hub].smtp.port();
         let smtp = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous("127.0.0.1")
             .port(port)
             .build();
@@ -222,8 +99,9 @@ impl Demo {
 
     /// Alice's Message-IDs on whichever node is active.
     async fn listed(&self) -> Vec<String> {
-        for n in &self.site.cms[0].nodes {
+        for n in &self.ps.site.cms[0].nodes {
             if let Ok(l) = self
+                .ps
                 .client
                 .get::<MailboxListing>(n.admin, "/api/mailbox?address=alice%40example.test")
                 .await
@@ -251,7 +129,7 @@ impl Demo {
     async fn wait_copied_up(&self) -> Result<(), Failure> {
         let start = Instant::now();
         loop {
-            let s = cms_status(&self.client, &self.site.cms[0]).await;
+            let s = cms_status(&self.ps.client, &self.ps.site.cms[0]).await;
             if s.storage_groups
                 .first()
                 .and_then(|g| g.copy_queue_length)
@@ -275,11 +153,7 @@ fn ids(prefix: &str, n: usize) -> Vec<String> {
 
 /// Runs `hubrelay demo`; its processes log (to files in the private site) in `log` format.
 pub async fn run(json: bool, log: LogFormat) -> Result<(), Failure> {
-    let dir = std::env::temp_dir().join(format!("hubrelay-demo-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).map_err(fail)?;
-    let result = run_in(&dir, json, log).await;
-    let _ = std::fs::remove_dir_all(&dir);
-    let verdict = result?;
+    let verdict = until_interrupted(run_site(json, log)).await?;
     if json {
         print_json(&verdict)?;
     } else {
@@ -303,31 +177,16 @@ pub async fn run(json: bool, log: LogFormat) -> Result<(), Failure> {
     }
 }
 
-async fn run_in(dir: &Path, json: bool, log: LogFormat) -> Result<Verdict, Failure> {
-    let exe = std::env::current_exe().map_err(fail)?;
-    let config = write_site(dir)?;
-    let data = dir.join("data");
-    std::fs::create_dir_all(&data).map_err(fail)?;
-    let site = Site::load(&config).map_err(fail)?;
-    let demo = Demo {
-        client: AdminClient::new(&site).map_err(fail)?,
-        site,
+async fn run_site(json: bool, log: LogFormat) -> Result<Verdict, Failure> {
+    let mut demo = Demo {
+        ps: PrivateSite::start(&SITE, log).await?,
         json,
     };
-    let mut kids = Children(Vec::new());
     demo.say(&format!(
-        "Starting a private site in {} (hub1, hub2, node1, node2: four processes; the hubs deliver \
+        "Started a private site in {} (hub1, hub2, node1, node2: four processes; the hubs deliver \
          to the nodes over STARTTLS with a self-signed certificate)",
-        dir.display()
+        demo.ps.dir().display()
     ));
-    for (kind, name) in [
-        ("node", "node1"),
-        ("node", "node2"),
-        ("hub", "hub1"),
-        ("hub", "hub2"),
-    ] {
-        kids.start(&exe, &config, &data, kind, name, log)?;
-    }
     demo.wait_active("node1").await?;
     demo.say("node1 is active, node2 copies its closed transaction logs (4 KiB each here).");
 
@@ -339,8 +198,9 @@ async fn run_in(dir: &Path, json: bool, log: LogFormat) -> Result<Verdict, Failu
     demo.wait_copied_up().await?;
     demo.say("Sent 60 messages through both hubs; all are in alice's mailbox and node2 has copied every closed log.");
 
-    let admin2 = demo.site.cms[0].nodes[1].admin;
-    demo.client
+    let admin2 = demo.ps.site.cms[0].nodes[1].admin;
+    demo.ps
+        .client
         .post::<_, serde_json::Value>(admin2, "/api/copy/SG1/suspend", &serde_json::json!({}))
         .await
         .map_err(fail)?;
@@ -352,11 +212,11 @@ async fn run_in(dir: &Path, json: bool, log: LogFormat) -> Result<Verdict, Failu
     demo.say("node2 falls behind (its copy is suspended) while 8 more messages arrive; node1 holds them in logs node2 never gets.");
 
     demo.say("kill -9 node1.");
-    kids.kill9("node1");
+    demo.ps.kill9("node1");
     let killed = Instant::now();
     demo.wait_active("node2").await?;
     let failover_seconds = killed.elapsed().as_secs_f64();
-    let s = cms_status(&demo.client, &demo.site.cms[0]).await;
+    let s = cms_status(&demo.ps.client, &demo.ps.site.cms[0]).await;
     let present = demo.listed().await;
     let lost: Vec<&String> = all.iter().filter(|m| !present.contains(m)).collect();
     demo.say(&format!(

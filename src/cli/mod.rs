@@ -1,10 +1,12 @@
 //! The command line (SPEC §4): clap definitions and dispatch. Each admin command is a thin client of
 //! the admin API; exit status 0 on success, 1 on a failed check or request, 2 on bad usage or config.
 
+pub mod bench;
 pub mod cluster;
 pub mod copy;
 pub mod demo;
 pub mod mailbox;
+pub mod private_site;
 pub mod queue;
 pub mod resubmit;
 pub mod run;
@@ -36,7 +38,7 @@ pub struct Cli {
     /// Print one JSON document instead of text.
     #[arg(long, global = true)]
     pub json: bool,
-    /// How `site`, `hub` and `node` (and the demo's processes) write log lines on stderr: `text`,
+    /// How `site`, `hub` and `node` (and the processes of `demo` and `bench`) write log lines: `text`,
     /// or `json` (one object per line, with span fields) for log collectors. `HUBRELAY_LOG`
     /// filters them (default `info`).
     #[arg(
@@ -136,6 +138,10 @@ pub enum Command {
     /// Start a private site, crash its active node before its last log ships, and narrate the
     /// automatic lossy failover and dumpster recovery, ending with a verdict.
     Demo,
+    /// Start a private site as `demo` does and drive it with the built-in load generator, for
+    /// sizing: accepted and delivered rates, accept and end-to-end latency, replication at the
+    /// end, peak memory of each role; exit 1 if an accepted message is lost or doubled.
+    Bench(bench::BenchArgs),
     /// Certificates for STARTTLS.
     Tls {
         /// What to do.
@@ -192,10 +198,11 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
             .map(Arc::new)
             .map_err(|e| Failure::Usage(e.to_string()))
     };
-    // The demo writes its own private site and `tls` needs none; every other command runs from
-    // the config.
+    // The demo and the bench write their own private site and `tls` needs none; every other
+    // command runs from the config.
     let site = match &cli.command {
         Command::Demo => return demo::run(cli.json, cli.log_format).await,
+        Command::Bench(args) => return bench::run(args, cli.json, cli.log_format).await,
         Command::Tls { command } => return tls::run(command, cli.json),
         _ => load()?,
     };
@@ -211,6 +218,7 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
             stats::run(&site, storage_group.as_deref(), cli.json).await
         }
         Command::Demo => demo::run(cli.json, cli.log_format).await,
+        Command::Bench(args) => bench::run(&args, cli.json, cli.log_format).await,
         Command::Tls { command } => tls::run(&command, cli.json),
         Command::Status { cms } => cluster::status(&site, cms.as_deref(), cli.json).await,
         Command::Health => cluster::health(&site, cli.json).await,
