@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# matrix.sh BIN: alternating Postfix / hubrelay runs; hubrelay lines get the hub's CPU ms/msg and peak RSS.
+bin=$(realpath "$1")
+HERE=$(cd "$(dirname "$0")" && pwd); B=${BENCH_DIR:-$HERE/../../shared/bench}; st=$B/.run/hubrelay-2525
+hr() {  # label n c s
+  local nmsg=$2
+  rm -f $st
+  ( for i in $(seq 200); do [[ -f $st ]] && break; sleep 0.1; done; pid=$(cut -d' ' -f1 $st); last="0 0 0"; hwm=0
+    while [[ -r /proc/$pid/stat ]]; do v=$(awk "{print \$14+\$15, \$14, \$15}" /proc/$pid/stat 2>/dev/null) && last=$v; h=$(awk '/VmHWM/{print $2}' /proc/$pid/status 2>/dev/null) && [[ -n $h ]] && hwm=$h; sleep 0.2; done
+    set -- $last; echo "  hub: cpu_ms_per_msg=$(echo "scale=3; $1*10/$nmsg" | bc) peak_rss_mb=$((hwm/1024))" ) &
+  "$HERE/one.sh" "$1" "$bin" "$2" "$3" "$4"; wait
+}
+for rep in 1 2 3; do
+  "$HERE/one.sh" postfix postfix 20000 20 4096
+  hr hubrelay 20000 20 4096
+done
+"$HERE/one.sh" postfix postfix 20000 100 4096
+hr hubrelay 20000 100 4096
+"$HERE/one.sh" postfix postfix 20000 20 65536
+hr hubrelay 20000 20 65536
