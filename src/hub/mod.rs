@@ -93,6 +93,8 @@ pub struct Hub {
     in_flow: InFlow,
     /// Messages an attempt, hold or delete is working on, so those never overlap.
     claims: claims::Claims,
+    /// Resubmission requests a task is working on.
+    resubmitting: resubmit::Resubmitting,
 }
 
 impl Hub {
@@ -125,6 +127,7 @@ impl Hub {
             inflight: Arc::new(Semaphore::new(MAX_INFLIGHT)),
             in_flow,
             claims: claims::Claims::default(),
+            resubmitting: resubmit::Resubmitting::default(),
         });
         let queued = hub.store.queued()?;
         if !queued.is_empty() {

@@ -2,9 +2,11 @@
 //!
 //! A request is persisted before any work, and every batch of re-queued messages is written in the same
 //! transaction as the request's cursor, so a hub restarted mid-request resumes where it stopped and
-//! never queues an entry twice. The same request id again only reports the stored progress.
+//! never queues an entry twice. The same request id again reports the stored progress, and takes
+//! the work up again if no task is doing it.
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use store::hub::{Millis, ResubmitFilter, ResubmitRequest};
@@ -54,6 +56,38 @@ fn due(queued: u64, rate: u64) -> Duration {
     Duration::from_millis(queued.saturating_mul(1_000) / rate.max(1))
 }
 
+/// The requests a task is working on, so one is never worked twice at once.
+pub(super) type Resubmitting = Arc<Mutex<HashSet<String>>>;
+
+/// Marks a request worked while it lives.
+struct Running {
+    set: Resubmitting,
+    id: String,
+}
+
+impl Running {
+    /// `None` when a task already works `id`.
+    fn start(set: &Resubmitting, id: &str) -> Option<Running> {
+        let fresh = lock(set).insert(id.to_string());
+        fresh.then(|| Running {
+            set: set.clone(),
+            id: id.to_string(),
+        })
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        lock(&self.set).remove(&self.id);
+    }
+}
+
+/// The set guards no invariant a panic could break, so poisoning is ignored.
+fn lock(set: &Resubmitting) -> std::sync::MutexGuard<'_, HashSet<String>> {
+    set.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 impl Hub {
     /// Records request `id` (if new) and starts working it in the background; returns its state.
     /// `filter` narrows the window's entries (an operator's targeted request); a mailbox
@@ -65,13 +99,17 @@ impl Hub {
         window: (Millis, Millis),
         filter: &ResubmitFilter,
     ) -> Result<ResubmitRequest, HubError> {
-        let (req, created) = self
+        let (req, _created) = self
             .store
             .resubmit_begin(id, sg, window, filter, now_ms())?;
-        self.durable().await?;
-        if created {
+        // Started before the wait for durability, and again on any later ask while the request
+        // is unfinished and nothing works it: a caller that gives up during the wait (the node's
+        // HTTP timeout drops this future), or a run stopped by an error, must not leave a
+        // persisted request that no task serves until the hub restarts.
+        if !req.done {
             self.clone().spawn_resubmission(req.id.clone());
         }
+        self.durable().await?;
         Ok(req)
     }
 
@@ -86,12 +124,17 @@ impl Hub {
         Ok(())
     }
 
+    /// Works request `id` in the background, unless a task already does.
     fn spawn_resubmission(self: Arc<Self>, id: String) {
+        let Some(running) = Running::start(&self.resubmitting, &id) else {
+            return;
+        };
         let span = info_span!("resubmit", request = %id, hub = %self.name);
         tokio::spawn(
             async move {
+                let _running = running;
                 if let Err(e) = self.run_resubmission(&id).await {
-                    tracing::error!(error = %e, "resubmission stopped; it resumes at the next start");
+                    tracing::error!(error = %e, "resubmission stopped; it resumes when the mailbox server asks again");
                 }
             }
             .instrument(span),
@@ -129,6 +172,56 @@ impl Hub {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Site;
+    use std::path::Path;
+
+    #[test]
+    fn a_request_is_worked_by_one_task_at_a_time() {
+        let set = Resubmitting::default();
+        let first = Running::start(&set, "r1").expect("not running yet");
+        assert!(Running::start(&set, "r1").is_none(), "worked twice");
+        assert!(
+            Running::start(&set, "r2").is_some(),
+            "another request is independent"
+        );
+        drop(first);
+        assert!(
+            Running::start(&set, "r1").is_some(),
+            "free again once the task ends"
+        );
+    }
+
+    /// A request the store holds unfinished with no task working it — what an ask left behind
+    /// when its caller gave up during the wait for durability, or a run that stopped on an error —
+    /// is taken up again by the next ask instead of waiting for a restart. Found by the fault
+    /// campaign: a node's request stayed outstanding until the site was given up on.
+    #[tokio::test]
+    async fn an_unserved_request_is_taken_up_again_when_asked() {
+        let text = include_str!("../../config/site.toml");
+        let site = Arc::new(Site::parse(Path::new("site.toml"), text).expect("example site"));
+        let dir = tempfile::tempdir().expect("tempdir");
+        let hub = Hub::open(site, "hub1", dir.path()).expect("open hub");
+        let filter = ResubmitFilter::default();
+        let (_, created) = hub
+            .store
+            .resubmit_begin("r1", "SG1", (0, now_ms()), &filter, now_ms())
+            .expect("persist the request");
+        assert!(created);
+        let asked = hub
+            .resubmit("r1", "SG1", (0, now_ms()), &filter)
+            .await
+            .expect("ask");
+        assert!(!asked.done, "nothing worked it yet");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let stored = hub.store.resubmit_requests().expect("requests");
+            if stored.iter().any(|r| r.id == "r1" && r.done) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "never worked: {stored:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
 
     #[test]
     fn entries_are_due_at_the_configured_rate() {

@@ -1,6 +1,7 @@
 //! Dumpster costs on full dumpsters of 10^4, 10^5 and 10^6 entries: a delivery that evicts,
 //! statistics, and selecting a 100-entry window. All three touch O(log n) per entry, so their
-//! medians should stay roughly flat as n grows. Flushes happen outside the timed code, as the
+//! medians should stay roughly flat as n grows. Then what a hub does at start-up on such a store:
+//! open it, list the queue and read the dumpster's statistics. Flushes happen outside the timed code, as the
 //! hub's group commit does them: fsync cost is the caller's, not the dumpster's, but sled 0.34
 //! must be flushed regularly (see `HubStore::flush`).
 
@@ -24,7 +25,7 @@ const CACHE: u64 = 64 * 1024 * 1024;
 /// A store whose SG1 dumpster holds exactly `n` entries of `BODY` bytes, delivered at 0..n ms,
 /// with the size bound at n × BODY: full, so each further delivery evicts one entry.
 struct Fixture {
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     store: HubStore,
     limits: DumpsterLimits,
     n: u64,
@@ -56,7 +57,7 @@ fn fixture(n: u64) -> Fixture {
     assert_eq!((stats.items, stats.bytes), (n, n * BODY));
     eprintln!("filled {n} entries in {:.1?}", started.elapsed());
     Fixture {
-        _dir: dir,
+        dir,
         store,
         limits,
         n,
@@ -139,6 +140,29 @@ fn bench_size(c: &mut Criterion, n: u64) {
             },
             BatchSize::SmallInput,
         )
+    });
+
+    // Start-up: each sample opens the store afresh. sled lets go of its file lock a few ms after
+    // the last handle is dropped, so the pause between samples keeps that wait out of the time.
+    let Fixture {
+        dir, store, limits, ..
+    } = f;
+    store.flush().expect("flush");
+    drop(store);
+    group.bench_function(BenchmarkId::new("reopen", n), |b| {
+        b.iter_custom(|iters| {
+            let mut took = Duration::ZERO;
+            for _ in 0..iters {
+                std::thread::sleep(Duration::from_millis(100));
+                let start = Instant::now();
+                let s = HubStore::open(dir.path(), CACHE).expect("reopen");
+                assert_eq!(s.queued().expect("queue").len(), 1, "the carrier");
+                s.dumpster_stats(SG, 0, limits).expect("stats");
+                took += start.elapsed();
+                drop(s);
+            }
+            took
+        })
     });
     group.finish();
 }

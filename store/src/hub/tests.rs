@@ -58,17 +58,7 @@ fn enqueue(
 
 /// Marks every recipient delivered at `at_ms` and records one dumpster entry per SG.
 fn deliver(store: &HubStore, msg: &QueuedMessage, at_ms: Millis, lim: DumpsterLimits) -> u64 {
-    let mut done = msg.clone();
-    done.attempts += 1;
-    for r in &mut done.recipients {
-        r.status = RcptStatus::Delivered { at_ms };
-    }
-    let sgs: BTreeSet<&str> = msg
-        .recipients
-        .iter()
-        .map(|r| r.storage_group.as_str())
-        .collect();
-    let entries = sgs.into_iter().map(|sg| entry(msg, sg, at_ms)).collect();
+    let (done, entries) = delivered_attempt(msg, at_ms);
     store
         .record_attempt(&done, entries, lim)
         .expect("record_attempt")
