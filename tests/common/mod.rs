@@ -375,12 +375,17 @@ with smtplib.SMTP("127.0.0.1", port, timeout=20) as s:
     refused = s.sendmail(sender, rcpts, msg.encode())
     print("refused", json.dumps(refused))
 "#;
+    let to = serde_json::to_string(to).expect("json");
+    run_python(script, &[&port.to_string(), from, &to], message)
+}
+
+/// Runs a Python `script` with `args`, `stdin` on its standard input; returns (exit code,
+/// stdout+stderr).
+fn run_python(script: &str, args: &[&str], stdin: &str) -> (i32, String) {
     let mut child = Command::new("python3")
         .arg("-c")
         .arg(script)
-        .arg(port.to_string())
-        .arg(from)
-        .arg(serde_json::to_string(to).expect("json"))
+        .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -390,7 +395,7 @@ with smtplib.SMTP("127.0.0.1", port, timeout=20) as s:
         .stdin
         .take()
         .expect("stdin")
-        .write_all(message.as_bytes())
+        .write_all(stdin.as_bytes())
         .expect("write");
     let out = child.wait_with_output().expect("python3");
     let text = format!(
@@ -428,31 +433,13 @@ with smtplib.SMTP("127.0.0.1", port, timeout=20) as s:
     print("sent")
 "#;
     let rcpts: Vec<(&str, &[&str])> = to.to_vec();
-    let mut child = Command::new("python3")
-        .arg("-c")
-        .arg(script)
-        .arg(port.to_string())
-        .arg(from)
-        .arg(serde_json::to_string(mail_options).expect("json"))
-        .arg(serde_json::to_string(&rcpts).expect("json"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("python3 must be installed for the tests");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(message.as_bytes())
-        .expect("write");
-    let out = child.wait_with_output().expect("python3");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.code().unwrap_or(-1), text)
+    let mail_options = serde_json::to_string(mail_options).expect("json");
+    let rcpts = serde_json::to_string(&rcpts).expect("json");
+    run_python(
+        script,
+        &[&port.to_string(), from, &mail_options, &rcpts],
+        message,
+    )
 }
 
 /// One long-lived Python smtplib client for tests that send many messages: the interpreter starts
