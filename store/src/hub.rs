@@ -17,7 +17,6 @@ mod tx;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicUsize;
 use std::sync::{Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
@@ -433,35 +432,17 @@ impl HubStore {
     }
 }
 
-/// How long `open` retries a held lock. sled releases its file lock when its last background
-/// task lets go of the file, a few milliseconds after the previous handle in this process was
-/// dropped (measured: up to ~25 ms), so an in-process reopen would otherwise fail now and then.
-/// A lock held by another process is still reported, this much later.
-const LOCK_WAIT: Duration = Duration::from_secs(1);
-const LOCK_RETRY: Duration = Duration::from_millis(10);
-
 fn open_db(path: &Path, cache_bytes: u64) -> Result<sled::Db, HubStoreError> {
-    let deadline = Instant::now() + LOCK_WAIT;
-    loop {
-        match sled::Config::new()
-            .path(path)
-            .cache_capacity(cache_bytes)
-            .open()
-        {
-            Ok(db) => return Ok(db),
-            // sled 0.34 reports a held file lock only as this io::Error text (ErrorKind::Other).
-            Err(e) if e.to_string().contains("could not acquire lock") => {
-                if Instant::now() >= deadline {
-                    return Err(HubStoreError::Locked {
-                        path: path.to_path_buf(),
-                        source: e,
-                    });
-                }
-                std::thread::sleep(LOCK_RETRY);
+    crate::db::open(path, cache_bytes).map_err(|e| {
+        if crate::db::is_locked(&e) {
+            HubStoreError::Locked {
+                path: path.to_path_buf(),
+                source: e,
             }
-            Err(e) => return Err(e.into()),
+        } else {
+            e.into()
         }
-    }
+    })
 }
 
 #[cfg(test)]

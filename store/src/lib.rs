@@ -9,6 +9,7 @@
 //! Time is milliseconds since the Unix epoch, passed in by the caller, so every bound is testable
 //! without a clock.
 
+mod db;
 pub mod hub;
 pub mod mailbox;
 pub mod txlog;

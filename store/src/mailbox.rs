@@ -172,11 +172,7 @@ impl MailboxStore {
             path: path.to_owned(),
             source,
         };
-        let db = sled::Config::new()
-            .path(path)
-            .cache_capacity(cache_bytes)
-            .open()
-            .map_err(open_err)?;
+        let db = crate::db::open(path, cache_bytes).map_err(open_err)?;
         let tree = |name: &str| db.open_tree(name).map_err(open_err);
         Ok(MailboxStore {
             messages: tree("messages")?,
