@@ -12,4 +12,5 @@
 mod db;
 pub mod hub;
 pub mod mailbox;
+mod pieces;
 pub mod txlog;

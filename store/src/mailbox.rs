@@ -93,7 +93,8 @@ pub struct MailboxStore {
     /// `sg ++ generation ++ index` → [`Applied`]: every applied record in log order. The last key of
     /// an SG is its replay checkpoint; the keys from a generation on are what `discard_from` undoes.
     applied: Tree,
-    /// Same key as `applied` → body, stored once per record however many mailboxes share it.
+    /// Same key as `applied` → body (in pieces, see `crate::pieces`), stored once per record
+    /// however many mailboxes share it.
     bodies: Tree,
 }
 
@@ -322,7 +323,7 @@ impl MailboxStore {
                 added.push((*address).clone());
             }
             if !added.is_empty() {
-                bodies.insert(key.as_slice(), rec.body.as_slice())?;
+                crate::pieces::insert(bodies, &key, &rec.body)?;
             }
             let count = added.len();
             let record = Applied {
@@ -368,11 +369,12 @@ impl MailboxStore {
             return Ok(None);
         };
         let key = record_key(&sg_key(&copy.sg)?, copy.message.position);
-        let body = self.bodies.get(key)?.ok_or_else(|| MailboxError::Corrupt {
-            what: "body",
-            reason: format!("{message_id} in {address} has no body"),
-        })?;
-        Ok(Some(body.to_vec()))
+        let body =
+            crate::pieces::read(&self.bodies, &key)?.ok_or_else(|| MailboxError::Corrupt {
+                what: "body",
+                reason: format!("{message_id} in {address} has no body"),
+            })?;
+        Ok(Some(body))
     }
 
     /// The last applied position of `sg` (LastLogReplayed is its generation) and the time of that
@@ -449,7 +451,7 @@ impl MailboxStore {
                                 ids.remove(id.as_slice())?;
                             }
                         }
-                        bodies.remove(key)?;
+                        crate::pieces::remove(bodies, key)?;
                         applied.remove(key)?;
                     }
                     Ok::<_, ConflictableTransactionError<MailboxError>>(())

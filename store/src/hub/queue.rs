@@ -52,7 +52,7 @@ impl HubStore {
         self.transact(|tx| {
             for (q, body) in queued.iter().zip(&bodies) {
                 let blob = id_key(q.blob);
-                tx.blobs.insert(&blob, body.as_ref())?;
+                crate::pieces::insert(tx.blobs, &blob, body.as_ref())?;
                 tx.refs.insert(&blob, &1u64.to_be_bytes())?;
                 tx.put_message(q)?;
             }
@@ -73,7 +73,7 @@ impl HubStore {
 
     /// The body stored as `blob`, while a queued message or dumpster entry references it.
     pub fn body(&self, blob: u64) -> Result<Option<Vec<u8>>, HubStoreError> {
-        Ok(self.trees.blobs.get(id_key(blob))?.map(|b| b.to_vec()))
+        Ok(crate::pieces::read(&self.trees.blobs, &id_key(blob))?)
     }
 
     /// All queued messages in id order (used at start-up to resume deliveries; O(n)).

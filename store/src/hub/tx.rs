@@ -34,7 +34,7 @@ pub(super) struct Trees {
     pub queue: sled::Tree,
     /// (next_attempt_ms, id) → "".
     pub due: sled::Tree,
-    /// blob id → body bytes.
+    /// (blob id, piece) → body bytes, in pieces (see `crate::pieces`).
     pub blobs: sled::Tree,
     /// blob id → reference count (u64 BE); kept apart so a count change never rewrites the body.
     pub refs: sled::Tree,
@@ -322,7 +322,7 @@ fn adjust_refs(tx: &Tx<'_>, blob: u64, delta: i64) -> TxResult<()> {
         .ok_or_else(|| corrupt(REFS, &key, "reference count would go below zero"))?;
     if count == 0 {
         tx.refs.remove(&key)?;
-        tx.blobs.remove(&key)?;
+        crate::pieces::remove(tx.blobs, &key)?;
     } else {
         tx.refs.insert(&key, &count.to_be_bytes())?;
     }
