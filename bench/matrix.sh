@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# matrix.sh BIN: alternating Postfix / hubrelay runs; hubrelay lines get the hub's CPU ms/msg and peak RSS.
+# matrix.sh BIN: three rounds of alternating Postfix / hubrelay runs at each load; hubrelay lines get the hub's CPU ms/msg and peak RSS.
 bin=$(realpath "$1")
 HERE=$(cd "$(dirname "$0")" && pwd); B=${BENCH_DIR:-$HERE/../../shared/bench}; st=$B/.run/hubrelay-2525
 hr() {  # label n c s
@@ -11,10 +11,9 @@ hr() {  # label n c s
   "$HERE/one.sh" "$1" "$bin" "$2" "$3" "$4"; wait
 }
 for rep in 1 2 3; do
-  "$HERE/one.sh" postfix postfix 20000 20 4096
-  hr hubrelay 20000 20 4096
+  for load in "20 4096" "100 4096" "20 65536"; do
+    set -- $load
+    "$HERE/one.sh" postfix postfix 20000 "$1" "$2"
+    hr hubrelay 20000 "$1" "$2"
+  done
 done
-"$HERE/one.sh" postfix postfix 20000 100 4096
-hr hubrelay 20000 100 4096
-"$HERE/one.sh" postfix postfix 20000 20 65536
-hr hubrelay 20000 20 65536
