@@ -20,8 +20,8 @@ pub struct InFlow {
 
 /// What a new message holds until its first delivery attempt ends; dropping it frees the token.
 pub struct Token {
-    /// Held only to be dropped: that gives the token back.
-    _permit: Option<OwnedSemaphorePermit>,
+    /// Dropping it gives the token back.
+    permit: Option<OwnedSemaphorePermit>,
 }
 
 /// How a message got in, for the metrics.
@@ -39,7 +39,13 @@ impl Token {
     /// A token that holds nothing back: for messages the hub makes itself (DSNs) and for
     /// retries, which were admitted when they first arrived.
     pub fn none() -> Token {
-        Token { _permit: None }
+        Token { permit: None }
+    }
+
+    /// Whether this token counts in the backlog (it does not when admitted overdue or made with
+    /// [`Token::none`]): what is kept for such a message is bounded by the backlog.
+    pub fn holds_place(&self) -> bool {
+        self.permit.is_some()
     }
 }
 
@@ -56,15 +62,15 @@ impl InFlow {
     /// Waits, at most `in_flow_delay`, for a token for one new message.
     pub async fn admit(&self) -> (Token, Admission) {
         if let Ok(p) = self.tokens.clone().try_acquire_owned() {
-            return (Token { _permit: Some(p) }, Admission::Immediate);
+            return (Token { permit: Some(p) }, Admission::Immediate);
         }
         if self.delay.is_zero() {
-            return (Token { _permit: None }, Admission::Overdue);
+            return (Token { permit: None }, Admission::Overdue);
         }
         match tokio::time::timeout(self.delay, self.tokens.clone().acquire_owned()).await {
-            Ok(Ok(p)) => (Token { _permit: Some(p) }, Admission::Delayed),
+            Ok(Ok(p)) => (Token { permit: Some(p) }, Admission::Delayed),
             // Timed out (or the semaphore closed, which it never is): in without a token.
-            _ => (Token { _permit: None }, Admission::Overdue),
+            _ => (Token { permit: None }, Admission::Overdue),
         }
     }
 }
@@ -77,9 +83,10 @@ mod tests {
     async fn below_the_backlog_messages_pass_at_once() {
         let flow = InFlow::new(2, Duration::from_secs(1));
         let start = tokio::time::Instant::now();
-        let (_a, how_a) = flow.admit().await;
-        let (_b, how_b) = flow.admit().await;
+        let (a, how_a) = flow.admit().await;
+        let (b, how_b) = flow.admit().await;
         assert_eq!((how_a, how_b), (Admission::Immediate, Admission::Immediate));
+        assert!(a.holds_place() && b.holds_place());
         assert_eq!(start.elapsed(), Duration::ZERO);
     }
 
@@ -106,6 +113,7 @@ mod tests {
         let start = tokio::time::Instant::now();
         let (token, how) = flow.admit().await;
         assert_eq!(how, Admission::Overdue);
+        assert!(!token.holds_place(), "an overdue message counts in no bound");
         assert_eq!(start.elapsed(), Duration::from_secs(1));
         drop(token);
         // The overdue message held no token, so the backlog is still full.

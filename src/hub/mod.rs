@@ -49,6 +49,9 @@ const MAX_INFLIGHT: usize = 64;
 /// New messages that may wait for their first delivery attempt before intake is slowed
 /// (in_flow_delay): twice what can be in flight, so the deliveries never run dry.
 const IN_FLOW_BACKLOG: usize = 2 * MAX_INFLIGHT;
+/// The largest body a first attempt takes from the session rather than the store: bodies kept
+/// that way for the backlog take at most `IN_FLOW_BACKLOG` times this much memory.
+const FRESH_BODY_MAX: usize = 1 << 20;
 
 /// Why a hub operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -138,7 +141,7 @@ impl Hub {
         }
         let runner = hub.clone();
         tokio::spawn(scheduler::run(due, move |id| {
-            runner.clone().spawn_delivery(id, Token::none())
+            runner.clone().spawn_delivery(id, Token::none(), None)
         }));
         hub.resume_resubmissions()?;
         Ok(hub)
@@ -184,9 +187,12 @@ impl Hub {
             recipients,
             dsn,
         };
-        let queued = self.writer.enqueue(new, body, now).await?;
+        let (queued, body) = self.writer.enqueue(new, body, now).await?;
         self.metrics.received();
-        self.clone().spawn_delivery(queued.id, token);
+        // The first attempt takes the body from here rather than from the store while the token
+        // bounds how many wait (an overdue admission holds none) and the body is small enough.
+        let fresh = (token.holds_place() && body.len() <= FRESH_BODY_MAX).then_some(body);
+        self.clone().spawn_delivery(queued.id, token, fresh);
         Ok(queued.id)
     }
 
@@ -201,13 +207,14 @@ impl Hub {
     }
 
     /// Attempts message `id` in its own task; `token` is given back when the attempt ends.
-    fn spawn_delivery(self: Arc<Self>, id: u64, token: Token) {
+    /// `fresh` is the body just stored, if the caller still has it.
+    fn spawn_delivery(self: Arc<Self>, id: u64, token: Token, fresh: Option<Vec<u8>>) {
         tokio::spawn(async move {
             let _token = token;
             let Ok(_permit) = self.inflight.clone().acquire_owned().await else {
                 return;
             };
-            if let Err(e) = self.attempt(id).await {
+            if let Err(e) = self.attempt(id, fresh).await {
                 warn!(queue_id = id, error = %e, "delivery attempt could not be recorded; retrying");
                 self.scheduler
                     .at(now_ms() + self.site.retry_min.as_millis() as u64, id);
@@ -215,8 +222,9 @@ impl Hub {
         });
     }
 
-    /// One delivery attempt of every pending recipient of queued message `id`.
-    async fn attempt(self: &Arc<Self>, id: u64) -> Result<(), HubError> {
+    /// One delivery attempt of every pending recipient of queued message `id`; its body is `fresh`
+    /// or else read from the store.
+    async fn attempt(self: &Arc<Self>, id: u64, fresh: Option<Vec<u8>>) -> Result<(), HubError> {
         // Whoever has the message claimed schedules it again if it still needs an attempt.
         let Some(_claim) = self.claims.try_claim(id) else {
             return Ok(());
@@ -231,7 +239,10 @@ impl Hub {
         let span =
             info_span!("deliver", queue_id = id, message_id = %msg.message_id, hub = %self.name);
         async move {
-            let body = self.store.body(msg.blob)?.unwrap_or_default();
+            let body = match fresh {
+                Some(body) => body,
+                None => self.store.body(msg.blob)?.unwrap_or_default(),
+            };
             let now = now_ms();
             let mut notices = Vec::new();
             let delivered_now = if now >= msg.expires_ms {

@@ -33,7 +33,7 @@ enum Job {
         msg: NewMessage,
         body: Vec<u8>,
         now_ms: Millis,
-        reply: oneshot::Sender<Result<QueuedMessage, HubError>>,
+        reply: oneshot::Sender<Result<(QueuedMessage, Vec<u8>), HubError>>,
     },
     Record {
         msg: QueuedMessage,
@@ -53,13 +53,14 @@ impl Writer {
         Ok(Writer { tx })
     }
 
-    /// Stores a new message and returns once it is on disk (the promise behind a 250).
+    /// Stores a new message and returns once it is on disk (the promise behind a 250), with the
+    /// body given back, so that the first attempt need not read it from the store again.
     pub async fn enqueue(
         &self,
         msg: NewMessage,
         body: Vec<u8>,
         now_ms: Millis,
-    ) -> Result<QueuedMessage, HubError> {
+    ) -> Result<(QueuedMessage, Vec<u8>), HubError> {
         let (reply, rx) = oneshot::channel();
         self.send(Job::Enqueue {
             msg,
@@ -137,7 +138,7 @@ type EnqueueJob = (
     NewMessage,
     Vec<u8>,
     Millis,
-    oneshot::Sender<Result<QueuedMessage, HubError>>,
+    oneshot::Sender<Result<(QueuedMessage, Vec<u8>), HubError>>,
 );
 type RecordJob = (
     QueuedMessage,
@@ -164,9 +165,9 @@ fn write_enqueues(store: &HubStore, jobs: Vec<EnqueueJob>) {
         }
     };
     let flushed = store.flush().map_err(|e| e.to_string());
-    for ((_, _, _, reply), result) in jobs.into_iter().zip(results) {
+    for ((_, body, _, reply), result) in jobs.into_iter().zip(results) {
         let result = match &flushed {
-            Ok(()) => result,
+            Ok(()) => result.map(|queued| (queued, body)),
             Err(e) => Err(HubError::Commit(CommitError(e.clone()))),
         };
         let _ = reply.send(result);

@@ -120,7 +120,7 @@ impl DataReceiver {
             if self.state == State::Text {
                 // Fast path: everything up to the next CR is content (a bare LF in it is
                 // handled by `emit`).
-                let run = input[i..].iter().position(|&b| b == b'\r');
+                let run = memchr::memchr(b'\r', &input[i..]);
                 let end = run.map_or(input.len(), |r| i + r);
                 self.emit(&input[i..end]);
                 i = end;
@@ -189,7 +189,7 @@ impl DataReceiver {
     /// goes through [`line_end`](Self::line_end)), so this is where the policy applies.
     fn emit(&mut self, bytes: &[u8]) {
         let mut rest = bytes;
-        while let Some(at) = rest.iter().position(|&b| b == b'\r' || b == b'\n') {
+        while let Some(at) = memchr::memchr2(b'\r', b'\n', rest) {
             self.keep(&rest[..at]);
             match self.policy {
                 BareNewline::Reject => {
