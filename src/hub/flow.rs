@@ -113,7 +113,10 @@ mod tests {
         let start = tokio::time::Instant::now();
         let (token, how) = flow.admit().await;
         assert_eq!(how, Admission::Overdue);
-        assert!(!token.holds_place(), "an overdue message counts in no bound");
+        assert!(
+            !token.holds_place(),
+            "an overdue message counts in no bound"
+        );
         assert_eq!(start.elapsed(), Duration::from_secs(1));
         drop(token);
         // The overdue message held no token, so the backlog is still full.
