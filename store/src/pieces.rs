@@ -4,8 +4,13 @@
 //! values, and its LRU (256 shards) weighs page accesses only in batches of 64 per shard, so pages
 //! stay resident between batches whatever `cache_capacity` says. With 64 KiB bodies a leaf is
 //! 1 MiB, and a hub with a 64 MiB cache was measured at 214 MB RSS after 1.1 GB of 64 KiB
-//! messages (52 MB after 30,000 of 4 KiB). In pieces of at most [`PIECE`] bytes a leaf stays under
-//! 64 KiB whatever the body size, and sled keeps it inline in its log rather than in a blob file.
+//! messages (52 MB after 30,000 of 4 KiB). In pieces of at most [`PIECE`] bytes a leaf stays near
+//! 128 KiB whatever the body size (103 MB peak after the same 1.1 GB).
+//!
+//! 8 KiB rather than 4: half the B-tree inserts and removals per body, 12–20 % more 64 KiB
+//! messages relayed per second in alternating runs. 16 KiB was slower: a leaf then outgrows the
+//! largest record sled writes inline in its log (128 KiB with 512 KiB segments) and every rewrite
+//! of it goes to a blob file of its own.
 //!
 //! A body is stored under `key ++ index (u32 BE)` for each piece; a body written before bodies were
 //! split sits whole under `key` itself, which sorts first, so reading the prefix in order returns
@@ -15,7 +20,7 @@
 use sled::transaction::{TransactionalTree, UnabortableTransactionError};
 
 /// The largest piece, in bytes.
-pub(crate) const PIECE: usize = 4096;
+pub(crate) const PIECE: usize = 8192;
 
 fn piece_key(key: &[u8], index: u32) -> Vec<u8> {
     let mut k = Vec::with_capacity(key.len() + 4);
