@@ -1,7 +1,7 @@
 use proptest::prelude::*;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 
-use super::{insert, read, remove, PIECE};
+use super::{insert, piece_key, read, remove, PIECE};
 
 fn tree() -> (tempfile::TempDir, sled::Tree) {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -81,6 +81,21 @@ fn a_body_stored_whole_before_pieces_is_read_and_removed() {
         read(&tree, &8u64.to_be_bytes()).expect("read"),
         Some(b"next".to_vec())
     );
+}
+
+#[test]
+fn a_body_stored_in_smaller_pieces_by_an_older_release_is_read_and_removed() {
+    let (_dir, tree) = tree();
+    let old = body(5 * 4096 + 9, 3);
+    for (index, piece) in (0u32..).zip(old.chunks(4096)) {
+        tree.insert(piece_key(&7u64.to_be_bytes(), index), piece)
+            .expect("insert");
+    }
+    put(&tree, &8u64.to_be_bytes(), b"next");
+    assert_eq!(read(&tree, &7u64.to_be_bytes()).expect("read"), Some(old));
+    delete(&tree, &7u64.to_be_bytes());
+    assert_eq!(read(&tree, &7u64.to_be_bytes()).expect("read"), None);
+    assert_eq!(tree.len(), 1, "only the other body is left");
 }
 
 #[test]
