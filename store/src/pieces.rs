@@ -5,7 +5,7 @@
 //! stay resident between batches whatever `cache_capacity` says. With 64 KiB bodies a leaf is
 //! 1 MiB, and a hub with a 64 MiB cache was measured at 214 MB RSS after 1.1 GB of 64 KiB
 //! messages (52 MB after 30,000 of 4 KiB). In pieces of at most [`PIECE`] bytes a leaf stays near
-//! 128 KiB whatever the body size (103 MB peak after the same 1.1 GB).
+//! 128 KiB whatever the body size (101–103 MB peak after the same 1.1 GB, with jemalloc).
 //!
 //! 8 KiB rather than 4: half the B-tree inserts and removals per body, 12–20 % more 64 KiB
 //! messages relayed per second in alternating runs. 16 KiB was slower: a leaf then outgrows the
