@@ -4,7 +4,6 @@
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
@@ -16,24 +15,6 @@ use crate::config::Site;
 use crate::hub::{inbound::HubInbound, Hub, HubError};
 use crate::node::{inbound::NodeInbound, MailboxNode, NodeError};
 use crate::smtp::{self, ServerTls, SmtpConfig, TlsError, TlsFiles};
-
-/// Milliseconds since the Unix epoch: the store's clock.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
-/// Milliseconds on this process's monotonic clock: what the cluster state machine measures
-/// timeouts and lease validity with, so a step of the wall clock stretches nothing.
-pub fn mono_ms() -> u64 {
-    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-    START
-        .get_or_init(std::time::Instant::now)
-        .elapsed()
-        .as_millis() as u64
-}
 
 /// Why a role could not start.
 #[derive(Debug, thiserror::Error)]

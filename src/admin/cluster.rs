@@ -1,7 +1,6 @@
 //! A mailbox node's cluster routes: heartbeats, log shipping, copy status and control, scheduled
 //! moves, and the outstanding dumpster requests.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::body::Bytes;
@@ -10,110 +9,18 @@ use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::Json;
-use serde::{Deserialize, Serialize};
 
-use super::node::rfc3339;
 use super::{rejection, ApiError};
+use crate::clock::now_ms;
+use crate::clock::rfc3339;
 use crate::cluster::machine::{Heartbeat, Role};
 use crate::node::copy_admin::{CopyCommand, CopyRefused};
 use crate::node::outstanding::Takeover;
-use crate::node::replication::{LogStatus, SummaryCopyStatus};
+use crate::node::replication::LogStatus;
 use crate::node::MailboxNode;
-use crate::runtime::now_ms;
-
-/// One storage group's replication counters (Get-StorageGroupCopyStatus).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct SgCopyStatus {
-    /// The storage group.
-    pub name: String,
-    /// LastLogGenerated (the active's).
-    pub last_log_generated: u64,
-    /// LastLogCopied (this copy's; null on the active).
-    pub last_log_copied: Option<u64>,
-    /// LastLogReplayed (this copy's; null on the active).
-    pub last_log_replayed: Option<u64>,
-    /// CopyQueueLength = generated − copied.
-    pub copy_queue_length: Option<u64>,
-    /// ReplayQueueLength = copied − replayed.
-    pub replay_queue_length: Option<u64>,
-    /// SummaryCopyStatus of this copy (null on the active).
-    pub summary_copy_status: Option<SummaryCopyStatus>,
-    /// Why the copy failed, if it did.
-    pub error: Option<String>,
-    /// Hub receive-time horizon: the newest record replayed here (RFC 3339).
-    pub newest_replayed: Option<String>,
-    /// Since when this copy has been behind (RFC 3339; null when Healthy, and on the active): the
-    /// later of when it stopped being Healthy and its newest replayed record, since everything
-    /// written after that may be missing here. `health` warns when it is older than
-    /// max_dumpster_time.
-    #[serde(default)]
-    pub behind_since: Option<String>,
-    /// The administrator's last copy command on this storage group, with its comment.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub copy_command: Option<CopyCommandView>,
-}
-
-/// A copy command as `status` shows it.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct CopyCommandView {
-    /// "suspend", "resume", "update" or "restore".
-    pub command: String,
-    /// The administrator's comment.
-    pub comment: Option<String>,
-    /// When (RFC 3339).
-    pub at: String,
-    /// Whether the copy is still suspended by it.
-    pub suspended: bool,
-    /// The node it was given to.
-    pub node: String,
-}
-
-/// Body of `POST /api/copy/:sg/:command` (optional).
-#[derive(Debug, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CopyBody {
-    /// Why, kept with the copy and shown by `status`.
-    #[serde(default)]
-    pub comment: Option<String>,
-}
-
-/// A node's view of its CMS (`GET /api/status`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct NodeStatus {
-    /// The node.
-    pub node: String,
-    /// Its CMS.
-    pub cms: String,
-    /// "Active", "Passive" or "Dismounted".
-    pub role: String,
-    /// Why it is dismounted.
-    pub reason: Option<String>,
-    /// Whether it takes deliveries now.
-    pub mounted: bool,
-    /// Its epoch.
-    pub epoch: u64,
-    /// Whether it sees the other node.
-    pub sees_peer: bool,
-    /// Whether the witness answered its last operation.
-    pub witness_ok: bool,
-    /// Who holds the witness lease, as last seen.
-    pub lease_holder: Option<String>,
-    /// Per storage group counters.
-    pub storage_groups: Vec<SgCopyStatus>,
-}
-
-/// One outstanding dumpster request (`GET /api/outstanding`).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct OutstandingView {
-    /// The hub that has not answered.
-    pub hub: String,
-    /// The storage group.
-    pub storage_group: String,
-    /// Window start.
-    pub low: String,
-    /// Window end.
-    pub high: String,
-}
+use crate::wire::cluster::{
+    CopyBody, CopyCommandView, MoveBody, MoveResult, NodeStatus, OutstandingView, SgCopyStatus,
+};
 
 /// Answers the peer's heartbeat with ours, after feeding it to the state machine.
 pub async fn heartbeat(
@@ -138,7 +45,7 @@ pub async fn status(State(node): State<Arc<MailboxNode>>) -> Json<NodeStatus> {
 
 /// The node's status as `GET /api/status` reports it (also what `/metrics` reports per SG).
 pub(crate) fn node_status(node: &MailboxNode) -> NodeStatus {
-    let now = crate::runtime::mono_ms();
+    let now = crate::clock::mono_ms();
     // Taken before the copies' lock: the state is never locked inside it.
     let notes = node.state().copy_notes.clone();
     let note = |sg: &str| {
@@ -301,29 +208,6 @@ pub async fn log_file(
         .map_err(ApiError::internal)?
         .map_err(|e| ApiError(StatusCode::NOT_FOUND, e.to_string()))?;
     Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes))
-}
-
-/// Body of `POST /api/cluster/move`.
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MoveBody {
-    /// The target node (the other node; checked).
-    pub target: Option<String>,
-    /// Why, for the log.
-    pub comment: Option<String>,
-}
-
-/// Answer of a scheduled move.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct MoveResult {
-    /// The node that was active.
-    pub from: String,
-    /// The node that is active now.
-    pub to: String,
-    /// Generations closed and shipped, per storage group.
-    pub last_closed: BTreeMap<String, u64>,
-    /// How long it took.
-    pub millis: u64,
 }
 
 /// Scheduled move away from this (active) node.

@@ -17,15 +17,15 @@ use chrono::DateTime;
 use serde::Serialize;
 use tokio::task::JoinSet;
 
-use super::client::{AdminClient, ClientError};
-use super::cluster::{NodeStatus, OutstandingView, SgCopyStatus};
 use super::coverage::{self, Dumpster, SgCoverage, Window};
-use super::hub::{HubDumpsterStats, QueueSummary};
-use super::node::rfc3339;
 use super::ApiError;
-use crate::cli::cluster::cms_status;
+use crate::client::cms::cms_status;
+use crate::client::{AdminClient, ClientError};
+use crate::clock::now_ms;
+use crate::clock::rfc3339;
 use crate::config::{Cms, Site};
-use crate::runtime::now_ms;
+use crate::wire::cluster::{NodeStatus, OutstandingView, SgCopyStatus};
+use crate::wire::hub::{HubDumpsterStats, QueueSummary};
 
 /// How long `/api/site` waits for one role: short, so a hung role shows as down on the next
 /// refresh instead of holding the page.

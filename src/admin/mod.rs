@@ -4,7 +4,6 @@
 //! handler runs; the one exception is the dashboard page and its assets, which hold no data.
 //! Malformed requests get a 400 whose body says what is wrong.
 
-pub mod client;
 pub mod cluster;
 pub mod coverage;
 pub mod dashboard;
@@ -13,22 +12,15 @@ pub mod hub;
 pub mod node;
 pub mod queue;
 
+use crate::wire::ErrorBody;
 use axum::extract::{Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
-use serde::Serialize;
 
 pub use hub::hub_router;
 pub use node::node_router;
-
-/// The JSON body of every error reply: `{"error": "..."}`.
-#[derive(Debug, Serialize, serde::Deserialize)]
-pub struct ErrorBody {
-    /// What went wrong, for a person.
-    pub error: String,
-}
 
 /// An error reply with its status.
 #[derive(Debug)]

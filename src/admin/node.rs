@@ -10,51 +10,13 @@ use axum::routing::{get, post};
 
 use super::cluster;
 use axum::{Json, Router};
-use chrono::{TimeZone, Utc};
-use serde::{Deserialize, Serialize};
 
 use super::{rejection, ApiError};
+use crate::clock::now_ms;
+use crate::clock::rfc3339;
 use crate::node::MailboxNode;
-use crate::runtime::now_ms;
 use crate::telemetry;
-
-/// Query of `GET /api/mailbox`.
-#[derive(Debug, Deserialize)]
-pub struct MailboxQuery {
-    /// The mailbox address.
-    pub address: String,
-}
-
-/// Query of `GET /api/mailbox/message`.
-#[derive(Debug, Deserialize)]
-pub struct MessageQuery {
-    /// The mailbox address.
-    pub address: String,
-    /// The Message-ID, with its angle brackets.
-    pub message_id: String,
-}
-
-/// One stored message in a listing.
-#[derive(Debug, Serialize, Deserialize, Clone, PartialEq, Eq)]
-pub struct MailboxMessage {
-    /// Its Message-ID.
-    pub message_id: String,
-    /// Its size in bytes.
-    pub size: u64,
-    /// When this mailbox got it (RFC 3339).
-    pub delivered: String,
-}
-
-/// `hubrelay mailbox --json` and `GET /api/mailbox`.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct MailboxListing {
-    /// The mailbox address.
-    pub address: String,
-    /// The active node that answered.
-    pub node: String,
-    /// Its messages, in delivery order.
-    pub messages: Vec<MailboxMessage>,
-}
+use crate::wire::mailbox::{MailboxListing, MailboxMessage, MailboxQuery, MessageQuery};
 
 /// The routes of a mailbox node.
 pub fn node_router(node: Arc<MailboxNode>) -> Router {
@@ -146,12 +108,4 @@ async fn metrics(State(node): State<Arc<MailboxNode>>) -> Result<impl IntoRespon
         .encode(&status, now_ms())
         .map_err(ApiError::internal)?;
     Ok(([(header::CONTENT_TYPE, telemetry::CONTENT_TYPE)], text))
-}
-
-/// Milliseconds since the epoch as RFC 3339 UTC.
-pub fn rfc3339(ms: u64) -> String {
-    Utc.timestamp_millis_opt(ms as i64)
-        .single()
-        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
-        .unwrap_or_default()
 }

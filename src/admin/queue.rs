@@ -12,153 +12,18 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::{Deserialize, Serialize};
 use store::hub::{HubStoreError, QueuedMessage, RcptStatus};
 use tracing::warn;
 
-use super::node::rfc3339;
 use super::{rejection, ApiError};
+use crate::clock::now_ms;
+use crate::clock::rfc3339;
 use crate::hub::queue::{Deletion, QueueId, DELETED};
 use crate::hub::{Hub, HubError};
-use crate::runtime::now_ms;
+use crate::wire::queue::{DeleteBody, DeleteReport, MessageView, RecipientView, RetryAllReport};
 
 /// Longest `by` and `reason` of a delete: they go into one log line.
 const MAX_TEXT: usize = 500;
-
-/// One recipient of a queued message.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct RecipientView {
-    /// The mailbox address.
-    pub address: String,
-    /// Its storage group.
-    pub storage_group: String,
-    /// "pending" (not tried yet), "deferred", "delivered" or "failed".
-    pub state: String,
-    /// Why the last attempt did not deliver it (deferred or failed), with the SMTP code if any.
-    pub last_error: Option<String>,
-}
-
-/// One queued message, as `queue list` and `queue show` print it.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct MessageView {
-    /// The hub holding it.
-    pub hub: String,
-    /// Queue id, hex.
-    pub id: String,
-    /// RFC 5322 Message-ID.
-    pub message_id: String,
-    /// Reverse path ("" = null sender).
-    pub sender: String,
-    /// Body bytes.
-    pub size: u64,
-    /// Hub receive time (RFC 3339).
-    pub arrival: String,
-    /// Seconds since it was received.
-    pub age_seconds: u64,
-    /// Delivery attempts so far.
-    pub attempts: u32,
-    /// When the next attempt is due (RFC 3339); none while held.
-    pub next_attempt: Option<String>,
-    /// The last error of a recipient still waiting, if any.
-    pub last_error: Option<String>,
-    /// When its undelivered recipients fail (RFC 3339); a hold moves it on at release.
-    pub expires: String,
-    /// Held by an administrator: neither attempted nor expired until released.
-    pub held: bool,
-    /// Since when it is held (RFC 3339).
-    pub held_since: Option<String>,
-    /// The resubmission request that queued this copy, if it is one.
-    pub resubmission: Option<String>,
-    /// Every recipient with its state.
-    pub recipients: Vec<RecipientView>,
-}
-
-impl MessageView {
-    /// The view of `msg` on hub `hub` at `now_ms`.
-    pub fn new(hub: &str, msg: &QueuedMessage, now_ms: u64) -> MessageView {
-        let recipients: Vec<RecipientView> = msg
-            .recipients
-            .iter()
-            .map(|r| {
-                let (state, last_error) = match &r.status {
-                    RcptStatus::Pending => ("pending", None),
-                    RcptStatus::Deferred { reason } => ("deferred", Some(reason.clone())),
-                    RcptStatus::Delivered { .. } => ("delivered", None),
-                    RcptStatus::Failed { code, reason, .. } => {
-                        ("failed", Some(format!("{code} {reason}")))
-                    }
-                };
-                RecipientView {
-                    address: r.address.clone(),
-                    storage_group: r.storage_group.clone(),
-                    state: state.to_string(),
-                    last_error,
-                }
-            })
-            .collect();
-        let last_error = msg
-            .recipients
-            .iter()
-            .zip(&recipients)
-            .find(|(r, _)| r.status.is_open())
-            .and_then(|(_, v)| v.last_error.clone());
-        MessageView {
-            hub: hub.to_string(),
-            id: QueueId(msg.id).to_string(),
-            message_id: msg.message_id.clone(),
-            sender: msg.sender.clone(),
-            size: msg.size,
-            arrival: rfc3339(msg.received_ms),
-            age_seconds: now_ms.saturating_sub(msg.received_ms) / 1000,
-            attempts: msg.attempts,
-            next_attempt: (!msg.is_held()).then(|| rfc3339(msg.next_attempt_ms)),
-            last_error,
-            expires: rfc3339(msg.expires_ms),
-            held: msg.is_held(),
-            held_since: msg.held_since_ms.map(rfc3339),
-            resubmission: msg.resubmission.clone(),
-            recipients,
-        }
-    }
-}
-
-/// Body of `DELETE /api/queue/messages/:id`.
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DeleteBody {
-    /// Return the message to its sender as failed ("deleted by the administrator").
-    #[serde(default)]
-    pub dsn: bool,
-    /// Why, for the log; default "deleted by the administrator".
-    #[serde(default)]
-    pub reason: Option<String>,
-    /// Who, for the log.
-    pub by: String,
-}
-
-/// Answer of a delete: the message as it was, and the request.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct DeleteReport {
-    /// The deleted message.
-    pub message: MessageView,
-    /// Whether a DSN was asked for (the null sender and resubmitted copies never get one).
-    pub dsn: bool,
-    /// Why.
-    pub reason: String,
-    /// Who.
-    pub by: String,
-}
-
-/// Answer of `POST /api/queue/retry`.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct RetryAllReport {
-    /// The hub.
-    pub hub: String,
-    /// Ids made due now.
-    pub retried: Vec<String>,
-    /// Held ids, left alone.
-    pub held: Vec<String>,
-}
 
 /// The queue routes of a hub, merged into its router.
 pub fn routes() -> Router<Arc<Hub>> {
@@ -196,7 +61,7 @@ fn refused(hub: &Hub, e: HubError) -> ApiError {
 }
 
 fn view(hub: &Hub, msg: &QueuedMessage) -> Json<MessageView> {
-    Json(MessageView::new(&hub.name, msg, now_ms()))
+    Json(message_view(&hub.name, msg, now_ms()))
 }
 
 async fn list(State(hub): State<Arc<Hub>>) -> Result<Json<Vec<MessageView>>, ApiError> {
@@ -204,7 +69,7 @@ async fn list(State(hub): State<Arc<Hub>>) -> Result<Json<Vec<MessageView>>, Api
     let all = hub.queue_messages().await.map_err(|e| refused(&hub, e))?;
     Ok(Json(
         all.iter()
-            .map(|m| MessageView::new(&hub.name, m, now))
+            .map(|m| message_view(&hub.name, m, now))
             .collect(),
     ))
 }
@@ -295,11 +160,58 @@ async fn delete(
         .await
         .map_err(|e| refused(&hub, e))?;
     Ok(Json(DeleteReport {
-        message: MessageView::new(&hub.name, &m, now_ms()),
+        message: message_view(&hub.name, &m, now_ms()),
         dsn: deletion.dsn,
         reason: deletion.reason,
         by: deletion.by,
     }))
+}
+
+/// The view of `msg` on hub `hub` at `now_ms`.
+fn message_view(hub: &str, msg: &QueuedMessage, now_ms: u64) -> MessageView {
+    let recipients: Vec<RecipientView> = msg
+        .recipients
+        .iter()
+        .map(|r| {
+            let (state, last_error) = match &r.status {
+                RcptStatus::Pending => ("pending", None),
+                RcptStatus::Deferred { reason } => ("deferred", Some(reason.clone())),
+                RcptStatus::Delivered { .. } => ("delivered", None),
+                RcptStatus::Failed { code, reason, .. } => {
+                    ("failed", Some(format!("{code} {reason}")))
+                }
+            };
+            RecipientView {
+                address: r.address.clone(),
+                storage_group: r.storage_group.clone(),
+                state: state.to_string(),
+                last_error,
+            }
+        })
+        .collect();
+    let last_error = msg
+        .recipients
+        .iter()
+        .zip(&recipients)
+        .find(|(r, _)| r.status.is_open())
+        .and_then(|(_, v)| v.last_error.clone());
+    MessageView {
+        hub: hub.to_string(),
+        id: QueueId(msg.id).to_string(),
+        message_id: msg.message_id.clone(),
+        sender: msg.sender.clone(),
+        size: msg.size,
+        arrival: rfc3339(msg.received_ms),
+        age_seconds: now_ms.saturating_sub(msg.received_ms) / 1000,
+        attempts: msg.attempts,
+        next_attempt: (!msg.is_held()).then(|| rfc3339(msg.next_attempt_ms)),
+        last_error,
+        expires: rfc3339(msg.expires_ms),
+        held: msg.is_held(),
+        held_since: msg.held_since_ms.map(rfc3339),
+        resubmission: msg.resubmission.clone(),
+        recipients,
+    }
 }
 
 #[cfg(test)]

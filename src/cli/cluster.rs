@@ -5,134 +5,11 @@
 use serde::{Deserialize, Serialize};
 
 use super::{print_json, Failure};
-use crate::admin::client::AdminClient;
-use crate::admin::cluster::{MoveBody, MoveResult, NodeStatus, SgCopyStatus};
-use crate::admin::hub::HubDumpsterStats;
+use crate::client::cms::cms_status;
+use crate::client::AdminClient;
 use crate::config::{sanity, Cms, Site};
-
-/// `status --json`, per CMS.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct CmsStatus {
-    /// The CMS.
-    pub cms: String,
-    /// The node that holds the databases (null when none does).
-    pub active_node: Option<String>,
-    /// The other node.
-    pub passive_node: Option<String>,
-    /// "Healthy" (both nodes see each other), "Witness" (active by the file share witness
-    /// vote), or "Lost" (no node has quorum).
-    pub quorum: String,
-    /// "Online" or "Unavailable".
-    pub witness: String,
-    /// Per storage group, the passive copy's counters.
-    pub storage_groups: Vec<SgCopyStatus>,
-    /// Why a node is dismounted, if one is.
-    pub dismounted_reason: Option<String>,
-    /// Storage groups whose log fails on the active node ("SG: error"): deliveries get 451.
-    pub failed_databases: Vec<String>,
-    /// Every node's own report; nodes that did not answer are missing.
-    pub nodes: Vec<NodeStatus>,
-    /// Nodes that did not answer.
-    pub unreachable: Vec<String>,
-}
-
-/// Asks both nodes of `cms`.
-pub async fn cms_status(client: &AdminClient, cms: &Cms) -> CmsStatus {
-    let mut nodes = Vec::new();
-    let mut unreachable = Vec::new();
-    for n in &cms.nodes {
-        match client.get::<NodeStatus>(n.admin, "/api/status").await {
-            Ok(s) => nodes.push(s),
-            Err(_) => unreachable.push(n.name.clone()),
-        }
-    }
-    let active = nodes.iter().find(|n| n.mounted);
-    let active_node = active.map(|n| n.node.clone());
-    let passive_node = cms
-        .nodes
-        .iter()
-        .map(|n| n.name.clone())
-        .find(|n| Some(n) != active_node.as_ref());
-    let quorum = match active {
-        Some(a) if a.sees_peer => "Healthy",
-        Some(_) => "Witness",
-        None => "Lost",
-    }
-    .to_string();
-    let witness = if nodes.iter().all(|n| n.witness_ok) && !nodes.is_empty() {
-        "Online"
-    } else {
-        "Unavailable"
-    }
-    .to_string();
-    let passive = nodes
-        .iter()
-        .find(|n| Some(&n.node) == passive_node.as_ref());
-    let storage_groups = match (passive, active) {
-        // The active node's own LastLogGenerated is the truth; the passive's is as of its last
-        // copy round, and a queue measured against it would look shorter than it is.
-        (Some(p), Some(a)) => p
-            .storage_groups
-            .iter()
-            .map(|s| {
-                let generated = a
-                    .storage_groups
-                    .iter()
-                    .find(|g| g.name == s.name)
-                    .map_or(s.last_log_generated, |g| g.last_log_generated)
-                    .max(s.last_log_generated);
-                SgCopyStatus {
-                    last_log_generated: generated,
-                    copy_queue_length: s.last_log_copied.map(|c| generated.saturating_sub(c)),
-                    ..s.clone()
-                }
-            })
-            .collect(),
-        (Some(p), None) => p.storage_groups.clone(),
-        (None, Some(a)) => a
-            .storage_groups
-            .iter()
-            .map(|s| SgCopyStatus {
-                summary_copy_status: Some(crate::node::replication::SummaryCopyStatus::ServiceDown),
-                ..s.clone()
-            })
-            .collect(),
-        (None, None) => Vec::new(),
-    };
-    // A restore leaves its note on the node it mounted; other commands on the passive. Show
-    // the latest either node has.
-    let storage_groups = storage_groups
-        .into_iter()
-        .map(|g| {
-            let copy_command = nodes
-                .iter()
-                .flat_map(|n| &n.storage_groups)
-                .filter(|s| s.name == g.name)
-                .filter_map(|s| s.copy_command.clone())
-                .max_by(|a, b| a.at.cmp(&b.at));
-            SgCopyStatus { copy_command, ..g }
-        })
-        .collect();
-    CmsStatus {
-        cms: cms.name.clone(),
-        active_node,
-        passive_node,
-        quorum,
-        witness,
-        storage_groups,
-        dismounted_reason: nodes.iter().find_map(|n| n.reason.clone()),
-        failed_databases: active
-            .map(|a| {
-                a.storage_groups
-                    .iter()
-                    .filter_map(|g| g.error.as_ref().map(|e| format!("{}: {e}", g.name)))
-                    .collect()
-            })
-            .unwrap_or_default(),
-        nodes,
-        unreachable,
-    }
-}
+use crate::wire::cluster::{MoveBody, MoveResult, SgCopyStatus};
+use crate::wire::hub::HubDumpsterStats;
 
 /// The admin client for `site`; a CA that cannot be used is a configuration problem.
 pub fn admin_client(site: &Site) -> Result<AdminClient, Failure> {
@@ -307,7 +184,7 @@ pub async fn health(site: &Site, json: bool) -> Result<(), Failure> {
             )
         });
         for g in &s.storage_groups {
-            use crate::node::replication::SummaryCopyStatus as S;
+            use crate::wire::cluster::SummaryCopyStatus as S;
             let sg = &g.name;
             checks.push(match g.summary_copy_status {
                 Some(S::Suspended) => {

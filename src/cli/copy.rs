@@ -8,11 +8,12 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::cluster::{admin_client, cms_status};
+use super::cluster::admin_client;
 use super::{print_json, Failure};
-use crate::admin::client::{encode, AdminClient, ClientError};
-use crate::admin::cluster::{CopyBody, NodeStatus, SgCopyStatus};
+use crate::client::cms::cms_status;
+use crate::client::{encode, AdminClient, ClientError};
 use crate::config::Site;
+use crate::wire::cluster::{CopyBody, NodeStatus, SgCopyStatus};
 
 /// How long a restore is followed until the node reports itself active.
 const RESTORE_WAIT: Duration = Duration::from_secs(30);
@@ -138,7 +139,7 @@ pub async fn run(
 /// that is not active (the one with the most logs copied, if both are up and neither active).
 fn pick_node(
     action: CopyAction,
-    status: &crate::cli::cluster::CmsStatus,
+    status: &crate::wire::cluster::CmsStatus,
 ) -> Result<String, Failure> {
     let standby: Vec<&NodeStatus> = status.nodes.iter().filter(|n| !n.mounted).collect();
     if action == CopyAction::Restore {

@@ -3,9 +3,9 @@
 use std::io::Write;
 
 use super::{print_json, Failure};
-use crate::admin::client::{encode, ClientError};
-use crate::admin::node::MailboxListing;
+use crate::client::{encode, ClientError};
 use crate::config::Site;
+use crate::wire::mailbox::MailboxListing;
 
 /// Asks each node of the address's CMS; the active one answers. With `message_id`, prints that
 /// message as stored.

@@ -1,12 +1,9 @@
 //! The command line (SPEC §4): clap definitions and dispatch. Each admin command is a thin client of
 //! the admin API; exit status 0 on success, 1 on a failed check or request, 2 on bad usage or config.
 
-pub mod bench;
 pub mod cluster;
 pub mod copy;
-pub mod demo;
 pub mod mailbox;
-pub mod private_site;
 pub mod queue;
 pub mod resubmit;
 pub mod run;
@@ -20,6 +17,7 @@ use std::sync::Arc;
 use clap::{Parser, Subcommand};
 
 use crate::config::Site;
+use crate::programs::{bench, demo, ProgramError};
 use crate::telemetry::logging::LogFormat;
 
 /// hubrelay: an SMTP relay with a transport dumpster, for clustered mailbox servers with automatic
@@ -169,6 +167,15 @@ pub enum Failure {
     Failed(String),
 }
 
+impl From<ProgramError> for Failure {
+    fn from(e: ProgramError) -> Failure {
+        match e {
+            ProgramError::Usage(m) => Failure::Usage(m),
+            ProgramError::Failed(m) => Failure::Failed(m),
+        }
+    }
+}
+
 /// Parses the command line, runs it, and maps the outcome to an exit status.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -201,8 +208,8 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
     // The demo and the bench write their own private site and `tls` needs none; every other
     // command runs from the config.
     let site = match &cli.command {
-        Command::Demo => return demo::run(cli.json, cli.log_format).await,
-        Command::Bench(args) => return bench::run(args, cli.json, cli.log_format).await,
+        Command::Demo => return Ok(demo::run(cli.json, cli.log_format).await?),
+        Command::Bench(args) => return Ok(bench::run(args, cli.json, cli.log_format).await?),
         Command::Tls { command } => return tls::run(command, cli.json),
         _ => load()?,
     };
@@ -217,8 +224,8 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
         Command::Stats { storage_group } => {
             stats::run(&site, storage_group.as_deref(), cli.json).await
         }
-        Command::Demo => demo::run(cli.json, cli.log_format).await,
-        Command::Bench(args) => bench::run(&args, cli.json, cli.log_format).await,
+        Command::Demo => Ok(demo::run(cli.json, cli.log_format).await?),
+        Command::Bench(args) => Ok(bench::run(&args, cli.json, cli.log_format).await?),
         Command::Tls { command } => tls::run(&command, cli.json),
         Command::Status { cms } => cluster::status(&site, cms.as_deref(), cli.json).await,
         Command::Health => cluster::health(&site, cli.json).await,

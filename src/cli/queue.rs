@@ -12,10 +12,10 @@ use clap::Subcommand;
 use tokio::task::JoinSet;
 
 use super::{print_json, Failure};
-use crate::admin::client::{AdminClient, ClientError};
-use crate::admin::queue::{DeleteBody, DeleteReport, MessageView, RetryAllReport};
+use crate::client::{AdminClient, ClientError};
 use crate::config::{Hub, Site};
 use crate::hub::queue::QueueId;
+use crate::wire::queue::{DeleteBody, DeleteReport, MessageView, RetryAllReport};
 
 /// The `queue` subcommands.
 #[derive(Debug, Subcommand)]
@@ -440,7 +440,7 @@ fn details(m: &MessageView) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::admin::queue::RecipientView;
+    use crate::wire::queue::RecipientView;
 
     fn view(held: bool) -> MessageView {
         MessageView {

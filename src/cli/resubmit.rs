@@ -8,9 +8,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 
 use super::{print_json, Failure};
-use crate::admin::client::{encode, AdminClient};
-use crate::admin::hub::{ResubmitBody, ResubmitState};
+use crate::client::{encode, AdminClient};
 use crate::config::Site;
+use crate::wire::hub::{ResubmitBody, ResubmitState};
 use store::hub::ResubmitFilter;
 
 /// How long the CLI follows a hub's progress before reporting it as still running.

@@ -4,10 +4,10 @@
 use serde::{Deserialize, Serialize};
 
 use super::{print_json, Failure};
-use crate::admin::client::AdminClient;
-use crate::admin::cluster::OutstandingView;
-use crate::admin::hub::HubDumpsterStats;
+use crate::client::AdminClient;
 use crate::config::Site;
+use crate::wire::cluster::OutstandingView;
+use crate::wire::hub::HubDumpsterStats;
 
 /// One hub's line of DumpsterStatistics.
 #[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]

@@ -35,8 +35,8 @@ use store::hub::{
 use tokio::sync::Semaphore;
 use tracing::{info, info_span, warn, Instrument};
 
+use crate::clock::now_ms;
 use crate::config::Site;
-use crate::runtime::now_ms;
 use commit::GroupCommit;
 use delivery::{CmsLink, Outcome};
 use dsn::{Action, Notice};

@@ -13,7 +13,7 @@ use tracing::{info, warn};
 
 use super::dsn::{self, Action, Notice};
 use super::{Hub, HubError};
-use crate::runtime::now_ms;
+use crate::clock::now_ms;
 
 /// How long a hold or a delete waits for a delivery attempt of the same message to finish
 /// (short: the CLI gives up on a hub after a few seconds).

@@ -14,7 +14,7 @@ use tokio::time::Instant;
 use tracing::{info, info_span, Instrument};
 
 use super::{Hub, HubError};
-use crate::runtime::now_ms;
+use crate::clock::now_ms;
 
 /// Most entries re-queued per transaction.
 const BATCH: usize = 200;

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
-use crate::runtime::now_ms;
+use crate::clock::now_ms;
 
 /// Handle to schedule an id at a time; cheap to clone.
 #[derive(Clone)]

@@ -10,7 +10,7 @@ use tracing::warn;
 
 use super::state::CopyNote;
 use super::{MailboxNode, NodeError};
-use crate::runtime::{mono_ms, now_ms};
+use crate::clock::{mono_ms, now_ms};
 
 /// One of the four copy commands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

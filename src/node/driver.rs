@@ -11,9 +11,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use super::MailboxNode;
+use crate::clock::{mono_ms, now_ms};
 use crate::cluster::machine::{Action, Heartbeat, LeaseView, Role};
 use crate::cluster::witness::WitnessError;
-use crate::runtime::{mono_ms, now_ms};
 
 /// How often the driver ticks and sends a heartbeat.
 const HEARTBEAT_EVERY: Duration = Duration::from_millis(200);

@@ -11,7 +11,7 @@ use tracing::{error, info, warn};
 use super::writer::WriteError;
 
 use super::MailboxNode;
-use crate::runtime::now_ms;
+use crate::clock::now_ms;
 use crate::smtp::{Backend, Incoming, Reply};
 
 /// Plugs a [`MailboxNode`] into the SMTP server.

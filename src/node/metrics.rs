@@ -17,9 +17,9 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-use crate::admin::cluster::NodeStatus;
-use crate::node::replication::SummaryCopyStatus;
 use crate::telemetry::{self, seconds, SgLabels};
+use crate::wire::cluster::NodeStatus;
+use crate::wire::cluster::SummaryCopyStatus;
 
 /// Every SummaryCopyStatus, so the status gauge reports 0 for the states a copy is not in.
 const COPY_STATUSES: [SummaryCopyStatus; 6] = [

@@ -30,11 +30,11 @@ use store::mailbox::{MailboxError, MailboxStore};
 use store::txlog::{LogPosition, TxLog, TxLogError};
 use tracing::{info, warn};
 
-use crate::admin::client::AdminClient;
+use crate::client::AdminClient;
+use crate::clock::{mono_ms, now_ms};
 use crate::cluster::machine::{Machine, Timing};
 use crate::cluster::witness::Witness;
 use crate::config::{Node, Site};
-use crate::runtime::{mono_ms, now_ms};
 use metrics::NodeMetrics;
 use replication::CopyState;
 use state::{EpochStart, NodeState, StateError};
@@ -54,7 +54,7 @@ pub enum NodeError {
     State(#[from] StateError),
     /// The admin client (heartbeats, log shipping, resubmission requests) cannot be set up.
     #[error(transparent)]
-    AdminClient(#[from] crate::admin::client::ClientError),
+    AdminClient(#[from] crate::client::ClientError),
     /// The witness directory could not be prepared.
     #[error("witness directory {path}: {reason}")]
     Witness {
@@ -296,7 +296,7 @@ impl MailboxNode {
             let mut cs = CopyState::new(copy);
             if suspended.contains(&sg) {
                 cs.suspended = true;
-                cs.status = replication::SummaryCopyStatus::Suspended;
+                cs.status = crate::wire::cluster::SummaryCopyStatus::Suspended;
             }
             copies.insert(sg, cs);
         }

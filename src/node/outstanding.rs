@@ -11,10 +11,10 @@ use tracing::{info, warn};
 
 use super::state::{NodeState, Outstanding};
 use super::MailboxNode;
-use crate::admin::hub::{ResubmitBody, ResubmitState};
-use crate::admin::node::rfc3339;
+use crate::clock::now_ms;
+use crate::clock::rfc3339;
 use crate::config::Site;
-use crate::runtime::now_ms;
+use crate::wire::hub::{ResubmitBody, ResubmitState};
 
 /// How far before the newest replayed record the window starts, for clock skew between hubs and nodes.
 pub const MARGIN_MS: u64 = 5 * 60 * 1000;

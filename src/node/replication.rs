@@ -14,24 +14,8 @@ use tracing::{debug, info, warn};
 
 use super::state::EpochStart;
 use super::{MailboxNode, NodeError};
-use crate::admin::client::encode;
-
-/// SummaryCopyStatus, as Get-StorageGroupCopyStatus reports it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum SummaryCopyStatus {
-    /// Copying and replaying normally.
-    Healthy,
-    /// Not yet in contact with the active node.
-    Initializing,
-    /// Catching up (logs to copy).
-    Synchronizing,
-    /// Suspended by the administrator.
-    Suspended,
-    /// A log was refused; replication stopped at it.
-    Failed,
-    /// The active node does not answer.
-    ServiceDown,
-}
+use crate::client::encode;
+use crate::wire::cluster::SummaryCopyStatus;
 
 /// The active node's answer to `GET /api/logs/{sg}`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -180,7 +164,7 @@ impl MailboxNode {
             if cs.reported_status() == SummaryCopyStatus::Healthy {
                 cs.unhealthy_since_ms = None;
             } else if cs.unhealthy_since_ms.is_none() {
-                cs.unhealthy_since_ms = Some(crate::runtime::now_ms());
+                cs.unhealthy_since_ms = Some(crate::clock::now_ms());
             }
         }
     }
@@ -304,7 +288,7 @@ impl MailboxNode {
                     ),
                     sg,
                     after,
-                    crate::runtime::now_ms(),
+                    crate::clock::now_ms(),
                 );
                 warn!(node = %self.name, storage_group = %sg, removed, "discarded deliveries may have been acknowledged; asking every hub to resubmit them");
             }

@@ -19,6 +19,7 @@
 //! - `tls.rs`: the reloadable certificate; `stream.rs`: the connection STARTTLS upgrades.
 //! - `reply.rs`, `config.rs`: [`Reply`] and [`SmtpConfig`].
 
+mod certs;
 mod clients;
 mod command;
 mod config;
@@ -37,6 +38,7 @@ mod tls;
 use std::future::Future;
 use std::net::SocketAddr;
 
+pub use certs::SelfSigned;
 pub use config::SmtpConfig;
 pub use data::BareNewline;
 pub use dsn::Dsn;

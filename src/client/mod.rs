@@ -1,6 +1,9 @@
-//! The CLI's side of the admin API: authenticated JSON calls with a short timeout, so one dead hub
+//! Calling a role's admin API: authenticated JSON calls with a short timeout, so one dead hub
 //! cannot stall `stats`. With `admin_tls` the calls are HTTPS, each role's certificate verified
-//! against `tls_ca` and the role's admin address.
+//! against `tls_ca` and the role's admin address. Below hubs and nodes, so that a node asks hubs
+//! to resubmit, and the CLI and the dashboard ask every role, through the same client.
+
+pub mod cms;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -9,9 +12,9 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::ErrorBody;
 use crate::config::Site;
 use crate::smtp::{crypto_provider, read_certificates};
+use crate::wire::ErrorBody;
 
 /// How long the CLI waits for one role before calling it unreachable.
 pub const TIMEOUT: Duration = Duration::from_secs(3);

@@ -9,8 +9,8 @@ use chrono::DateTime;
 use serde::Serialize;
 
 use super::load::{Accepted, Outcome, Plan};
-use crate::admin::cluster::NodeStatus;
-use crate::node::replication::SummaryCopyStatus;
+use crate::wire::cluster::NodeStatus;
+use crate::wire::cluster::SummaryCopyStatus;
 
 /// Nearest-rank percentiles of a latency, in milliseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -434,7 +434,7 @@ fn bytes(n: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::admin::cluster::SgCopyStatus;
+    use crate::wire::cluster::SgCopyStatus;
 
     #[test]
     fn percentiles_are_nearest_rank() {

@@ -11,10 +11,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use super::tls::SelfSigned;
-use super::Failure;
-use crate::admin::client::AdminClient;
+use super::ProgramError;
+use crate::client::AdminClient;
 use crate::config::Site;
+use crate::smtp::SelfSigned;
 use crate::telemetry::logging::LogFormat;
 
 /// How long a process may take to print `ready`.
@@ -62,7 +62,7 @@ impl Drop for Scratch {
 impl PrivateSite {
     /// Writes the site of `spec` into a new temporary directory and starts node1, node2, hub1 and
     /// hub2, each logging in `log` format to `<dir>/data/<name>.log`; returns once all are ready.
-    pub async fn start(spec: &SiteSpec<'_>, log: LogFormat) -> Result<PrivateSite, Failure> {
+    pub async fn start(spec: &SiteSpec<'_>, log: LogFormat) -> Result<PrivateSite, ProgramError> {
         let dir = Scratch(std::env::temp_dir().join(format!(
             "hubrelay-{}-{}",
             spec.name,
@@ -102,7 +102,7 @@ impl PrivateSite {
         kind: &str,
         name: &str,
         log_format: LogFormat,
-    ) -> Result<(), Failure> {
+    ) -> Result<(), ProgramError> {
         let log_path = data.join(format!("{name}.log"));
         let log = std::fs::File::create(&log_path).map_err(fail)?;
         let mut child = Command::new(exe)
@@ -124,7 +124,7 @@ impl PrivateSite {
         let stdout = child
             .stdout
             .take()
-            .ok_or_else(|| Failure::Failed("no stdout".into()))?;
+            .ok_or_else(|| ProgramError::Failed("no stdout".into()))?;
         self.children.push((name.to_string(), child));
         // Read on a blocking thread, so a Ctrl-C meanwhile is seen; if the wait is abandoned,
         // killing the process ends the read.
@@ -136,7 +136,7 @@ impl PrivateSite {
         });
         match tokio::time::timeout(READY_WAIT, ready).await {
             Ok(Ok(true)) => Ok(()),
-            _ => Err(Failure::Failed(format!(
+            _ => Err(ProgramError::Failed(format!(
                 "{name} did not start; see {}",
                 log_path.display()
             ))),
@@ -177,22 +177,22 @@ impl Drop for PrivateSite {
 
 /// Runs `run`; on Ctrl-C, drops it (which tears down any [`PrivateSite`] it holds) and fails.
 pub async fn until_interrupted<T>(
-    run: impl Future<Output = Result<T, Failure>>,
-) -> Result<T, Failure> {
+    run: impl Future<Output = Result<T, ProgramError>>,
+) -> Result<T, ProgramError> {
     tokio::select! {
         r = run => r,
         _ = tokio::signal::ctrl_c() => {
-            Err(Failure::Failed("interrupted; the private site was torn down".into()))
+            Err(ProgramError::Failed("interrupted; the private site was torn down".into()))
         }
     }
 }
 
 /// Any error of the private site's machinery, as a failed run (exit 1).
-pub(super) fn fail(e: impl std::fmt::Display) -> Failure {
-    Failure::Failed(e.to_string())
+pub(super) fn fail(e: impl std::fmt::Display) -> ProgramError {
+    ProgramError::Failed(e.to_string())
 }
 
-fn free_port() -> Result<u16, Failure> {
+fn free_port() -> Result<u16, ProgramError> {
     Ok(TcpListener::bind("127.0.0.1:0")
         .map_err(fail)?
         .local_addr()
@@ -200,7 +200,7 @@ fn free_port() -> Result<u16, Failure> {
         .port())
 }
 
-fn write_site(dir: &Path, spec: &SiteSpec<'_>) -> Result<PathBuf, Failure> {
+fn write_site(dir: &Path, spec: &SiteSpec<'_>) -> Result<PathBuf, ProgramError> {
     let mut p = Vec::new();
     for _ in 0..8 {
         p.push(free_port()?);

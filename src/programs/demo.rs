@@ -10,11 +10,11 @@ use lettre::address::Envelope;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
 use serde::Serialize;
 
-use super::cluster::cms_status;
 use super::private_site::{fail, until_interrupted, PrivateSite, SiteSpec};
-use super::{print_json, Failure};
-use crate::admin::node::MailboxListing;
+use super::{print_json, ProgramError};
+use crate::client::cms::cms_status;
 use crate::telemetry::logging::LogFormat;
+use crate::wire::mailbox::MailboxListing;
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -64,7 +64,7 @@ impl Demo {
         }
     }
 
-    async fn wait_active(&self, node: &str) -> Result<(), Failure> {
+    async fn wait_active(&self, node: &str) -> Result<(), ProgramError> {
         let start = Instant::now();
         while cms_status(&self.ps.client, &self.ps.site.cms[0])
             .await
@@ -73,14 +73,16 @@ impl Demo {
             != Some(node)
         {
             if start.elapsed() > WAIT {
-                return Err(Failure::Failed(format!("{node} did not become active")));
+                return Err(ProgramError::Failed(format!(
+                    "{node} did not become active"
+                )));
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         Ok(())
     }
 
-    async fn send(&self, hub: usize, ids: &[String]) -> Result<(), Failure> {
+    async fn send(&self, hub: usize, ids: &[String]) -> Result<(), ProgramError> {
         let port = self.ps.site.hubs[hub].smtp.port();
         let smtp = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous("127.0.0.1")
             .port(port)
@@ -112,7 +114,7 @@ impl Demo {
         Vec::new()
     }
 
-    async fn wait_listed(&self, want: &BTreeSet<String>) -> Result<Vec<String>, Failure> {
+    async fn wait_listed(&self, want: &BTreeSet<String>) -> Result<Vec<String>, ProgramError> {
         let start = Instant::now();
         loop {
             let got = self.listed().await;
@@ -126,7 +128,7 @@ impl Demo {
         }
     }
 
-    async fn wait_copied_up(&self) -> Result<(), Failure> {
+    async fn wait_copied_up(&self) -> Result<(), ProgramError> {
         let start = Instant::now();
         loop {
             let s = cms_status(&self.ps.client, &self.ps.site.cms[0]).await;
@@ -138,7 +140,7 @@ impl Demo {
                 return Ok(());
             }
             if start.elapsed() > WAIT {
-                return Err(Failure::Failed("node2 did not catch up".into()));
+                return Err(ProgramError::Failed("node2 did not catch up".into()));
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -152,7 +154,7 @@ fn ids(prefix: &str, n: usize) -> Vec<String> {
 }
 
 /// Runs `hubrelay demo`; its processes log (to files in the private site) in `log` format.
-pub async fn run(json: bool, log: LogFormat) -> Result<(), Failure> {
+pub async fn run(json: bool, log: LogFormat) -> Result<(), ProgramError> {
     let verdict = until_interrupted(run_site(json, log)).await?;
     if json {
         print_json(&verdict)?;
@@ -173,11 +175,11 @@ pub async fn run(json: bool, log: LogFormat) -> Result<(), Failure> {
     if verdict.ok {
         Ok(())
     } else {
-        Err(Failure::Failed("the demo lost or doubled mail".into()))
+        Err(ProgramError::Failed("the demo lost or doubled mail".into()))
     }
 }
 
-async fn run_site(json: bool, log: LogFormat) -> Result<Verdict, Failure> {
+async fn run_site(json: bool, log: LogFormat) -> Result<Verdict, ProgramError> {
     let mut demo = Demo {
         ps: PrivateSite::start(&SITE, log).await?,
         json,

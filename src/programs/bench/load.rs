@@ -17,7 +17,7 @@ use lettre::transport::smtp::client::AsyncSmtpConnection;
 use lettre::transport::smtp::extension::ClientId;
 use tokio::task::JoinSet;
 
-use crate::runtime::now_ms;
+use crate::clock::now_ms;
 
 /// The domain of the bench site's mailboxes (and of its Message-IDs).
 pub const DOMAIN: &str = "bench.test";

@@ -24,14 +24,14 @@ use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use self::load::{Plan, DOMAIN};
 use self::report::{Listed, Report};
 use super::private_site::{fail, until_interrupted, PrivateSite, SiteSpec};
-use super::{print_json, Failure};
-use crate::admin::client::{encode, AdminClient};
-use crate::admin::cluster::NodeStatus;
-use crate::admin::hub::QueueSummary;
-use crate::admin::node::MailboxListing;
+use super::{print_json, ProgramError};
+use crate::client::{encode, AdminClient};
+use crate::clock::now_ms;
 use crate::config::Size;
-use crate::runtime::now_ms;
 use crate::telemetry::logging::LogFormat;
+use crate::wire::cluster::NodeStatus;
+use crate::wire::hub::QueueSummary;
+use crate::wire::mailbox::MailboxListing;
 
 /// The largest `--size`: each session holds a message in memory.
 const SIZE_LIMIT: u64 = 64 << 20;
@@ -67,9 +67,9 @@ pub struct BenchArgs {
 
 /// Runs `hubrelay bench`: the report on stdout (text, or one JSON document), exit 1 unless every
 /// message was accepted and stored exactly once.
-pub async fn run(args: &BenchArgs, json: bool, log: LogFormat) -> Result<(), Failure> {
+pub async fn run(args: &BenchArgs, json: bool, log: LogFormat) -> Result<(), ProgramError> {
     if args.size.0 > SIZE_LIMIT {
-        return Err(Failure::Usage(format!(
+        return Err(ProgramError::Usage(format!(
             "--size {} is too large (at most 64MiB)",
             args.size.0
         )));
@@ -82,11 +82,11 @@ pub async fn run(args: &BenchArgs, json: bool, log: LogFormat) -> Result<(), Fai
     }
     match report.problem() {
         None => Ok(()),
-        Some(p) => Err(Failure::Failed(p)),
+        Some(p) => Err(ProgramError::Failed(p)),
     }
 }
 
-async fn bench(args: &BenchArgs, json: bool, log: LogFormat) -> Result<Report, Failure> {
+async fn bench(args: &BenchArgs, json: bool, log: LogFormat) -> Result<Report, ProgramError> {
     let plan = Arc::new(Plan::new(
         usize::try_from(args.messages).map_err(fail)?,
         usize::try_from(args.size.0).map_err(fail)?,
@@ -172,7 +172,7 @@ async fn bench(args: &BenchArgs, json: bool, log: LogFormat) -> Result<Report, F
 
 /// Waits until a node is active and the other's copy of every storage group is Healthy, so the
 /// run measures a settled site.
-async fn settle(ps: &PrivateSite) -> Result<(), Failure> {
+async fn settle(ps: &PrivateSite) -> Result<(), ProgramError> {
     let start = Instant::now();
     loop {
         let s = node_statuses(ps).await;
@@ -180,15 +180,14 @@ async fn settle(ps: &PrivateSite) -> Result<(), Failure> {
         let healthy = s.iter().any(|n| {
             !n.mounted
                 && n.storage_groups.iter().all(|g| {
-                    g.summary_copy_status
-                        == Some(crate::node::replication::SummaryCopyStatus::Healthy)
+                    g.summary_copy_status == Some(crate::wire::cluster::SummaryCopyStatus::Healthy)
                 })
         });
         if active && healthy {
             return Ok(());
         }
         if start.elapsed() > SETTLE {
-            return Err(Failure::Failed(format!(
+            return Err(ProgramError::Failed(format!(
                 "the private site did not settle (an active node and a healthy passive copy) in {} s; logs in {}",
                 SETTLE.as_secs(),
                 ps.dir().join("data").display()
@@ -261,7 +260,7 @@ async fn node_statuses(ps: &PrivateSite) -> Vec<NodeStatus> {
 }
 
 /// Every mailbox of the plan, listed once on the active node: the copies of this run's messages.
-async fn list_mailboxes(ps: &PrivateSite, plan: &Plan) -> Result<Vec<Listed>, Failure> {
+async fn list_mailboxes(ps: &PrivateSite, plan: &Plan) -> Result<Vec<Listed>, ProgramError> {
     // A listing of a large run takes longer than the CLI's usual 3 s.
     let client = AdminClient::with_timeout(&ps.site, Duration::from_secs(120)).map_err(fail)?;
     let mut out = Vec::new();
@@ -276,7 +275,7 @@ async fn list_mailboxes(ps: &PrivateSite, plan: &Plan) -> Result<Vec<Listed>, Fa
             }
         }
         let listing = listing.ok_or_else(|| {
-            Failure::Failed(format!(
+            ProgramError::Failed(format!(
                 "no active node answered the listing of {address}: cannot verify delivery"
             ))
         })?;

@@ -1,0 +1,166 @@
+//! What a node's cluster routes answer and take, and what `status` shows per CMS: node and copy
+//! status (Get-ClusteredMailboxServerStatus, Get-StorageGroupCopyStatus), copy commands, moves and
+//! the outstanding dumpster requests.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// SummaryCopyStatus, as Get-StorageGroupCopyStatus reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SummaryCopyStatus {
+    /// Copying and replaying normally.
+    Healthy,
+    /// Not yet in contact with the active node.
+    Initializing,
+    /// Catching up (logs to copy).
+    Synchronizing,
+    /// Suspended by the administrator.
+    Suspended,
+    /// A log was refused; replication stopped at it.
+    Failed,
+    /// The active node does not answer.
+    ServiceDown,
+}
+
+/// One storage group's replication counters (Get-StorageGroupCopyStatus).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SgCopyStatus {
+    /// The storage group.
+    pub name: String,
+    /// LastLogGenerated (the active's).
+    pub last_log_generated: u64,
+    /// LastLogCopied (this copy's; null on the active).
+    pub last_log_copied: Option<u64>,
+    /// LastLogReplayed (this copy's; null on the active).
+    pub last_log_replayed: Option<u64>,
+    /// CopyQueueLength = generated − copied.
+    pub copy_queue_length: Option<u64>,
+    /// ReplayQueueLength = copied − replayed.
+    pub replay_queue_length: Option<u64>,
+    /// SummaryCopyStatus of this copy (null on the active).
+    pub summary_copy_status: Option<SummaryCopyStatus>,
+    /// Why the copy failed, if it did.
+    pub error: Option<String>,
+    /// Hub receive-time horizon: the newest record replayed here (RFC 3339).
+    pub newest_replayed: Option<String>,
+    /// Since when this copy has been behind (RFC 3339; null when Healthy, and on the active): the
+    /// later of when it stopped being Healthy and its newest replayed record, since everything
+    /// written after that may be missing here. `health` warns when it is older than
+    /// max_dumpster_time.
+    #[serde(default)]
+    pub behind_since: Option<String>,
+    /// The administrator's last copy command on this storage group, with its comment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub copy_command: Option<CopyCommandView>,
+}
+
+/// A copy command as `status` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CopyCommandView {
+    /// "suspend", "resume", "update" or "restore".
+    pub command: String,
+    /// The administrator's comment.
+    pub comment: Option<String>,
+    /// When (RFC 3339).
+    pub at: String,
+    /// Whether the copy is still suspended by it.
+    pub suspended: bool,
+    /// The node it was given to.
+    pub node: String,
+}
+
+/// Body of `POST /api/copy/:sg/:command` (optional).
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CopyBody {
+    /// Why, kept with the copy and shown by `status`.
+    #[serde(default)]
+    pub comment: Option<String>,
+}
+
+/// A node's view of its CMS (`GET /api/status`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeStatus {
+    /// The node.
+    pub node: String,
+    /// Its CMS.
+    pub cms: String,
+    /// "Active", "Passive" or "Dismounted".
+    pub role: String,
+    /// Why it is dismounted.
+    pub reason: Option<String>,
+    /// Whether it takes deliveries now.
+    pub mounted: bool,
+    /// Its epoch.
+    pub epoch: u64,
+    /// Whether it sees the other node.
+    pub sees_peer: bool,
+    /// Whether the witness answered its last operation.
+    pub witness_ok: bool,
+    /// Who holds the witness lease, as last seen.
+    pub lease_holder: Option<String>,
+    /// Per storage group counters.
+    pub storage_groups: Vec<SgCopyStatus>,
+}
+
+/// One outstanding dumpster request (`GET /api/outstanding`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct OutstandingView {
+    /// The hub that has not answered.
+    pub hub: String,
+    /// The storage group.
+    pub storage_group: String,
+    /// Window start.
+    pub low: String,
+    /// Window end.
+    pub high: String,
+}
+
+/// Body of `POST /api/cluster/move`.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MoveBody {
+    /// The target node (the other node; checked).
+    pub target: Option<String>,
+    /// Why, for the log.
+    pub comment: Option<String>,
+}
+
+/// Answer of a scheduled move.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct MoveResult {
+    /// The node that was active.
+    pub from: String,
+    /// The node that is active now.
+    pub to: String,
+    /// Generations closed and shipped, per storage group.
+    pub last_closed: BTreeMap<String, u64>,
+    /// How long it took.
+    pub millis: u64,
+}
+
+/// `status --json`, per CMS.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct CmsStatus {
+    /// The CMS.
+    pub cms: String,
+    /// The node that holds the databases (null when none does).
+    pub active_node: Option<String>,
+    /// The other node.
+    pub passive_node: Option<String>,
+    /// "Healthy" (both nodes see each other), "Witness" (active by the file share witness
+    /// vote), or "Lost" (no node has quorum).
+    pub quorum: String,
+    /// "Online" or "Unavailable".
+    pub witness: String,
+    /// Per storage group, the passive copy's counters.
+    pub storage_groups: Vec<SgCopyStatus>,
+    /// Why a node is dismounted, if one is.
+    pub dismounted_reason: Option<String>,
+    /// Storage groups whose log fails on the active node ("SG: error"): deliveries get 451.
+    pub failed_databases: Vec<String>,
+    /// Every node's own report; nodes that did not answer are missing.
+    pub nodes: Vec<NodeStatus>,
+    /// Nodes that did not answer.
+    pub unreachable: Vec<String>,
+}
