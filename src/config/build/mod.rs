@@ -1,0 +1,36 @@
+//! From the file as written to a checked [`Site`], one file per part of the site it configures, in
+//! the order their errors are reported: the `[site]` keys (`site.rs`), the hubs (`hub.rs`), then the
+//! CMSs with their nodes and storage groups (`cms.rs`). The first mistake found is the one reported.
+
+use toml::Spanned;
+
+use super::locate::{Locator, Seen};
+use super::raw::RawConfig;
+use super::{ConfigError, Site};
+
+mod cms;
+mod hub;
+mod site;
+
+/// Checks a parsed site file and turns it into the [`Site`] every role runs from.
+pub(super) fn build(at: &Locator, raw: RawConfig) -> Result<Site, ConfigError> {
+    let (mut site, tls) = site::build(at, raw.site)?;
+    // Hubs, CMSs and nodes share one namespace: `--name` picks any of them.
+    let mut roles = Seen::new(at, "name", "role");
+    site.hubs = hub::build(at, raw.hub, &mut roles, &tls)?;
+    site.cms = cms::build(at, raw.cms, &mut roles, &tls)?;
+    Ok(site)
+}
+
+/// An accepted or hosted domain, lower-cased as addresses are compared.
+fn checked_domain(at: &Locator, d: &Spanned<String>, key: &str) -> Result<String, ConfigError> {
+    let dom = d.get_ref().trim().to_ascii_lowercase();
+    if dom.is_empty() || dom.contains('@') || dom.contains(char::is_whitespace) {
+        return Err(at.err(
+            &d.span(),
+            key,
+            format!("`{}` is not a domain name", d.get_ref()),
+        ));
+    }
+    Ok(dom)
+}
