@@ -6,7 +6,8 @@
 //!
 //! The rules (node and file share majority, as in Exchange 2007 CCR):
 //! - a node may be active only while it sees its peer *and the peer sees it*, or while it holds the
-//!   witness lease (with a safety margin before the lease's expiry, for clock skew and tick delay);
+//!   witness lease (with a safety margin before the lease's expiry, for clock rates and tick delay;
+//!   the witness times leases on each node's own monotonic clock, [`super::witness`]);
 //! - a passive node that has lost its peer takes the lease only once it is free or expired, then mounts
 //!   only if the logs it is missing (LastLogGenerated last reported by the lost node − LastLogCopied)
 //!   are within AutoDatabaseMountDial; otherwise it stays dismounted and says why;
@@ -18,7 +19,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-/// Milliseconds on the node's own monotonic clock (the lease's expiry is converted to it).
+/// Milliseconds on the node's own monotonic clock: no time here is ever compared with another host's.
 pub type Millis = u64;
 
 /// How many of its own heartbeats a node remembers for echoes: a few seconds' worth.
@@ -94,7 +95,8 @@ pub struct Heartbeat {
 pub struct LeaseView {
     /// Who holds it.
     pub holder: String,
-    /// Until when.
+    /// On this node's own clock: until when it may count on the lease if it is its own (before the
+    /// safety margin), or from when it may take the other node's, should that not be renewed.
     pub expires_ms: Millis,
     /// The holder's epoch.
     pub epoch: u64,

@@ -3,29 +3,41 @@
 //! A node may be active only while it sees its peer or holds the witness lease, so when the nodes
 //! lose each other at most one of them can go on (or come up) as active: the one holding the lease.
 //! The witness is a directory on a share both nodes reach; like the Exchange 2007 file share witness
-//! it keeps no state beyond that lease (who, which epoch, until when).
+//! it keeps no state beyond that lease (who, which epoch, which write).
 //!
 //! Files in the directory:
 //! - `witness.lease`: the [`Lease`] as JSON, only ever replaced whole (temp file, fsync, rename,
 //!   directory fsync), so a reader sees the old or the new lease, never half of one;
 //! - `witness.lock`: present while a node is in a read-modify-write of the lease; created with
-//!   `create_new`, so only one node at a time gets it. It records who took it and when, so that a lock
-//!   left by a crashed node can be broken after `stale_lock_ms`.
+//!   `create_new`, so only one node at a time gets it. Its content is unique to each taking, so a
+//!   lock left by a crashed node can be recognised and broken.
 //!
-//! Time is passed in (ms since the Unix epoch); this module never reads the clock. Both nodes use the
-//! same clock but allow for skew: a holder stops counting on its lease `safety_ms` before the recorded
-//! expiry ([`holds`]), while the other node takes it only at or after the recorded expiry.
+//! No wall clock and no file time is read or compared: the nodes sit on different hosts whose clocks
+//! may be hours apart or step at any moment. Time is passed in, on the caller's own monotonic clock,
+//! and never leaves the process:
+//! - the holder counts on its lease for `duration` from just *before* the write that took or renewed
+//!   it, less a safety margin ([`crate::cluster::machine`]);
+//! - every write bumps the lease's `version`, and the other node takes the lease only once it has
+//!   seen the same version, unchanged, for a full `duration` of its own clock. It first saw that
+//!   version after the write ended, so the holder has stopped counting on it by then, whatever the
+//!   two clocks read: they need only run at about the same rate.
 //!
-//! Breaking a stale lock assumes no node stays inside its read-modify-write for `stale_lock_ms`
-//! (a few file operations against the default of two seconds); a node that stalls that long may find
-//! its lock broken, and then gives up with [`WitnessError::Busy`] rather than writing.
+//! A lock is broken the same way: once the same lock content has been seen for `stale_lock_ms` of
+//! the observer's clock. That assumes no node stays inside its read-modify-write that long (a few
+//! file operations against the default of two seconds); a node that stalls so long may find its lock
+//! broken, and then gives up with [`WitnessError::Busy`] rather than writing.
+//!
+//! What the share must provide (NFS, SMB, or a local file system in tests): an exclusive create that
+//! fails when the file exists (`O_EXCL`: NFSv3 and later, SMB `FILE_CREATE`), a `rename` that
+//! replaces its target atomically, `fsync` of files and of the directory, and reads that see the
+//! other node's completed writes (close-to-open consistency: every read here opens the file anew).
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, ErrorKind, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::UNIX_EPOCH;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use serde::{Deserialize, Serialize};
 use tracing::{debug, warn};
@@ -35,9 +47,14 @@ const LEASE_FILE: &str = "witness.lease";
 /// Name of the lock file in the witness directory.
 const LOCK_FILE: &str = "witness.lock";
 
-/// How old a lock must be before another node breaks it, unless [`Witness::with_stale_lock_ms`] says
-/// otherwise: far longer than any read-modify-write, short next to the cluster's failover timings.
+/// How long the same lock must be seen before this node breaks it, unless
+/// [`Witness::with_stale_lock_ms`] says otherwise: far longer than any read-modify-write, short next
+/// to the cluster's failover timings.
 pub const DEFAULT_STALE_LOCK_MS: u64 = 2_000;
+
+/// This node's monotonic clock in ms, read where the protocol needs it: before a write of its own,
+/// after a read of the other node's.
+pub type Clock<'a> = &'a dyn Fn() -> u64;
 
 /// Makes every lock a node takes distinct, so breaking a stale lock can tell it from a fresh one.
 static LOCK_SEQ: AtomicU64 = AtomicU64::new(0);
@@ -49,12 +66,31 @@ pub struct Lease {
     pub holder: String,
     /// The holder's epoch when it took or renewed the lease, for the other node and the operator.
     pub epoch: u64,
-    /// The lease is in force before this instant (ms since the Unix epoch) and free from it on.
-    pub expires_ms: u64,
+    /// Bumped by every write (take, renewal, release): the other node times the holder from the
+    /// moment it last saw this change, on its own clock.
+    #[serde(default)]
+    pub version: u64,
+    /// How long the holder counts on this write. The other node waits at least this long and at
+    /// least its own lease duration, so a lease written before this field existed (0) is safe.
+    #[serde(default)]
+    pub duration_ms: u64,
+    /// Given up by its holder (scheduled move, clean shutdown): free at once.
+    #[serde(default)]
+    pub released: bool,
     /// The note board: LastLogGenerated per storage group of the node active at `epoch`, so a node
     /// that comes back while its peer is gone still knows how many logs a mount would lose.
     #[serde(default)]
     pub last_log_generated: BTreeMap<String, u64>,
+}
+
+/// The lease as this node sees it, with what it means on this node's own monotonic clock.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Seen {
+    /// The lease in force.
+    pub lease: Lease,
+    /// If it is ours: until when we may count on it (before the safety margin). If it is the other
+    /// node's: from when we may take it, should its version stay as it is now.
+    pub until_ms: u64,
 }
 
 /// Why the witness could not answer.
@@ -82,19 +118,29 @@ pub enum WitnessError {
     Busy,
 }
 
-/// One node's handle on the witness directory.
+/// One node's handle on the witness directory. Clones share what this node has seen, so the
+/// driver's tasks time the other node's writes together.
 #[derive(Debug, Clone)]
 pub struct Witness {
     dir: PathBuf,
     node: String,
     stale_lock_ms: u64,
+    memory: Arc<Mutex<Memory>>,
 }
 
-/// What a lock file records: enough to judge its age and to recognise it again.
+/// What this node last saw in the witness directory, and since when (its own monotonic clock).
+#[derive(Debug, Default)]
+struct Memory {
+    /// The other node's lease as (holder, version), and when this node first saw it.
+    lease: Option<((String, u64), u64)>,
+    /// The lock file's content, and when this node first saw it.
+    lock: Option<(Vec<u8>, u64)>,
+}
+
+/// What a lock file records: who took it, and a sequence that makes each taking distinct.
 #[derive(Debug, Serialize, Deserialize)]
 struct LockInfo {
     node: String,
-    created_ms: u64,
     seq: String,
 }
 
@@ -112,10 +158,11 @@ impl Witness {
             dir: dir.to_path_buf(),
             node: node.to_string(),
             stale_lock_ms: DEFAULT_STALE_LOCK_MS,
+            memory: Arc::default(),
         }
     }
 
-    /// Sets how old a lock must be before it counts as left by a crashed node and is broken.
+    /// Sets how long the same lock must be seen before it counts as left by a crashed node.
     pub fn with_stale_lock_ms(mut self, stale_lock_ms: u64) -> Witness {
         self.stale_lock_ms = stale_lock_ms;
         self
@@ -129,13 +176,24 @@ impl Witness {
         self.read_lease()
     }
 
-    /// Takes the lease for `duration_ms` from `now_ms` if it is free (none, or expired at `now_ms`) or
-    /// already ours (renewal), recording `epoch`. Returns the lease now in force: ours, or the other
-    /// holder's, which tells the caller it failed.
+    /// Reads the lease and notes its version with the time on `clock` (this node's monotonic
+    /// clock, read after the file), so that a holder that stops renewing is timed from its last
+    /// write, not from when this node next looks. A node that does not hold the lease calls it on
+    /// every tick. `duration_ms`: this node's lease duration, the least it waits.
+    pub fn observe(&self, clock: Clock, duration_ms: u64) -> Result<Option<Seen>, WitnessError> {
+        self.check_dir()?;
+        let lease = self.read_lease()?;
+        let now_ms = clock();
+        Ok(lease.map(|lease| self.judge(lease, now_ms, duration_ms)))
+    }
+
+    /// Takes the lease for `duration_ms` if it is free (none, released, or the other node's seen
+    /// unchanged for a full lease duration of this node's clock) or already ours (renewal),
+    /// recording `epoch`. `clock` is this node's monotonic clock: a lease of ours is counted from
+    /// before anything is written, the other node's from after its lease was read. Returns the lease
+    /// now in force: ours, or the other holder's, which tells the caller it failed.
     ///
-    /// A renewal never moves the expiry earlier: the holder may already count on the old one.
-    ///
-    /// A corrupt lease file counts as expired and is overwritten (with a warning): the witness keeps
+    /// A corrupt lease file counts as free and is overwritten (with a warning): the witness keeps
     /// nothing worth more than the lease itself, and refusing would leave the cluster without a vote
     /// until an operator cleaned up. Lease files are only written whole, so corruption means something
     /// outside this protocol wrote there.
@@ -144,27 +202,38 @@ impl Witness {
     /// (`Unavailable`), and a local directory in its place would be a witness only one node sees.
     pub fn acquire(
         &self,
-        now_ms: u64,
+        clock: Clock,
         duration_ms: u64,
         epoch: u64,
         note: Option<&BTreeMap<String, u64>>,
-    ) -> Result<Lease, WitnessError> {
+    ) -> Result<Seen, WitnessError> {
+        let start_ms = clock();
         self.check_dir()?;
-        let lock = self.lock(now_ms)?;
+        let lock = self.lock(clock)?;
         let current = match self.read_lease() {
             Ok(current) => current,
             Err(WitnessError::Corrupt { path, reason }) => {
                 warn!(
                     path = %path.display(), %reason, node = %self.node,
-                    "corrupt witness lease counts as expired; overwriting it"
+                    "corrupt witness lease counts as free; overwriting it"
                 );
                 None
             }
             Err(e) => return Err(e),
         };
-        let until = now_ms.saturating_add(duration_ms);
+        let now_ms = clock();
+        if let Some(lease) = current.clone().filter(|l| l.holder != self.node) {
+            let seen = self.judge(lease, now_ms, duration_ms);
+            if now_ms < seen.until_ms {
+                return Ok(seen);
+            }
+            debug!(
+                node = %self.node, from = %seen.lease.holder, epoch,
+                released = seen.lease.released, "taking the witness lease"
+            );
+        }
         // The highest epoch ever active stays recorded, with its note, whoever holds the lease.
-        let carry = |prev: Option<&Lease>| match prev {
+        let (epoch, last_log_generated) = match &current {
             Some(p) => (
                 epoch.max(p.epoch),
                 note.cloned()
@@ -172,51 +241,37 @@ impl Witness {
             ),
             None => (epoch, note.cloned().unwrap_or_default()),
         };
-        let next = match current {
-            Some(lease) if lease.holder == self.node => {
-                let (epoch, last_log_generated) = carry(Some(&lease));
-                Lease {
-                    holder: lease.holder,
-                    epoch,
-                    expires_ms: lease.expires_ms.max(until),
-                    last_log_generated,
-                }
-            }
-            Some(lease) if now_ms < lease.expires_ms => return Ok(lease),
-            previous => {
-                if let Some(previous) = &previous {
-                    debug!(
-                        node = %self.node, from = %previous.holder, epoch,
-                        "taking the expired witness lease"
-                    );
-                }
-                let (epoch, last_log_generated) = carry(previous.as_ref());
-                Lease {
-                    holder: self.node.clone(),
-                    epoch,
-                    expires_ms: until,
-                    last_log_generated,
-                }
-            }
+        let next = Lease {
+            holder: self.node.clone(),
+            epoch,
+            version: current.as_ref().map_or(0, |c| c.version) + 1,
+            duration_ms,
+            released: false,
+            last_log_generated,
         };
         lock.verify()?;
         self.write_lease(&next)?;
-        Ok(next)
+        Ok(Seen {
+            lease: next,
+            until_ms: start_ms.saturating_add(duration_ms),
+        })
     }
 
     /// Gives the lease up if we hold it (scheduled move, clean shutdown), so the other node can take it
-    /// at once instead of waiting for the expiry. The caller must have stopped acting as holder first.
+    /// at once instead of waiting out a lease duration. The caller must have stopped acting as holder
+    /// first.
     ///
-    /// The lease stays on file with its expiry set to `now_ms` (the last holder stays visible); the
-    /// other node can take it from `now_ms` on. No lease, another node's lease or a corrupt file: there
-    /// is nothing of ours to give up, so nothing is written.
-    pub fn release(&self, now_ms: u64) -> Result<(), WitnessError> {
+    /// The lease stays on file, marked released (the last holder stays visible). No lease, another
+    /// node's lease, one already released or a corrupt file: there is nothing of ours to give up, so
+    /// nothing is written.
+    pub fn release(&self, clock: Clock) -> Result<(), WitnessError> {
         self.check_dir()?;
-        let lock = self.lock(now_ms)?;
+        let lock = self.lock(clock)?;
         match self.read_lease() {
-            Ok(Some(lease)) if lease.holder == self.node && now_ms < lease.expires_ms => {
+            Ok(Some(lease)) if lease.holder == self.node && !lease.released => {
                 let released = Lease {
-                    expires_ms: now_ms,
+                    version: lease.version + 1,
+                    released: true,
                     ..lease
                 };
                 lock.verify()?;
@@ -232,6 +287,33 @@ impl Witness {
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// What `lease` means to this node at `now_ms`. Released: free now. Ours: nothing to count on
+    /// from a read (after a restart, say); only a write of ours starts a lease duration, so
+    /// [`Self::acquire`] renews it. The other node's: free once this node has seen the same version
+    /// for the longer of the lease's duration and its own.
+    fn judge(&self, lease: Lease, now_ms: u64, duration_ms: u64) -> Seen {
+        let until_ms = if lease.released || lease.holder == self.node {
+            now_ms
+        } else {
+            let key = (lease.holder.clone(), lease.version);
+            let mut memory = self.memory();
+            let since = match &memory.lease {
+                Some((seen, since)) if *seen == key => *since,
+                _ => {
+                    memory.lease = Some((key, now_ms));
+                    now_ms
+                }
+            };
+            since.saturating_add(duration_ms.max(lease.duration_ms))
+        };
+        Seen { lease, until_ms }
+    }
+
+    fn memory(&self) -> MutexGuard<'_, Memory> {
+        // The memory is two plain values, consistent after any panic in between.
+        self.memory.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn lease_path(&self) -> PathBuf {
@@ -309,18 +391,18 @@ impl Witness {
     }
 
     /// Takes the witness lock, breaking it first if it was left by a crashed node.
-    fn lock(&self, now_ms: u64) -> Result<LockGuard, WitnessError> {
-        if let Some(guard) = self.try_lock(now_ms)? {
+    fn lock(&self, clock: Clock) -> Result<LockGuard, WitnessError> {
+        if let Some(guard) = self.try_lock()? {
             return Ok(guard);
         }
-        if !self.break_if_stale(now_ms)? {
+        if !self.break_if_stale(clock)? {
             return Err(WitnessError::Busy);
         }
-        self.try_lock(now_ms)?.ok_or(WitnessError::Busy)
+        self.try_lock()?.ok_or(WitnessError::Busy)
     }
 
     /// Creates the lock file (`None` if it exists).
-    fn try_lock(&self, now_ms: u64) -> Result<Option<LockGuard>, WitnessError> {
+    fn try_lock(&self) -> Result<Option<LockGuard>, WitnessError> {
         let path = self.lock_path();
         let mut file = match OpenOptions::new().write(true).create_new(true).open(&path) {
             Ok(file) => file,
@@ -329,7 +411,6 @@ impl Witness {
         };
         let info = LockInfo {
             node: self.node.clone(),
-            created_ms: now_ms,
             seq: format!(
                 "{}-{}",
                 std::process::id(),
@@ -345,29 +426,32 @@ impl Witness {
         Ok(Some(LockGuard { path, content }))
     }
 
-    /// Removes the lock if it is at least `stale_lock_ms` old; true if the lock is gone (so it is worth
-    /// trying to take it again).
+    /// Removes the lock if this node has seen the same lock (content) for `stale_lock_ms` of its own
+    /// clock; true if the lock is gone (so it is worth trying to take it again). A lock without
+    /// content (its node crashed between creating and writing it) ages the same way.
     ///
     /// The lock is renamed aside rather than deleted, then compared with what was judged stale: if the
     /// other node released it and took a fresh one in between, the fresh one is linked back (a hard link
     /// never replaces an existing file) and we report it still taken.
-    fn break_if_stale(&self, now_ms: u64) -> Result<bool, WitnessError> {
+    fn break_if_stale(&self, clock: Clock) -> Result<bool, WitnessError> {
         let path = self.lock_path();
         let seen = match fs::read(&path) {
             Ok(seen) => seen,
             Err(e) if e.kind() == ErrorKind::NotFound => return Ok(true),
             Err(e) => return Err(unavailable(&path, &e)),
         };
-        // A lock without readable content was left by a node that crashed between creating and writing
-        // it; its file time stands in for the missing `created_ms`.
-        let created_ms = match serde_json::from_slice::<LockInfo>(&seen) {
-            Ok(info) => info.created_ms,
-            Err(_) => match modified_ms(&path) {
-                Some(ms) => ms,
-                None => return Ok(false),
-            },
+        let now_ms = clock();
+        let since = {
+            let mut memory = self.memory();
+            match &memory.lock {
+                Some((content, since)) if *content == seen => *since,
+                _ => {
+                    memory.lock = Some((seen.clone(), now_ms));
+                    now_ms
+                }
+            }
         };
-        if now_ms < created_ms.saturating_add(self.stale_lock_ms) {
+        if now_ms < since.saturating_add(self.stale_lock_ms) {
             return Ok(false);
         }
         let aside = self.own_path(LOCK_FILE, "stale");
@@ -390,8 +474,9 @@ impl Witness {
             return Err(unavailable(&aside, &e));
         }
         if same {
+            self.memory().lock = None;
             warn!(
-                node = %self.node, created_ms, now_ms,
+                node = %self.node, seen_for_ms = now_ms - since,
                 "broke a stale witness lock left by a crashed node"
             );
         }
@@ -432,12 +517,6 @@ impl Drop for LockGuard {
     }
 }
 
-/// True if `lease` lets `node` act as its holder at `now_ms`: it is `node`'s and more than `safety_ms`
-/// remain, which covers clock skew and the delay between this check and the next.
-pub fn holds(lease: &Lease, node: &str, now_ms: u64, safety_ms: u64) -> bool {
-    lease.holder == node && now_ms.saturating_add(safety_ms) < lease.expires_ms
-}
-
 fn unavailable(path: &Path, e: &io::Error) -> WitnessError {
     WitnessError::Unavailable {
         path: path.to_path_buf(),
@@ -445,328 +524,5 @@ fn unavailable(path: &Path, e: &io::Error) -> WitnessError {
     }
 }
 
-/// The file's modification time in ms since the Unix epoch, if the file system gives one.
-fn modified_ms(path: &Path) -> Option<u64> {
-    let modified = fs::metadata(path).and_then(|meta| meta.modified()).ok()?;
-    let since = modified.duration_since(UNIX_EPOCH).ok()?;
-    u64::try_from(since.as_millis()).ok()
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    use std::sync::Barrier;
-
-    use tempfile::TempDir;
-
-    type TestResult = Result<(), Box<dyn std::error::Error>>;
-
-    const A: &str = "node-a";
-    const B: &str = "node-b";
-
-    fn share() -> Result<TempDir, io::Error> {
-        tempfile::tempdir()
-    }
-
-    fn files(dir: &Path) -> Result<Vec<String>, io::Error> {
-        let mut names = fs::read_dir(dir)?
-            .map(|entry| entry.map(|e| e.file_name().to_string_lossy().into_owned()))
-            .collect::<Result<Vec<_>, _>>()?;
-        names.sort();
-        Ok(names)
-    }
-
-    fn write_lock(dir: &Path, node: &str, created_ms: u64) -> Result<(), io::Error> {
-        let info = LockInfo {
-            node: node.to_string(),
-            created_ms,
-            seq: "crashed".to_string(),
-        };
-        fs::write(dir.join(LOCK_FILE), serde_json::to_vec(&info)?)
-    }
-
-    #[test]
-    fn acquire_free_gives_us_the_lease_and_leaves_only_the_lease_file() -> TestResult {
-        let dir = share()?;
-        let a = Witness::new(dir.path(), A);
-        assert_eq!(a.read()?, None);
-        let lease = a.acquire(1_000, 500, 3, None)?;
-        let ours = Lease {
-            holder: A.to_string(),
-            epoch: 3,
-            expires_ms: 1_500,
-            last_log_generated: BTreeMap::new(),
-        };
-        assert_eq!(lease, ours);
-        assert_eq!(a.read()?, Some(ours));
-        assert_eq!(files(dir.path())?, vec![LEASE_FILE.to_string()]);
-        Ok(())
-    }
-
-    #[test]
-    fn other_node_cannot_take_before_expiry_but_can_at_it() -> TestResult {
-        let dir = share()?;
-        let a = Witness::new(dir.path(), A);
-        let b = Witness::new(dir.path(), B);
-        let a_lease = a.acquire(1_000, 500, 1, None)?;
-
-        let seen = b.acquire(1_499, 500, 2, None)?;
-        assert_eq!(seen, a_lease, "b must get a's lease back, not its own");
-        assert!(!holds(&seen, B, 1_499, 0));
-        assert_eq!(a.read()?, Some(a_lease));
-
-        let taken = b.acquire(1_500, 500, 2, None)?;
-        assert_eq!(taken.holder, B);
-        assert_eq!(taken.expires_ms, 2_000);
-        assert!(holds(&taken, B, 1_500, 100));
-        assert_eq!(a.read()?, Some(taken));
-        Ok(())
-    }
-
-    #[test]
-    fn renewal_extends_and_never_shortens() -> TestResult {
-        let dir = share()?;
-        let a = Witness::new(dir.path(), A);
-        let b = Witness::new(dir.path(), B);
-        a.acquire(1_000, 500, 1, None)?;
-        assert_eq!(a.acquire(1_200, 500, 1, None)?.expires_ms, 1_700);
-        assert_eq!(
-            b.acquire(1_600, 500, 2, None)?.holder,
-            A,
-            "renewed lease must still be in force"
-        );
-        assert_eq!(
-            a.acquire(1_100, 100, 1, None)?.expires_ms,
-            1_700,
-            "late renewal must not shorten"
-        );
-        assert_eq!(b.acquire(1_700, 500, 2, None)?.holder, B);
-        Ok(())
-    }
-
-    #[test]
-    fn release_lets_the_other_node_take_it_at_once() -> TestResult {
-        let dir = share()?;
-        let a = Witness::new(dir.path(), A);
-        let b = Witness::new(dir.path(), B);
-        a.acquire(1_000, 500, 1, None)?;
-        b.release(1_050)?;
-        assert_eq!(
-            a.read()?.map(|l| l.holder),
-            Some(A.to_string()),
-            "b cannot release a's lease"
-        );
-        assert_eq!(b.acquire(1_050, 500, 2, None)?.holder, A);
-
-        a.release(1_100)?;
-        let released = a.read()?.ok_or("released lease vanished")?;
-        assert_eq!(released.expires_ms, 1_100);
-        assert!(!holds(&released, A, 1_100, 0));
-        let taken = b.acquire(1_100, 500, 2, None)?;
-        assert_eq!(taken.holder, B);
-        assert_eq!(taken.expires_ms, 1_600);
-        Ok(())
-    }
-
-    #[test]
-    fn epoch_is_recorded() -> TestResult {
-        let dir = share()?;
-        let a = Witness::new(dir.path(), A);
-        a.acquire(1_000, 500, 7, None)?;
-        assert_eq!(a.read()?.map(|l| l.epoch), Some(7));
-        a.acquire(1_100, 500, 8, None)?;
-        assert_eq!(a.read()?.map(|l| l.epoch), Some(8));
-        Ok(())
-    }
-
-    #[test]
-    fn missing_directory_is_unavailable_and_is_not_created() -> TestResult {
-        let root = share()?;
-        let dir = root.path().join("share");
-        let a = Witness::new(&dir, A);
-        assert!(matches!(a.read(), Err(WitnessError::Unavailable { .. })));
-        assert!(matches!(
-            a.acquire(1_000, 500, 1, None),
-            Err(WitnessError::Unavailable { .. })
-        ));
-        assert!(matches!(
-            a.release(1_000),
-            Err(WitnessError::Unavailable { .. })
-        ));
-        assert!(!dir.exists());
-        assert!(files(root.path())?.is_empty());
-        Ok(())
-    }
-
-    #[test]
-    fn stale_lock_is_broken_fresh_lock_is_busy() -> TestResult {
-        let dir = share()?;
-        let a = Witness::new(dir.path(), A);
-        write_lock(dir.path(), B, 1_000)?;
-        assert!(matches!(
-            a.acquire(1_000, 500, 1, None),
-            Err(WitnessError::Busy)
-        ));
-        assert!(matches!(a.release(2_999), Err(WitnessError::Busy)));
-        assert!(matches!(
-            a.acquire(2_999, 500, 1, None),
-            Err(WitnessError::Busy)
-        ));
-        assert_eq!(a.read()?, None, "a busy acquire must not write");
-
-        assert_eq!(a.acquire(3_000, 500, 1, None)?.holder, A);
-        assert_eq!(files(dir.path())?, vec![LEASE_FILE.to_string()]);
-        Ok(())
-    }
-
-    #[test]
-    fn empty_lock_ages_by_its_file_time() -> TestResult {
-        let dir = share()?;
-        let a = Witness::new(dir.path(), A);
-        fs::write(dir.path().join(LOCK_FILE), b"")?;
-        let made = modified_ms(&dir.path().join(LOCK_FILE)).ok_or("no file time")?;
-        assert!(matches!(
-            a.acquire(made, 500, 1, None),
-            Err(WitnessError::Busy)
-        ));
-        let now = made + DEFAULT_STALE_LOCK_MS;
-        assert_eq!(a.acquire(now, 500, 1, None)?.holder, A);
-        Ok(())
-    }
-
-    #[test]
-    fn corrupt_lease_is_reported_then_overwritten_by_acquire() -> TestResult {
-        let dir = share()?;
-        let a = Witness::new(dir.path(), A);
-        let b = Witness::new(dir.path(), B);
-        fs::write(
-            dir.path().join(LEASE_FILE),
-            b"{\"holder\": \"node-b\", \"epo",
-        )?;
-        assert!(matches!(a.read(), Err(WitnessError::Corrupt { .. })));
-        b.release(1_000)?;
-        assert!(
-            matches!(a.read(), Err(WitnessError::Corrupt { .. })),
-            "release must not touch it"
-        );
-
-        let lease = a.acquire(1_000, 500, 4, None)?;
-        assert_eq!(lease.holder, A);
-        assert_eq!(a.read()?, Some(lease));
-        Ok(())
-    }
-
-    /// Retries `op` while the other node holds the lock (as a node would on its next tick), so every
-    /// attempt has an outcome; bounded, so a lock that is never freed fails the test, not hangs it.
-    fn past_busy<T>(mut op: impl FnMut() -> Result<T, WitnessError>) -> Result<T, WitnessError> {
-        for _ in 0..1_000_000 {
-            match op() {
-                Err(WitnessError::Busy) => std::thread::yield_now(),
-                done => return done,
-            }
-        }
-        Err(WitnessError::Busy)
-    }
-
-    /// Two nodes race for the lease in rounds on a shared logical clock, renewing, releasing now and
-    /// then, and each records the spans it believed itself holder ([`holds`] with the safety margin,
-    /// cut short by a release). No two spans of different nodes may overlap.
-    #[test]
-    fn two_nodes_hammering_never_both_hold() -> TestResult {
-        const ITERATIONS: u64 = 400;
-        const DURATION: u64 = 20;
-        const SAFETY: u64 = 3;
-        let dir = share()?;
-        let clock = AtomicU64::new(1);
-        let barrier = Barrier::new(2);
-
-        let run = |node: &str| -> Result<Vec<(u64, u64)>, WitnessError> {
-            let witness = Witness::new(dir.path(), node);
-            let mut spans: Vec<(u64, u64)> = Vec::new();
-            let mut failure = None;
-            barrier.wait();
-            for i in 0..ITERATIONS {
-                if failure.is_none() {
-                    let now = clock.fetch_add(1, Ordering::SeqCst);
-                    match past_busy(|| witness.acquire(now, DURATION, i, None)) {
-                        Ok(lease) if holds(&lease, node, now, SAFETY) => {
-                            spans.push((now, lease.expires_ms - SAFETY));
-                            if spans.len() % 10 == 0 {
-                                let now = clock.fetch_add(1, Ordering::SeqCst);
-                                match past_busy(|| witness.release(now)) {
-                                    Ok(()) => spans.iter_mut().for_each(|s| s.1 = s.1.min(now)),
-                                    Err(e) => failure = Some(e),
-                                }
-                            }
-                        }
-                        Ok(_) => {}
-                        Err(e) => failure = Some(e),
-                    }
-                }
-                // Both nodes race again in the next round, however the threads are scheduled; a node
-                // that failed keeps turning up so the other is not left waiting.
-                barrier.wait();
-            }
-            failure.map_or(Ok(spans), Err)
-        };
-        let (spans_a, spans_b) = std::thread::scope(|s| {
-            let a = s.spawn(|| run(A));
-            let b = s.spawn(|| run(B));
-            (a.join(), b.join())
-        });
-        let spans_a = spans_a.map_err(|_| "node-a thread panicked")??;
-        let spans_b = spans_b.map_err(|_| "node-b thread panicked")??;
-
-        // Live locks are never judged stale here: the whole run spans less than stale_lock_ms.
-        assert!(clock.load(Ordering::SeqCst) < DEFAULT_STALE_LOCK_MS);
-        assert!(
-            !spans_a.is_empty() && !spans_b.is_empty(),
-            "both nodes must have held the lease"
-        );
-        for a in &spans_a {
-            for b in &spans_b {
-                assert!(a.1 <= b.0 || b.1 <= a.0, "both held: a {a:?}, b {b:?}");
-            }
-        }
-        Ok(())
-    }
-
-    #[test]
-    fn highest_epoch_and_its_note_survive_a_takeover_without_a_mount() -> TestResult {
-        let dir = tempfile::tempdir()?;
-        let a = Witness::new(dir.path(), A);
-        let b = Witness::new(dir.path(), B);
-        let note = BTreeMap::from([("SG1".to_string(), 42)]);
-        a.acquire(1_000, 500, 7, Some(&note))?;
-        // B takes the expired lease as a candidate (its own epoch is lower, no note of its own).
-        let taken = b.acquire(2_000, 500, 3, None)?;
-        assert_eq!(taken.holder, B);
-        assert_eq!(taken.epoch, 7, "the highest epoch stays recorded");
-        assert_eq!(
-            taken.last_log_generated, note,
-            "the active node's note is carried over"
-        );
-        // Once B is active it writes its own note.
-        let own = BTreeMap::from([("SG1".to_string(), 45)]);
-        assert_eq!(
-            b.acquire(2_100, 500, 8, Some(&own))?.last_log_generated,
-            own
-        );
-        Ok(())
-    }
-
-    #[test]
-    fn holds_needs_the_holder_and_the_safety_margin() {
-        let lease = Lease {
-            holder: A.to_string(),
-            epoch: 1,
-            expires_ms: 1_500,
-            last_log_generated: BTreeMap::new(),
-        };
-        assert!(holds(&lease, A, 1_399, 100));
-        assert!(!holds(&lease, A, 1_400, 100));
-        assert!(!holds(&lease, B, 1_000, 0));
-        assert!(!holds(&lease, A, u64::MAX, 0));
-    }
-}
+mod tests;

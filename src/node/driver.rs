@@ -11,9 +11,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use super::MailboxNode;
-use crate::clock::{mono_ms, now_ms};
+use crate::clock::mono_ms;
 use crate::cluster::machine::{Action, Heartbeat, LeaseView, Role};
-use crate::cluster::witness::WitnessError;
+use crate::cluster::witness::{Seen, WitnessError};
 
 /// How often the driver ticks and sends a heartbeat.
 const HEARTBEAT_EVERY: Duration = Duration::from_millis(200);
@@ -139,6 +139,15 @@ impl MailboxNode {
                 return;
             }
         }
+        let holder = self
+            .machine()
+            .lease()
+            .is_some_and(|l| l.holder == self.name);
+        let observed = if holder {
+            Observed::Nothing
+        } else {
+            self.observe().await
+        };
         let copied = self.copied();
         let generated = self.generated();
         let actions = {
@@ -147,7 +156,11 @@ impl MailboxNode {
             if *m.role() == Role::Active {
                 m.on_generated(generated);
             }
-            m.on_tick(mono_ms())
+            match observed {
+                Observed::Lease(view) => m.on_lease(mono_ms(), Some(view)),
+                Observed::Unreachable => m.on_lease(mono_ms(), None),
+                Observed::Nothing => m.on_tick(mono_ms()),
+            }
         };
         self.execute(actions).await;
     }
@@ -228,7 +241,7 @@ impl MailboxNode {
     /// Gives the witness lease up (the machine forgets it once the witness has it).
     async fn release_lease(&self) {
         let w = self.witness.clone();
-        match tokio::task::spawn_blocking(move || w.release(now_ms())).await {
+        match tokio::task::spawn_blocking(move || w.release(&mono_ms)).await {
             Ok(Ok(())) => self.machine().on_released(),
             Ok(Err(e)) => {
                 warn!(node = %self.name, error = %e, "could not release the witness lease")
@@ -243,30 +256,47 @@ impl MailboxNode {
         let note = (*self.machine().role() == Role::Active).then(|| self.generated());
         let w = self.witness.clone();
         let duration = self.timing.lease_duration;
-        // The lease file holds wall-clock times (both nodes read it); this node counts on it by
-        // its own monotonic clock, from before the call: our lease lasts `duration` from then.
-        let (wall, mono) = (now_ms(), mono_ms());
-        let result =
-            tokio::task::spawn_blocking(move || w.acquire(wall, duration, epoch, note.as_ref()))
-                .await;
+        let result = tokio::task::spawn_blocking(move || {
+            w.acquire(&mono_ms, duration, epoch, note.as_ref())
+        })
+        .await;
         match result {
-            Ok(Ok(l)) => Some(Some(LeaseView {
-                holder: l.holder,
-                expires_ms: mono + l.expires_ms.saturating_sub(wall),
-                epoch: l.epoch,
-                generated: l.last_log_generated,
-            })),
+            Ok(Ok(seen)) => Some(Some(lease_view(seen))),
             Ok(Err(WitnessError::Busy)) => None,
             Ok(Err(e)) => {
-                if self.machine().witness_ok() {
-                    warn!(node = %self.name, error = %e, "witness unavailable");
-                }
+                self.witness_failed(e);
                 Some(None)
             }
             Err(e) => {
                 warn!(node = %self.name, error = %e, "witness task failed");
                 Some(None)
             }
+        }
+    }
+
+    /// Reads the lease without writing, so that the other node's last renewal is timed from when it
+    /// happened (within a tick), not from when this node next needs the lease.
+    async fn observe(&self) -> Observed {
+        let w = self.witness.clone();
+        let duration = self.timing.lease_duration;
+        match tokio::task::spawn_blocking(move || w.observe(&mono_ms, duration)).await {
+            Ok(Ok(Some(seen))) => Observed::Lease(lease_view(seen)),
+            Ok(Ok(None)) => Observed::Nothing,
+            Ok(Err(e)) => {
+                self.witness_failed(e);
+                Observed::Unreachable
+            }
+            Err(e) => {
+                warn!(node = %self.name, error = %e, "witness task failed");
+                Observed::Unreachable
+            }
+        }
+    }
+
+    /// Logs a witness failure once (while the machine still thinks the witness answers).
+    fn witness_failed(&self, e: WitnessError) {
+        if self.machine().witness_ok() {
+            warn!(node = %self.name, error = %e, "witness unavailable");
         }
     }
 
@@ -429,4 +459,24 @@ impl MailboxNode {
             Err("the state machine refused to mount".into())
         }
     }
+}
+
+/// The machine's view of a lease the witness returned: times are already on this node's clock.
+fn lease_view(seen: Seen) -> LeaseView {
+    LeaseView {
+        holder: seen.lease.holder,
+        expires_ms: seen.until_ms,
+        epoch: seen.lease.epoch,
+        generated: seen.lease.last_log_generated,
+    }
+}
+
+/// What a read of the witness found, for a node that does not hold the lease.
+enum Observed {
+    /// The lease on file.
+    Lease(LeaseView),
+    /// No lease yet (or this node holds it and did not look).
+    Nothing,
+    /// The share did not answer.
+    Unreachable,
 }
