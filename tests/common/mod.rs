@@ -296,6 +296,11 @@ pub struct Proc {
 
 impl Proc {
     pub fn start(config: &Path, data: &Path, args: &[&str]) -> Proc {
+        Proc::start_env(config, data, args, &[])
+    }
+
+    /// [`Proc::start`] with extra environment variables (a preloaded fake clock, say).
+    pub fn start_env(config: &Path, data: &Path, args: &[&str], env: &[(&str, &Path)]) -> Proc {
         std::fs::create_dir_all(data).expect("data dir");
         let stderr = data.join(format!(
             "{}-{}.log",
@@ -308,6 +313,7 @@ impl Proc {
             .arg(config)
             .arg("--data")
             .arg(data)
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&stderr).expect("log file"))
             .spawn()
