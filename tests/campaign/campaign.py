@@ -45,7 +45,11 @@ KINDS = [
     "lossy-failover",
     "sigterm-active",
     "disk-full",
+    "clock-step",
 ]
+# How long libfaketime keeps a role's clock offset before it reads its file again (seconds): a step
+# takes effect within this, and no role reads a file on every clock call.
+CLOCK_CACHE_S = 1
 ACK_LINE = re.compile(r"^(\S+)\s+INFO\s.*\backnowledged\b.*\bnode=(\S+).*\bepoch=(\d+)")
 
 
@@ -102,6 +106,28 @@ class Site:
         self.procs = {}
         self.paused = set()
         self.mounts = []
+        self.faketime = None
+
+    def use_faketime(self):
+        """Starts every role under libfaketime, its wall clock shifted by the offset in a file of its
+        own (`step_clock`), its monotonic clock untouched. Returns why not, if it cannot."""
+        script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "clocks",
+                              "install-faketime.sh")
+        r = subprocess.run(["bash", script], capture_output=True)
+        if r.returncode != 0:
+            return r.stderr.decode().strip() or f"install-faketime.sh exited {r.returncode}"
+        self.faketime = r.stdout.decode().strip()
+        for name in self.addr:
+            self.step_clock(name, "+0")
+        return None
+
+    def clock_file(self, name):
+        return os.path.join(self.dir, f"clock-{name}")
+
+    def step_clock(self, name, offset):
+        """Sets `name`'s wall clock to real time + `offset` (libfaketime syntax: `+1h`, `-1h`, `+0`)."""
+        with open(self.clock_file(name), "w") as f:
+            f.write(offset + "\n")
 
     def mount_logs(self):
         """Puts each node's log directory on a filesystem of its own that `fill` can fill up.
@@ -145,10 +171,14 @@ class Site:
     def start(self, name):
         role = "hub" if name.startswith("hub") else "node"
         err = open(self.log(name), "ab")
+        env = dict(os.environ)
+        if self.faketime:
+            env.update(LD_PRELOAD=self.faketime, FAKETIME_TIMESTAMP_FILE=self.clock_file(name),
+                       FAKETIME_CACHE_DURATION=str(CLOCK_CACHE_S), DONT_FAKE_MONOTONIC="1")
         proc = subprocess.Popen(
             [self.bin, role, "--name", name, "--config", self.config, "--data",
              os.path.join(self.dir, "data")],
-            stdout=subprocess.PIPE, stderr=err, start_new_session=True,
+            stdout=subprocess.PIPE, stderr=err, start_new_session=True, env=env,
         )
         err.close()
         ready = threading.Event()
@@ -349,6 +379,28 @@ def inject(site, kind, rng, note):
                 note("disk-full: persistent variant not injected (build with --features fault-injection)")
         finally:
             os.remove(switch)
+    elif kind == "clock-step":
+        if not site.faketime:
+            note("clock-step: skipped, libfaketime is not available")
+            return
+        # Any role, the active most often: its wall clock an hour off for a few seconds (NTP, an
+        # operator's `date -s`, a restored VM), then right again.
+        target = rng.choice([active, active, passive, "hub1", "hub2"])
+        site.step_clock(target, rng.choice(["+1h", "-1h"]))
+        time.sleep(rng.uniform(2, 5))
+        site.step_clock(target, "+0")
+        if target == active and rng.random() < 0.5:
+            # Then the active crashes: the passive must take over within the lease time, not
+            # after the hour the stepped clock wrote (sequence 1 of the issue about real hosts).
+            time.sleep(CLOCK_CACHE_S + 0.5)
+            site.kill9(active)
+            started = time.time()
+            site.wait_active(30)
+            took = time.time() - started
+            note(f"clock-step: failover after the step took {took:.1f}s")
+            if took > 12:
+                raise Failure(f"failover after a clock step on {active} took {took:.1f}s")
+            site.start(active)
     elif kind == "sigterm-active":
         site.terminate(active)
         site.start(active)
@@ -504,6 +556,10 @@ def run(args, kinds, seed):
             why = site.mount_logs()
             if why:
                 notes.append(f"disk-full skipped: {why}")
+        if "clock-step" in kinds:
+            why = site.use_faketime()
+            if why:
+                notes.append(f"clock-step skipped: {why}")
         for n in ("node1", "node2", "hub1", "hub2"):
             site.start(n)
         site.wait_active()
