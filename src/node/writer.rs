@@ -289,7 +289,7 @@ impl Thread {
             if self.published.failure().is_none() {
                 error!(storage_group = %self.sg, epoch = self.epoch, error = %e, "transaction log write failed; deliveries refused with 451 until the log is reopened");
             }
-            self.set_failed(Some(e.to_string()));
+            self.set_failed(Some(e.root_cause()));
             // Recovery decides what of the batch reached the disk; none of it is acknowledged.
             self.log = None;
         }

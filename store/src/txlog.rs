@@ -131,6 +131,17 @@ pub enum TxLogError {
     },
 }
 
+impl TxLogError {
+    /// What first went wrong: an error about an earlier failure names that failure, not itself,
+    /// so reporting a failure again and again never wraps it in itself.
+    pub fn root_cause(&self) -> String {
+        match self {
+            TxLogError::Poisoned { reason, .. } => reason.clone(),
+            other => other.to_string(),
+        }
+    }
+}
+
 /// The active node's log: appends, group commit, closing and rolling generations.
 #[derive(Debug)]
 pub struct TxLog {

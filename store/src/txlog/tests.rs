@@ -497,6 +497,14 @@ fn a_failed_close_poisons_the_log_until_reopened() {
         log.truncate_from(1),
         Err(TxLogError::Poisoned { .. })
     ));
+    // Reported again and again, the failure is named once: the first error, not the report of it.
+    let first = log.sync().expect_err("still poisoned").root_cause();
+    let again = TxLogError::Poisoned {
+        storage_group: "SG1".into(),
+        reason: first.clone(),
+    };
+    assert_eq!(again.root_cause(), first);
+    assert!(!first.contains("failed earlier"), "{first}");
 }
 
 #[test]
