@@ -1,6 +1,9 @@
 //! Time, at the bottom of every layer: the wall clock (what records, windows and retention are
 //! stamped with) and this process's monotonic clock (what timeouts and leases are measured with,
-//! so that a step of the wall clock stretches nothing), and how times are shown.
+//! so that a step of the wall clock stretches nothing), how times are shown, and resubmission
+//! windows ([`window`]), which live on the clock of the hub that serves them.
+
+pub mod window;
 
 use std::sync::OnceLock;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};

@@ -209,6 +209,115 @@ fn a_hub_down_during_failover_stays_outstanding_until_it_returns() {
     wait_no_outstanding(&site);
 }
 
+/// The SG2 entry of a `status`, `stats` or `health` document's storage-group list.
+fn sg2(list: &Value) -> Value {
+    list.as_array()
+        .and_then(|a| {
+            a.iter()
+                .find(|g| g["name"] == "SG2" || g["storage_group"] == "SG2")
+        })
+        .cloned()
+        .unwrap_or(Value::Null)
+}
+
+/// A hub that answers a resubmission request with an error (here: its site file lacks SG2, so it
+/// answers 404) is not a silent outstanding entry: `stats` lists it as refused, `status` shows the
+/// error under the storage group, and `health` FAILs naming the hub and its answer. Once the hub is
+/// fixed, the node's next ask is served and all of it clears by itself.
+#[test]
+fn a_hub_that_refuses_a_resubmission_request_fails_health_until_it_accepts() {
+    let _turn = one_at_a_time();
+    let site = site("GoodAvailability");
+    let text = std::fs::read_to_string(site.config()).expect("config");
+    let without_sg2 = site.dir.path().join("hub2-without-sg2.toml");
+    let sg2_block = "[[cms.storage_group]]\nname = \"SG2\"\nmailboxes = [\"carol@example.test\"]\n";
+    assert!(text.contains(sg2_block), "{text}");
+    std::fs::write(&without_sg2, text.replace(sg2_block, "")).expect("write config");
+    let mut procs = [
+        Some(site.start(&["node", "--name", "node1"])),
+        Some(site.start(&["node", "--name", "node2"])),
+        Some(site.start(&["hub", "--name", "hub1"])),
+        Some(site.start_with(&without_sg2, &["hub", "--name", "hub2"])),
+    ];
+    wait_status(&site, "node1 active", |v| active_is(v, "node1"));
+    let all = ids("refused", 0..20);
+    send_many(site.ports.hub1, &all);
+    wait_exactly(&site, &all);
+    wait_copied_up(&site);
+    procs[0].take().expect("node1").kill9();
+    let v = wait_status(&site, "hub2's refusal under SG2", |v| {
+        sg2(&v["storage_groups"])["resubmission_errors"]
+            .as_array()
+            .is_some_and(|e| e.iter().any(|e| e["hub"] == "hub2"))
+    });
+    let errors = sg2(&v["storage_groups"])["resubmission_errors"].clone();
+    assert_eq!(
+        errors.as_array().map(Vec::len),
+        Some(1),
+        "only hub2 refuses: {v:#}"
+    );
+    let error = errors[0]["error"].as_str().expect("error");
+    assert!(error.starts_with("404") && error.contains("SG2"), "{error}");
+    assert_eq!(errors[0]["node"], "node2", "{errors}");
+
+    let (code, health) = site.cli_json(&["health"]);
+    assert_eq!(code, 1, "a refused request fails health: {health:#}");
+    let lines: Vec<&Value> = health
+        .as_array()
+        .expect("checks")
+        .iter()
+        .filter(|c| c["check"] == "DumpsterResubmission" && c["result"] == "FAIL")
+        .collect();
+    assert_eq!(lines.len(), 1, "{health:#}");
+    let detail = lines[0]["detail"].as_str().expect("detail");
+    assert!(
+        detail.contains("hub2") && detail.contains("404"),
+        "{detail}"
+    );
+
+    let (code, stats) = site.cli_json(&["stats"]);
+    assert_eq!(code, 0, "{stats}");
+    let stats = sg2(&stats);
+    let hubs = |key: &str| -> Vec<Value> {
+        stats[key]
+            .as_array()
+            .map(|a| a.iter().map(|r| r["hub"].clone()).collect())
+            .unwrap_or_default()
+    };
+    assert_eq!(hubs("refused_dumpster_requests"), ["hub2"], "{stats:#}");
+    assert!(
+        !hubs("outstanding_dumpster_requests").contains(&Value::from("hub2")),
+        "a refused request is not listed as outstanding: {stats:#}"
+    );
+
+    // Fixed: hub2 with the whole site file. The node's next ask is served.
+    procs[3].take().expect("hub2").kill9();
+    procs[3] = Some(site.start(&["hub", "--name", "hub2"]));
+    wait_no_outstanding(&site);
+    let v = wait_status(&site, "the refusal cleared", |v| {
+        sg2(&v["storage_groups"])["resubmission_errors"]
+            .as_array()
+            .is_some_and(Vec::is_empty)
+    });
+    let (code, stats) = site.cli_json(&["stats", "--storage-group", "SG2"]);
+    assert_eq!(code, 0, "{stats}");
+    assert_eq!(
+        stats["refused_dumpster_requests"],
+        serde_json::json!([]),
+        "{stats:#}"
+    );
+    let (_, health) = site.cli_json(&["health"]);
+    assert!(
+        health
+            .as_array()
+            .expect("checks")
+            .iter()
+            .filter(|c| c["check"] == "DumpsterResubmission")
+            .all(|c| c["result"] == "PASS"),
+        "{health:#}\n{v:#}"
+    );
+}
+
 #[test]
 fn the_old_active_returns_as_passive_and_catches_up() {
     let _turn = one_at_a_time();

@@ -17,9 +17,11 @@ use crate::cluster::machine::{Heartbeat, Role};
 use crate::node::copy_admin::{CopyCommand, CopyRefused};
 use crate::node::outstanding::Takeover;
 use crate::node::replication::LogStatus;
+use crate::node::state::Outstanding;
 use crate::node::MailboxNode;
 use crate::wire::cluster::{
-    CopyBody, CopyCommandView, MoveBody, MoveResult, NodeStatus, OutstandingView, SgCopyStatus,
+    CopyBody, CopyCommandView, MoveBody, MoveResult, NodeStatus, OutstandingView,
+    ResubmissionError, SgCopyStatus,
 };
 
 /// Answers the peer's heartbeat with ours, after feeding it to the state machine.
@@ -47,7 +49,20 @@ pub async fn status(State(node): State<Arc<MailboxNode>>) -> Json<NodeStatus> {
 pub(crate) fn node_status(node: &MailboxNode) -> NodeStatus {
     let now = crate::clock::mono_ms();
     // Taken before the copies' lock: the state is never locked inside it.
-    let notes = node.state().copy_notes.clone();
+    let (notes, refused) = {
+        let st = node.state();
+        (
+            st.copy_notes.clone(),
+            resubmission_errors(node, &st.outstanding),
+        )
+    };
+    let refused_of = |sg: &str| -> Vec<ResubmissionError> {
+        refused
+            .iter()
+            .filter(|(s, _)| s == sg)
+            .map(|(_, e)| e.clone())
+            .collect()
+    };
     let note = |sg: &str| {
         notes.get(sg).map(|n| CopyCommandView {
             command: n.command.clone(),
@@ -91,6 +106,7 @@ pub(crate) fn node_status(node: &MailboxNode) -> NodeStatus {
                     let gen = c.remote_generated.max(copied);
                     SgCopyStatus {
                         copy_command: note(&sg),
+                        resubmission_errors: refused_of(&sg),
                         name: sg,
                         last_log_generated: gen,
                         last_log_copied: Some(copied),
@@ -108,6 +124,7 @@ pub(crate) fn node_status(node: &MailboxNode) -> NodeStatus {
                     SgCopyStatus {
                         last_log_generated: generated.get(&sg).copied().unwrap_or(0),
                         copy_command: note(&sg),
+                        resubmission_errors: refused_of(&sg),
                         name: sg,
                         last_log_copied: None,
                         last_log_replayed: None,
@@ -136,7 +153,31 @@ pub(crate) fn node_status(node: &MailboxNode) -> NodeStatus {
     }
 }
 
-/// Dumpster requests this node is still waiting on.
+/// Per storage group, the requests of `outstanding` that a hub refuses.
+fn resubmission_errors(
+    node: &MailboxNode,
+    outstanding: &[Outstanding],
+) -> Vec<(String, ResubmissionError)> {
+    outstanding
+        .iter()
+        .filter_map(|o| {
+            let r = o.refused.as_ref()?;
+            Some((
+                o.storage_group.clone(),
+                ResubmissionError {
+                    hub: o.hub.clone(),
+                    request: o.id.clone(),
+                    node: node.name.clone(),
+                    error: r.error.clone(),
+                    since: rfc3339(r.since_ms),
+                },
+            ))
+        })
+        .collect()
+}
+
+/// Dumpster requests this node is still waiting on, refused ones with the hub's error. Bounds
+/// are on the hub's clock: as the hub recorded them, or as asked until it answered.
 pub async fn outstanding(
     State(node): State<Arc<MailboxNode>>,
 ) -> Json<Vec<(String, OutstandingView)>> {
@@ -145,13 +186,18 @@ pub async fn outstanding(
         .outstanding
         .iter()
         .map(|o| {
+            let (low, high) = match &o.recorded {
+                Some(w) => (w.low.clone(), Some(w.high.clone())),
+                None => (rfc3339(o.hub_low_ms), None),
+            };
             (
                 o.storage_group.clone(),
                 OutstandingView {
                     hub: o.hub.clone(),
                     storage_group: o.storage_group.clone(),
-                    low: rfc3339(o.low_ms),
-                    high: rfc3339(o.high_ms),
+                    low,
+                    high,
+                    error: o.refused.as_ref().map(|r| r.error.clone()),
                 },
             )
         })

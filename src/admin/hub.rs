@@ -16,7 +16,7 @@ use super::{rejection, ApiError};
 use crate::clock::now_ms;
 use crate::clock::rfc3339;
 use crate::hub::metrics::HubState;
-use crate::hub::Hub;
+use crate::hub::{Hub, HubError};
 use crate::telemetry;
 use crate::wire::hub::{HubDumpsterStats, QueueSummary, ResubmitBody, ResubmitState, StatsQuery};
 
@@ -112,10 +112,11 @@ async fn resubmit(
     }
     known_sg(&hub, &b.storage_group)?;
     let low = parse_time("low", &b.low)?;
-    let high = parse_time("high", &b.high)?;
-    if low > high {
-        return Err(ApiError::bad_request("`low` is after `high`"));
-    }
+    let high = b
+        .high
+        .as_deref()
+        .map(|v| parse_time("high", v))
+        .transpose()?;
     if let Some(rcpt) = &b.recipient {
         let sg = hub.site.route(rcpt).map(|r| r.storage_group);
         if sg.as_deref() != Some(b.storage_group.as_str()) {
@@ -137,7 +138,10 @@ async fn resubmit(
     let r = hub
         .resubmit(&b.id, &b.storage_group, (low, high), &filter)
         .await
-        .map_err(ApiError::internal)?;
+        .map_err(|e| match e {
+            HubError::Window(w) => ApiError::bad_request(w.to_string()),
+            e => ApiError::internal(e),
+        })?;
     Ok(Json(state(&hub, r)))
 }
 

@@ -89,6 +89,12 @@ pub async fn status(site: &Site, cms: Option<&str>, json: bool) -> Result<(), Fa
                     c.command, c.node, c.at
                 );
             }
+            for e in &g.resubmission_errors {
+                println!(
+                    "    resubmission refused by {} since {} (request {} of {}): {}",
+                    e.hub, e.since, e.request, e.node, e.error
+                );
+            }
         }
     }
     Ok(())
@@ -223,6 +229,7 @@ pub async fn health(site: &Site, json: bool) -> Result<(), Failure> {
                     format!("{sg}: copy queue {q} logs"),
                 ),
             });
+            checks.extend(resubmission_checks(g));
             // Only a passive copy's own report says how long it has been behind.
             if g.last_log_copied.is_some() {
                 checks.push(dumpster_time_check(site, g));
@@ -265,6 +272,31 @@ pub async fn health(site: &Site, json: bool) -> Result<(), Failure> {
     } else {
         Ok(())
     }
+}
+
+/// One FAIL per resubmission request a hub refuses: what only its dumpster holds of a lossy
+/// failover stays lost until it accepts (the node asks again every round).
+fn resubmission_checks(g: &SgCopyStatus) -> Vec<Check> {
+    if g.resubmission_errors.is_empty() {
+        return vec![check(
+            "DumpsterResubmission",
+            "PASS",
+            format!("{}: no hub refuses a resubmission request", g.name),
+        )];
+    }
+    g.resubmission_errors
+        .iter()
+        .map(|e| {
+            check(
+                "DumpsterResubmission",
+                "FAIL",
+                format!(
+                    "{}: {} refuses resubmission request {} of {} since {} ({}); what only its dumpster holds is not redelivered until it accepts",
+                    g.name, e.hub, e.request, e.node, e.since, e.error
+                ),
+            )
+        })
+        .collect()
 }
 
 /// The seeds' sizing rule for the dumpster bound, from the site file.

@@ -143,8 +143,10 @@ pub async fn run(site: &Site, args: &ResubmitArgs, json: bool) -> Result<(), Fai
             rand::random::<u32>()
         ),
         storage_group: sg.to_string(),
+        // The operator's window, both bounds given: served as asked (on the hubs' delivery
+        // clocks, read as this host's).
         low: low.to_rfc3339(),
-        high: high.to_rfc3339(),
+        high: Some(high.to_rfc3339()),
         recipient: args.recipient.clone(),
         sender: args.sender.clone(),
         message_id: args.message_id.clone(),
@@ -179,8 +181,8 @@ pub async fn run(site: &Site, args: &ResubmitArgs, json: bool) -> Result<(), Fai
     }
     let report = ResubmitReport {
         storage_group: sg.to_string(),
-        low: body.low,
-        high: body.high,
+        low: low.to_rfc3339(),
+        high: high.to_rfc3339(),
         filter: ResubmitFilter {
             recipient: body.recipient,
             sender: body.sender,

@@ -1,5 +1,5 @@
-//! `hubrelay stats`: DumpsterStatistics per hub, DumpsterStatisticsNotAvailable, and
-//! OutstandingDumpsterRequests, per storage group (SPEC §4).
+//! `hubrelay stats`: DumpsterStatistics per hub, DumpsterStatisticsNotAvailable,
+//! OutstandingDumpsterRequests and the requests hubs refuse, per storage group (SPEC §4).
 
 use serde::{Deserialize, Serialize};
 
@@ -22,15 +22,19 @@ pub struct DumpsterStatistics {
     pub bytes: u64,
 }
 
-/// A resubmission request a hub has not answered yet.
+/// A resubmission request a hub has not completed yet; its bounds are on the hub's clock.
 #[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct OutstandingRequest {
     /// The hub.
     pub hub: String,
     /// Window start.
     pub low: String,
-    /// Window end.
-    pub high: String,
+    /// Window end (null until the hub has recorded the request: it closes the window with its
+    /// own now).
+    pub high: Option<String>,
+    /// The hub's error answer (only in `refused_dumpster_requests`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// The statistics of one storage group across the site.
@@ -44,6 +48,9 @@ pub struct SgStatistics {
     pub dumpster_statistics_not_available: Vec<String>,
     /// Resubmission requests still outstanding.
     pub outstanding_dumpster_requests: Vec<OutstandingRequest>,
+    /// Resubmission requests a hub answered with an error (asked again; `health` FAILs on them).
+    #[serde(default)]
+    pub refused_dumpster_requests: Vec<OutstandingRequest>,
 }
 
 /// Gathers statistics from every hub of the site at once.
@@ -86,6 +93,7 @@ pub async fn gather(site: &Site, client: &AdminClient, sgs: &[String]) -> Vec<Sg
                 dumpster_statistics: Vec::new(),
                 dumpster_statistics_not_available: Vec::new(),
                 outstanding_dumpster_requests: Vec::new(),
+                refused_dumpster_requests: Vec::new(),
             };
             for (hub, answer) in site.hubs.iter().zip(&answers) {
                 let hub = &hub.name;
@@ -102,15 +110,19 @@ pub async fn gather(site: &Site, client: &AdminClient, sgs: &[String]) -> Vec<Sg
                     None => stats.dumpster_statistics_not_available.push(hub.clone()),
                 }
             }
-            stats.outstanding_dumpster_requests = outstanding
-                .iter()
-                .filter(|(s, _)| s == sg)
-                .map(|(_, o)| OutstandingRequest {
+            for (_, o) in outstanding.iter().filter(|(s, _)| s == sg) {
+                let request = OutstandingRequest {
                     hub: o.hub.clone(),
                     low: o.low.clone(),
                     high: o.high.clone(),
-                })
-                .collect();
+                    error: o.error.clone(),
+                };
+                if request.error.is_some() {
+                    stats.refused_dumpster_requests.push(request);
+                } else {
+                    stats.outstanding_dumpster_requests.push(request);
+                }
+            }
             stats
         })
         .collect()
@@ -154,12 +166,26 @@ pub async fn run(site: &Site, storage_group: Option<&str>, json: bool) -> Result
             "  DumpsterStatisticsNotAvailable: {{{}}}",
             s.dumpster_statistics_not_available.join(",")
         );
+        let window = |r: &OutstandingRequest| {
+            format!("{};{}", r.low, r.high.as_deref().unwrap_or("when served"))
+        };
         let out: Vec<String> = s
             .outstanding_dumpster_requests
             .iter()
-            .map(|r| format!("{} ({};{})", r.hub, r.low, r.high))
+            .map(|r| format!("{} ({})", r.hub, window(r)))
             .collect();
         println!("  OutstandingDumpsterRequests: {{{}}}", out.join(", "));
+        if !s.refused_dumpster_requests.is_empty() {
+            let refused: Vec<String> = s
+                .refused_dumpster_requests
+                .iter()
+                .map(|r| {
+                    let error = r.error.as_deref().unwrap_or_default();
+                    format!("{} ({}): {error}", r.hub, window(r))
+                })
+                .collect();
+            println!("  RefusedDumpsterRequests: {{{}}}", refused.join(", "));
+        }
     }
     Ok(())
 }

@@ -3,7 +3,9 @@
 
 use super::AdminClient;
 use crate::config::Cms;
-use crate::wire::cluster::{CmsStatus, NodeStatus, SgCopyStatus, SummaryCopyStatus};
+use crate::wire::cluster::{
+    CmsStatus, CopyCommandView, NodeStatus, SgCopyStatus, SummaryCopyStatus,
+};
 
 /// Asks both nodes of `cms`.
 pub async fn cms_status(client: &AdminClient, cms: &Cms) -> CmsStatus {
@@ -69,17 +71,31 @@ pub async fn cms_status(client: &AdminClient, cms: &Cms) -> CmsStatus {
         (None, None) => Vec::new(),
     };
     // A restore leaves its note on the node it mounted; other commands on the passive. Show
-    // the latest either node has.
+    // the latest either node has. Refused resubmission requests live on the node that made them,
+    // which need not be the active one any more: show every node's.
     let storage_groups = storage_groups
         .into_iter()
         .map(|g| {
-            let copy_command = nodes
-                .iter()
-                .flat_map(|n| &n.storage_groups)
-                .filter(|s| s.name == g.name)
-                .filter_map(|s| s.copy_command.clone())
-                .max_by(|a, b| a.at.cmp(&b.at));
-            SgCopyStatus { copy_command, ..g }
+            let mut copy_command: Option<CopyCommandView> = None;
+            let mut resubmission_errors = Vec::new();
+            let reports = nodes.iter().flat_map(|n| &n.storage_groups);
+            for s in reports.filter(|s| s.name == g.name) {
+                if let Some(c) = &s.copy_command {
+                    if copy_command.as_ref().is_none_or(|latest| c.at >= latest.at) {
+                        copy_command = Some(c.clone());
+                    }
+                }
+                for e in &s.resubmission_errors {
+                    if !resubmission_errors.contains(e) {
+                        resubmission_errors.push(e.clone());
+                    }
+                }
+            }
+            SgCopyStatus {
+                copy_command,
+                resubmission_errors,
+                ..g
+            }
         })
         .collect();
     CmsStatus {

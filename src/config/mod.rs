@@ -237,6 +237,12 @@ impl Site {
         self.hubs.iter().find(|h| h.name == name)
     }
 
+    /// The host name hub `hub` greets with and writes in its `Received:` headers: how a mailbox
+    /// node tells which hub stamped a record (host names compare case-insensitively).
+    pub fn hub_hostname(&self, hub: &str) -> String {
+        format!("{hub}.{}", self.name)
+    }
+
     /// The node called `name` and the index of its CMS.
     pub fn node(&self, name: &str) -> Option<(usize, &Node)> {
         self.cms

@@ -74,6 +74,9 @@ pub enum HubError {
     /// The thread that writes the queue could not be started.
     #[error("cannot start the queue writer: {0}")]
     Writer(std::io::Error),
+    /// A resubmission window this hub cannot serve (it ends before it starts).
+    #[error(transparent)]
+    Window(#[from] crate::clock::window::WindowError),
 }
 
 /// One running hub: its store, links to the CMSs and delivery machinery.
@@ -109,7 +112,7 @@ impl Hub {
         let writer = writer::Writer::start(store.clone(), name).map_err(HubError::Writer)?;
         let flusher = store.clone();
         let commit = GroupCommit::start(move || flusher.flush().map_err(|e| e.to_string()));
-        let hostname = format!("{name}.{}", site.name);
+        let hostname = site.hub_hostname(name);
         let links = site
             .cms
             .iter()

@@ -1,5 +1,10 @@
 //! Resubmission: putting dumpster entries of a storage group back in the delivery queue.
 //!
+//! A request's window is resolved on this hub's own clock when it is first recorded
+//! ([`crate::clock::window::resolve`]): a mailbox node sends a start this hub stamped itself and no
+//! end, so no other host's clock can turn it inside out; an explicit window (an operator's, or a
+//! node of the previous release) is served as asked and refused if it ends before it starts.
+//!
 //! A request is persisted before any work, and every batch of re-queued messages is written in the same
 //! transaction as the request's cursor, so a hub restarted mid-request resumes where it stopped and
 //! never queues an entry twice. The same request id again reports the stored progress, and takes
@@ -15,6 +20,7 @@ use tracing::{info, info_span, Instrument};
 
 use super::{Hub, HubError};
 use crate::clock::now_ms;
+use crate::clock::window::resolve;
 
 /// Most entries re-queued per transaction.
 const BATCH: usize = 200;
@@ -89,19 +95,25 @@ fn lock(set: &Resubmitting) -> std::sync::MutexGuard<'_, HashSet<String>> {
 }
 
 impl Hub {
-    /// Records request `id` (if new) and starts working it in the background; returns its state.
-    /// `filter` narrows the window's entries (an operator's targeted request); a mailbox
-    /// server's request after a failover takes them all.
+    /// Records request `id` (if new) for the window `(low, high)` as asked (`high` open: see the
+    /// module's doc) and starts working it in the background; returns its state. `filter`
+    /// narrows the window's entries (an operator's targeted request); a mailbox server's
+    /// request after a failover takes them all.
     pub async fn resubmit(
         self: &Arc<Self>,
         id: &str,
         sg: &str,
-        window: (Millis, Millis),
+        (low, high): (Millis, Option<Millis>),
         filter: &ResubmitFilter,
     ) -> Result<ResubmitRequest, HubError> {
-        let (req, _created) = self
-            .store
-            .resubmit_begin(id, sg, window, filter, now_ms())?;
+        let now = now_ms();
+        let window = resolve(low, high, now, self.store.newest_delivered(sg)?)?;
+        if window.widened {
+            tracing::warn!(request = id, storage_group = sg, asked = %crate::clock::rfc3339(low), served = %window, "the asked start lies in this hub's future (its clock stepped back since it stamped it): resubmitting the whole dumpster");
+        }
+        let (req, _created) =
+            self.store
+                .resubmit_begin(id, sg, (window.low_ms, window.high_ms), filter, now)?;
         // Started before the wait for durability, and again on any later ask while the request
         // is unfinished and nothing works it: a caller that gives up during the wait (the node's
         // HTTP timeout drops this future), or a run stopped by an error, must not leave a
@@ -208,7 +220,7 @@ mod tests {
             .expect("persist the request");
         assert!(created);
         let asked = hub
-            .resubmit("r1", "SG1", (0, now_ms()), &filter)
+            .resubmit("r1", "SG1", (0, Some(now_ms())), &filter)
             .await
             .expect("ask");
         assert!(!asked.done, "nothing worked it yet");
@@ -221,6 +233,44 @@ mod tests {
             assert!(Instant::now() < deadline, "never worked: {stored:?}");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// A mailbox node's request (no end) is closed on this hub's clock and never refused, also
+    /// when its start lies in this hub's future; an explicit window that ends before it starts is
+    /// refused and not recorded.
+    #[tokio::test]
+    async fn an_open_window_is_closed_on_the_hubs_clock_and_an_inverted_one_refused() {
+        use crate::clock::window::MARGIN_MS;
+        let text = include_str!("../../config/site.toml");
+        let site = Arc::new(Site::parse(Path::new("site.toml"), text).expect("example site"));
+        let dir = tempfile::tempdir().expect("tempdir");
+        let hub = Hub::open(site, "hub1", dir.path()).expect("open hub");
+        let filter = ResubmitFilter::default();
+        let now = now_ms();
+        let anchored = hub
+            .resubmit("anchored", "SG1", (now - 60_000, None), &filter)
+            .await
+            .expect("served");
+        assert_eq!(anchored.low_ms, now - 60_000);
+        assert!(anchored.high_ms >= now + MARGIN_MS, "{anchored:?}");
+        let ahead = hub
+            .resubmit("ahead", "SG1", (now + 3_600_000, None), &filter)
+            .await
+            .expect("served");
+        assert_eq!(
+            ahead.low_ms, 0,
+            "a start in the hub's future: the whole dumpster"
+        );
+        assert!(ahead.high_ms >= now + MARGIN_MS, "{ahead:?}");
+        match hub
+            .resubmit("inverted", "SG1", (now, Some(now - 1)), &filter)
+            .await
+        {
+            Err(HubError::Window(e)) => assert!(e.to_string().contains("is after"), "{e}"),
+            other => panic!("an inverted window must be refused: {other:?}"),
+        }
+        let stored = hub.store.resubmit_requests().expect("requests");
+        assert!(stored.iter().all(|r| r.id != "inverted"), "{stored:?}");
     }
 
     #[test]

@@ -74,7 +74,7 @@ impl MailboxNode {
     async fn sweep_dedup(self: &Arc<Self>) {
         let store = self.store.clone();
         let sgs = self.storage_groups();
-        let margin = super::outstanding::MARGIN_MS;
+        let margin = crate::clock::window::MARGIN_MS;
         match tokio::task::spawn_blocking(move || store.sweep_dedup(&sgs, margin)).await {
             Ok(Ok(0)) => {}
             Ok(Ok(n)) => {

@@ -326,8 +326,9 @@ impl MailboxNode {
             log.sync()?;
             starts.insert(sg.clone(), log.current_generation());
             if failover || missing.get(&sg).copied().unwrap_or(0) > 0 {
-                let newest = self.store.checkpoint(&sg)?.map(|(_, t)| t).unwrap_or(0);
-                lossy_from.insert(sg.clone(), newest);
+                // Each hub's own stamp on the newest record from it held here: the windows rest
+                // on the hubs' clocks, not on the clock of the node that wrote the records.
+                lossy_from.insert(sg.clone(), self.store.hub_anchors(&sg)?);
             }
             writers.insert(
                 sg.clone(),

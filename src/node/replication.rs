@@ -276,7 +276,7 @@ impl MailboxNode {
             }
             info!(node = %self.name, storage_group = %sg, from_generation = g, removed, epoch = status.epoch, "discarded logs that differ from the active node's; copying from it");
             if removed > 0 {
-                let after = self.store.checkpoint(sg)?.map(|(_, t)| t).unwrap_or(0);
+                let anchors = self.store.hub_anchors(sg)?;
                 let c = &self.site.cms[self.cms];
                 let mut st = self.state();
                 super::outstanding::request_discarded(
@@ -287,7 +287,7 @@ impl MailboxNode {
                         c.name, self.name, status.epoch
                     ),
                     sg,
-                    after,
+                    &anchors,
                     crate::clock::now_ms(),
                 );
                 warn!(node = %self.name, storage_group = %sg, removed, "discarded deliveries may have been acknowledged; asking every hub to resubmit them");

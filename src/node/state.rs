@@ -23,6 +23,10 @@ pub struct EpochStart {
 }
 
 /// A resubmission request a hub has not completed yet.
+///
+/// Its window is on the hub's clock only (`crate::clock::window`). A request persisted by the
+/// previous release carried `low_ms`/`high_ms` on this node's clock; those are ignored when it is
+/// loaded, and it asks for the hub's whole dumpster instead, which is always safe.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Outstanding {
     /// Request id (the same for every hub; idempotent per hub).
@@ -31,12 +35,38 @@ pub struct Outstanding {
     pub hub: String,
     /// The storage group.
     pub storage_group: String,
-    /// Window start.
-    pub low_ms: u64,
-    /// Window end.
-    pub high_ms: u64,
-    /// When the request was made; it is dropped once MaxDumpsterTime has passed since.
+    /// Window start on the hub's clock: its own stamp on the newest record from it this node held,
+    /// less the margin; 0: the hub's whole dumpster. The end is left to the hub.
+    #[serde(default)]
+    pub hub_low_ms: u64,
+    /// When the request was made (this node's clock); it is dropped once MaxDumpsterTime has
+    /// passed since. Only ever compared with this node's own clock.
     pub created_ms: u64,
+    /// The window as the hub recorded it (RFC 3339, its clock), once it answered.
+    #[serde(default)]
+    pub recorded: Option<RecordedWindow>,
+    /// The hub's error answer while it refuses the request; asked again every round all the
+    /// same (a hub whose configuration or release is fixed then serves it).
+    #[serde(default)]
+    pub refused: Option<Refusal>,
+}
+
+/// A window as a hub recorded it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordedWindow {
+    /// Start (RFC 3339).
+    pub low: String,
+    /// End (RFC 3339).
+    pub high: String,
+}
+
+/// A hub's error answer to a resubmission request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Refusal {
+    /// HTTP status and the hub's reason.
+    pub error: String,
+    /// When it was first given (this node's clock; shown only).
+    pub since_ms: u64,
 }
 
 /// The administrator's last copy command on one storage group of this node, kept across
@@ -162,5 +192,21 @@ mod tests {
             .unwrap_err()
             .reason
             .contains("corrupt"));
+    }
+
+    /// A request the previous release persisted had its window on the node's clock (the clock
+    /// that turned windows inside out); it loads as a request for the hub's whole dumpster.
+    #[test]
+    fn a_request_of_the_previous_release_asks_for_the_whole_dumpster() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = r#"{"cluster": {"epoch": 3, "was_active": true, "peer_generated": {}},
+            "epochs": [], "copied_epoch": {},
+            "outstanding": [{"id": "cms1-epoch3-SG1", "hub": "hub1", "storage_group": "SG1",
+                             "low_ms": 1795345200000, "high_ms": 1795341600000, "created_ms": 1795341600000}]}"#;
+        std::fs::write(dir.path().join("state.json"), old).unwrap();
+        let loaded = NodeState::load(dir.path()).unwrap();
+        let o = &loaded.outstanding[0];
+        assert_eq!((o.hub.as_str(), o.hub_low_ms), ("hub1", 0));
+        assert_eq!((&o.recorded, &o.refused), (&None, &None));
     }
 }

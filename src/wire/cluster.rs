@@ -52,6 +52,25 @@ pub struct SgCopyStatus {
     /// The administrator's last copy command on this storage group, with its comment.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub copy_command: Option<CopyCommandView>,
+    /// Resubmission requests for this storage group that a hub answered with an error: the
+    /// mail only that hub's dumpster holds is not redelivered until it accepts (`health` FAILs).
+    #[serde(default)]
+    pub resubmission_errors: Vec<ResubmissionError>,
+}
+
+/// A resubmission request a hub refused, as `status` and `health` show it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ResubmissionError {
+    /// The hub that refused.
+    pub hub: String,
+    /// The request id.
+    pub request: String,
+    /// The node that made the request and asks again.
+    pub node: String,
+    /// The hub's answer: HTTP status and reason.
+    pub error: String,
+    /// Since when it refuses (RFC 3339, the node's clock; shown only).
+    pub since: String,
 }
 
 /// A copy command as `status` shows it.
@@ -103,17 +122,22 @@ pub struct NodeStatus {
     pub storage_groups: Vec<SgCopyStatus>,
 }
 
-/// One outstanding dumpster request (`GET /api/outstanding`).
+/// One dumpster request not completed yet (`GET /api/outstanding`). Its bounds are on the hub's
+/// clock: as the hub recorded them once it answered, before that as asked.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct OutstandingView {
-    /// The hub that has not answered.
+    /// The hub that has not completed it.
     pub hub: String,
     /// The storage group.
     pub storage_group: String,
-    /// Window start.
+    /// Window start (the epoch: the start of the hub's dumpster).
     pub low: String,
-    /// Window end.
-    pub high: String,
+    /// Window end (null: the hub's now when it records the request, not known yet).
+    pub high: Option<String>,
+    /// The hub's error answer, while it refuses the request (then it is not outstanding but
+    /// refused: `stats`, `status` and `health` show it as such).
+    #[serde(default)]
+    pub error: Option<String>,
 }
 
 /// Body of `POST /api/cluster/move`.

@@ -42,10 +42,15 @@ pub struct ResubmitBody {
     pub id: String,
     /// The storage group.
     pub storage_group: String,
-    /// Window start (RFC 3339), on delivery time.
+    /// Window start (RFC 3339) on the hub's delivery clock. A mailbox node sends a time the hub
+    /// stamped itself, less the margin, or the epoch for the whole dumpster
+    /// (`crate::clock::window`), never one of its own clock.
     pub low: String,
-    /// Window end (RFC 3339).
-    pub high: String,
+    /// Window end (RFC 3339); absent: the hub's own now, plus the margin, when it first records
+    /// the request (what a mailbox node asks for, so no bound rests on the node's clock). Given,
+    /// as an operator or a node of the previous release sends it, it must not be before `low`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub high: Option<String>,
     /// Only entries delivered to this recipient, redelivered to it alone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recipient: Option<String>,

@@ -15,11 +15,16 @@
 //! the durable log from the checkpoint; applying a position twice is a no-op, so replay is safe to
 //! repeat. Dedup by Message-ID and content is what lets the hubs' dumpster resubmissions after a
 //! lossy failover bring back exactly the messages that were lost.
+//!
+//! Per storage group and hub it also keeps the hub's own time on the newest record from that hub
+//! ([`stamp`]), maintained by the same applies, so a copy rebuilds it by replay: what a lossy mount
+//! anchors that hub's resubmission window on.
 
+pub mod stamp;
 #[cfg(test)]
 mod tests;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
@@ -28,9 +33,13 @@ use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::{Transactional, Tree};
 
 use crate::txlog::{LogPosition, LogRecord, Millis};
+use stamp::HubStamp;
 
 /// How many applied records `discard_from` undoes per transaction (bounds its memory).
 const DISCARD_CHUNK: usize = 512;
+/// How many kept records `discard_from` looks back through for a hub's newest stamp before it
+/// gives that hub no anchor (its whole dumpster is then asked for, which is safe).
+const RESTAMP_SCAN: usize = 100_000;
 
 /// One message in one mailbox, as `hubrelay mailbox` lists it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -96,6 +105,18 @@ pub struct MailboxStore {
     /// Same key as `applied` → body (in pieces, see `crate::pieces`), stored once per record
     /// however many mailboxes share it.
     bodies: Tree,
+    /// `sg ++ hub host` → [`Anchor`]: the hub's stamp on the newest applied record from it. One
+    /// key per hub that ever delivered to the SG, so it does not grow with time.
+    anchors: Tree,
+}
+
+/// The newest applied record of a storage group from one hub, with that hub's own stamp.
+#[derive(Serialize, Deserialize)]
+struct Anchor {
+    /// The hub's receive time on it (the hub's clock).
+    time_ms: Millis,
+    /// The record.
+    position: LogPosition,
 }
 
 /// A mailbox's copy of a message, with the storage group whose log delivered it (to find the body).
@@ -118,6 +139,10 @@ struct Applied {
     /// The content digest (hex) of the dedup keys it made.
     #[serde(default)]
     digest: String,
+    /// The hub's stamp on it, to find a hub's previous anchor when newer records are discarded
+    /// (absent in records applied by an earlier release).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    stamp: Option<HubStamp>,
 }
 
 /// Headers a relay adds or rewrites on the way; they do not make a message a different one.
@@ -180,6 +205,7 @@ impl MailboxStore {
             ids: tree("ids")?,
             applied: tree("applied")?,
             bodies: tree("bodies")?,
+            anchors: tree("anchors")?,
             retention,
             db,
         })
@@ -285,6 +311,17 @@ impl MailboxStore {
         let seq = self.db.generate_id()?;
         let size = rec.body.len() as u64;
         let digest = ContentDigest::of(&rec.body).0;
+        let stamp = stamp::hub_stamp(&rec.body);
+        let anchor = match &stamp {
+            Some(s) => Some((
+                anchor_key(sg, &s.host)?,
+                encode(&Anchor {
+                    time_ms: s.time_ms,
+                    position: pos,
+                }),
+            )),
+            None => None,
+        };
         let mut entry = seq.to_be_bytes().to_vec();
         entry.extend_from_slice(&rec.time_ms.to_be_bytes());
         let mut copies = Vec::with_capacity(rec.recipients.len());
@@ -307,8 +344,14 @@ impl MailboxStore {
                 copy,
             ));
         }
-        let trees = (&self.messages, &self.ids, &self.applied, &self.bodies);
-        let result = trees.transaction(|(messages, ids, applied, bodies)| {
+        let trees = (
+            &self.messages,
+            &self.ids,
+            &self.applied,
+            &self.bodies,
+            &self.anchors,
+        );
+        let result = trees.transaction(|(messages, ids, applied, bodies, anchors)| {
             if applied.get(&key)?.is_some() {
                 return Ok(0);
             }
@@ -333,8 +376,13 @@ impl MailboxStore {
                 seq,
                 added,
                 digest: hex(&digest),
+                stamp: stamp.clone(),
             };
             applied.insert(key.as_slice(), encode(&record))?;
+            // Records apply in log order, so the last one from a hub is its newest.
+            if let Some((k, v)) = &anchor {
+                anchors.insert(k.as_slice(), v.as_slice())?;
+            }
             Ok::<_, ConflictableTransactionError<MailboxError>>(count)
         });
         result.map_err(from_tx)
@@ -378,7 +426,8 @@ impl MailboxStore {
     }
 
     /// The last applied position of `sg` (LastLogReplayed is its generation) and the time of that
-    /// record, from which a lossy failover asks the hubs to resubmit. `None` before any apply.
+    /// record on the clock of the node that wrote it (shown, and the dedup sweep's cutoff; a lossy
+    /// failover's windows use [`MailboxStore::hub_anchors`] instead). `None` before any apply.
     pub fn checkpoint(&self, sg: &str) -> Result<Option<(LogPosition, Millis)>, MailboxError> {
         let Some(item) = self.applied.scan_prefix(sg_key(sg)?).next_back() else {
             return Ok(None);
@@ -388,21 +437,78 @@ impl MailboxStore {
         Ok(Some((applied.position, applied.time_ms)))
     }
 
+    /// Per hub host (lower-cased, as its `Received:` header names it), the hub's own stamp on the
+    /// newest record of `sg` applied from it: a time on that hub's clock before which it delivered
+    /// nothing this store is missing. A hub with no stamped record here is absent.
+    pub fn hub_anchors(&self, sg: &str) -> Result<BTreeMap<String, Millis>, MailboxError> {
+        let prefix = sg_key(sg)?;
+        self.anchors
+            .scan_prefix(&prefix)
+            .map(|item| {
+                let (key, value) = item?;
+                let host = String::from_utf8_lossy(&key[prefix.len()..]).into_owned();
+                Ok((host, decode::<Anchor>(&value, "hub anchor")?.time_ms))
+            })
+            .collect()
+    }
+
+    /// After records of `sg` from `generation` on were discarded: every hub anchor on a discarded
+    /// record moves back to the hub's newest kept stamped record (looking back at most
+    /// [`RESTAMP_SCAN`] records), or goes, and the hub's whole dumpster is asked for instead.
+    fn restamp_from(&self, sg: &str, generation: u64) -> Result<(), MailboxError> {
+        let prefix = sg_key(sg)?;
+        let mut lost = Vec::new();
+        for item in self.anchors.scan_prefix(&prefix) {
+            let (key, value) = item?;
+            if decode::<Anchor>(&value, "hub anchor")?.position.generation >= generation {
+                let host = String::from_utf8_lossy(&key[prefix.len()..]).into_owned();
+                lost.push((key, host));
+            }
+        }
+        if lost.is_empty() {
+            return Ok(());
+        }
+        let mut found: HashMap<String, Anchor> = HashMap::new();
+        for item in self.applied.scan_prefix(&prefix).rev().take(RESTAMP_SCAN) {
+            let (_, value) = item?;
+            let applied: Applied = decode(&value, "applied record")?;
+            if let Some(s) = applied.stamp {
+                if lost.iter().any(|(_, host)| *host == s.host) && !found.contains_key(&s.host) {
+                    let anchor = Anchor {
+                        time_ms: s.time_ms,
+                        position: applied.position,
+                    };
+                    found.insert(s.host, anchor);
+                    if found.len() == lost.len() {
+                        break;
+                    }
+                }
+            }
+        }
+        for (key, host) in lost {
+            match found.get(&host) {
+                Some(anchor) => self.anchors.insert(key, encode(anchor))?,
+                None => self.anchors.remove(key)?,
+            };
+        }
+        Ok(())
+    }
+
     /// Undoes everything `sg` applied from `generation` on (logs that diverged from the new active)
     /// and so moves the checkpoint back to the last record before it. Walks the applied index
     /// backwards in chunks, one transaction each, so a crash part-way still leaves the store equal to
     /// a log prefix. Returns how many mailbox copies were removed.
     pub fn discard_from(&self, sg: &str, generation: u64) -> Result<u64, MailboxError> {
-        let sg = sg_key(sg)?;
+        let prefix = sg_key(sg)?;
         let first = record_key(
-            &sg,
+            &prefix,
             LogPosition {
                 generation,
                 index: 0,
             },
         );
         let mut last = record_key(
-            &sg,
+            &prefix,
             LogPosition {
                 generation: u64::MAX,
                 index: u32::MAX,
@@ -434,6 +540,7 @@ impl MailboxStore {
                 chunk.push((key, applied.seq.to_be_bytes(), copies));
             }
             let Some((lowest, _, _)) = chunk.last() else {
+                self.restamp_from(sg, generation)?;
                 return Ok(removed);
             };
             last = lowest.to_vec();
@@ -462,6 +569,7 @@ impl MailboxStore {
                 .map(|(_, _, copies)| copies.len() as u64)
                 .sum::<u64>();
             if chunk.len() < DISCARD_CHUNK {
+                self.restamp_from(sg, generation)?;
                 return Ok(removed);
             }
         }
@@ -497,6 +605,13 @@ fn sg_key(sg: &str) -> Result<Vec<u8>, MailboxError> {
 
 fn address_key(address: &str) -> Result<Vec<u8>, MailboxError> {
     name_key(address, "address")
+}
+
+/// `sg ++ host`: the SG's length prefix keeps one SG's anchors apart from another's.
+fn anchor_key(sg: &str, host: &str) -> Result<Vec<u8>, MailboxError> {
+    let mut key = sg_key(sg)?;
+    key.extend_from_slice(host.as_bytes());
+    Ok(key)
 }
 
 /// `sg ++ generation BE ++ index BE`, so an SG's records sort in log order.

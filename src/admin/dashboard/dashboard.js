@@ -179,7 +179,9 @@ function renderCms(doc) {
     const outstanding = c.outstanding.length
       ? el("ul", {}, ...c.outstanding.map((o) => el("li", {
         "data-outstanding": o.hub + "/" + o.storage_group,
-      }, o.hub + " · " + o.storage_group + " · " + o.low + " → " + o.high)))
+        class: o.error ? "alert" : null,
+      }, o.hub + " · " + o.storage_group + " · " + o.low + " → " + (o.high || "when served") +
+        (o.error ? " · refused: " + o.error : ""))))
       : el("p", { class: "quiet" }, "No outstanding resubmission requests.");
     return el("article", {
       "data-cms": c.name,

@@ -666,6 +666,7 @@ mod tests {
             newest_replayed: Some(newest.into()),
             behind_since: None,
             copy_command: None,
+            resubmission_errors: Vec::new(),
         }
     }
 

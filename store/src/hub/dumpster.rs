@@ -41,6 +41,22 @@ impl HubStore {
         })
     }
 
+    /// Delivery time of the newest entry of `sg`, expired or not, in O(log n): where a
+    /// resubmission window that is left open must end at the latest, also when this hub's clock
+    /// has stepped back since.
+    pub fn newest_delivered(&self, sg: &str) -> Result<Option<Millis>, HubStoreError> {
+        match self
+            .trees
+            .dumpster
+            .scan_prefix(sg_prefix(sg))
+            .keys()
+            .next_back()
+        {
+            Some(key) => Ok(Some(parse_timed_key(DUMPSTER, &key?)?.0)),
+            None => Ok(None),
+        }
+    }
+
     /// SGs with a stats record: every SG this hub has kept (or refused) a dumpster entry for.
     pub fn storage_groups(&self) -> Result<Vec<String>, HubStoreError> {
         self.trees

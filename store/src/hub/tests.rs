@@ -1080,3 +1080,20 @@ fn a_batch_with_a_message_no_longer_queued_changes_nothing() {
     assert_eq!(store.get(a.id).unwrap().map(|m| m.attempts), Some(0));
     assert_eq!(store.dumpster_stats(SG1, 3_000, lim).unwrap().items, 1);
 }
+
+#[test]
+fn newest_delivered_is_the_latest_delivery_time_per_storage_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let lim = limits(1 << 20, DAY);
+    assert_eq!(store.newest_delivered(SG1).unwrap(), None);
+    // Delivered out of time order, as after a backward step of the hub's clock.
+    for (n, at) in [(0, 5_000), (1, 9_000), (2, 7_000)] {
+        let msg = enqueue(&store, n, 100, 10, &[SG1]);
+        deliver(&store, &msg, at, lim);
+    }
+    let other = enqueue(&store, 3, 100, 10, &[SG2]);
+    deliver(&store, &other, 20_000, lim);
+    assert_eq!(store.newest_delivered(SG1).unwrap(), Some(9_000));
+    assert_eq!(store.newest_delivered(SG2).unwrap(), Some(20_000));
+}

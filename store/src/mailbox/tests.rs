@@ -623,3 +623,92 @@ fn each_storage_group_sweeps_by_its_own_checkpoint() {
     assert!(!old(DAVE, "<o1>"));
     assert_eq!(ids(&store, DAVE), ["<o1>", "<o2>"], "the copies stay");
 }
+
+/// A record of `id` to alice as node1 took it from `hub`, which received it at `hub_secs` on its
+/// own clock; the node's clock (`node_ms`) reads something else entirely.
+fn from_hub(id: &str, hub: &str, hub_secs: u64, node_ms: Millis) -> LogRecord {
+    let date = match hub_secs {
+        0 => "Sun, 22 Nov 2026 10:00:00 +0000",
+        1 => "Sun, 22 Nov 2026 10:00:01 +0000",
+        2 => "Sun, 22 Nov 2026 10:00:02 +0000",
+        _ => "Sun, 22 Nov 2026 10:00:03 +0000",
+    };
+    LogRecord {
+        body: format!(
+            "Received: from {hub} ([127.0.0.1])\r\n\tby node1.cms1 (hubrelay) with ESMTP id n;\r\n\t\
+             Mon, 1 Jan 2074 00:00:00 +0000\r\n\
+             Received: from client.test ([192.0.2.7])\r\n\tby {hub} (hubrelay) with ESMTP id h\r\n\t\
+             for <alice@example.test>; {date}\r\nMessage-ID: {id}\r\n\r\nhi\r\n"
+        )
+        .into_bytes(),
+        ..rec(id, &[ALICE], node_ms)
+    }
+}
+
+/// 2026-11-22T10:00:00Z, the hubs' clock in `from_hub`.
+const HUB_T0: Millis = 1_795_341_600_000;
+
+#[test]
+fn each_hub_is_anchored_on_its_own_stamp_of_its_newest_record() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let store = open(tmp.path());
+    // The node's clock runs far ahead of the hubs'; the anchors never read it.
+    let node = 4_000_000_000_000;
+    store
+        .apply("SG1", at(1, 0), &from_hub("<a>", "hub1.site1", 1, node))
+        .expect("apply");
+    store
+        .apply("SG1", at(1, 1), &from_hub("<b>", "hub2.site1", 2, node))
+        .expect("apply");
+    store
+        .apply("SG1", at(2, 0), &from_hub("<c>", "hub1.site1", 0, node))
+        .expect("apply");
+    // No hub stamp (a DSN the hub wrote itself): no anchor moves.
+    store
+        .apply("SG1", at(2, 1), &rec("<dsn>", &[ALICE], node))
+        .expect("apply");
+    let want = BTreeMap::from([
+        ("hub1.site1".to_string(), HUB_T0),
+        ("hub2.site1".to_string(), HUB_T0 + 2_000),
+    ]);
+    assert_eq!(
+        store.hub_anchors("SG1").expect("anchors"),
+        want,
+        "the newest record's stamp, even when an older one's is later"
+    );
+    assert!(store.hub_anchors("SG2").expect("anchors").is_empty());
+    drop(store);
+    let store = open(tmp.path());
+    assert_eq!(store.hub_anchors("SG1").expect("anchors"), want);
+}
+
+#[test]
+fn discarding_moves_an_anchor_back_to_the_hubs_newest_kept_record() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let store = open(tmp.path());
+    store
+        .apply("SG1", at(1, 0), &from_hub("<a>", "hub1.site1", 1, 5))
+        .expect("apply");
+    store
+        .apply("SG1", at(2, 0), &from_hub("<b>", "hub1.site1", 3, 6))
+        .expect("apply");
+    store
+        .apply("SG1", at(2, 1), &from_hub("<c>", "hub2.site1", 2, 7))
+        .expect("apply");
+    store
+        .apply("SG2", at(2, 0), &from_hub("<d>", "hub2.site1", 3, 7))
+        .expect("apply");
+    store.discard_from("SG1", 2).expect("discard");
+    assert_eq!(
+        store.hub_anchors("SG1").expect("anchors"),
+        BTreeMap::from([("hub1.site1".to_string(), HUB_T0 + 1_000)]),
+        "hub1 back to its kept record; hub2 kept none, so it has no anchor"
+    );
+    assert_eq!(
+        store.hub_anchors("SG2").expect("anchors"),
+        BTreeMap::from([("hub2.site1".to_string(), HUB_T0 + 3_000)]),
+        "another storage group is untouched"
+    );
+    store.clear("SG1").expect("clear");
+    assert!(store.hub_anchors("SG1").expect("anchors").is_empty());
+}
