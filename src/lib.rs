@@ -18,7 +18,7 @@
 //!    telemetry   metrics exposition and log format
 //!    smtp        the inbound SMTP server and its TLS
 //! 0  wire        the admin API's JSON: status, copy status, dumpster statistics, resubmission
-//!    clock       wall and monotonic clocks, and how times are shown
+//!    clock       wall and monotonic clocks, how times are shown, resubmission windows on a hub's clock
 //! ```
 //!
 //! Within a row, modules may use each other in one direction only (config names smtp's
