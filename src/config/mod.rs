@@ -96,6 +96,9 @@ pub struct Site {
     pub store_cache_size: u64,
     /// How long a hub may hold a new message's 250 back while deliveries catch up.
     pub in_flow_delay: Duration,
+    /// How long a hub waits for a mailbox node to answer a new connection (greeting, EHLO,
+    /// STARTTLS) and MAIL before it counts the node as unreachable for that attempt.
+    pub node_connect_timeout: Duration,
     /// Dumpster entries per second one hub puts back in its queue for a resubmission request, so
     /// normal traffic to the new active keeps flowing.
     pub resubmit_rate: u64,

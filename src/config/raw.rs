@@ -24,6 +24,12 @@ fn default_store_cache_size() -> Size {
 fn default_in_flow_delay() -> Dur {
     Dur(Duration::from_secs(1))
 }
+/// A node on the site's own network answers a connection and MAIL in milliseconds, even loaded
+/// and with a TLS handshake; 2 s leaves it that margin many times over and still passes a silent
+/// node over quickly. (Postfix's `smtp_connect_timeout`, 30 s, is made for the Internet.)
+fn default_node_connect_timeout() -> Spanned<Dur> {
+    Spanned::new(0..0, Dur(Duration::from_secs(2)))
+}
 fn default_max_dumpster_size() -> Size {
     Size(18_000_000)
 }
@@ -148,6 +154,8 @@ pub(super) struct RawSite {
     pub(super) store_cache_size: Size,
     #[serde(default = "default_in_flow_delay")]
     pub(super) in_flow_delay: Dur,
+    #[serde(default = "default_node_connect_timeout")]
+    pub(super) node_connect_timeout: Spanned<Dur>,
 }
 
 /// One `[[hub]]`.

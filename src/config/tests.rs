@@ -22,6 +22,7 @@ fn example_site_loads_with_units() {
     assert_eq!(site.max_message_size, 10_000_000);
     assert_eq!(site.store_cache_size, 64 * 1024 * 1024);
     assert_eq!(site.in_flow_delay, Duration::from_secs(1));
+    assert_eq!(site.node_connect_timeout, Duration::from_secs(2));
     assert_eq!(site.max_dumpster_size_per_storage_group, 18_000_000);
     assert_eq!(site.max_dumpster_time, Duration::from_secs(7 * 86_400));
     assert_eq!(site.cms[0].log_file_size, 1 << 20);
@@ -210,6 +211,19 @@ fn resubmit_rate_and_dedup_retention_default_and_are_checked_at_their_line() {
     let line = line_of(&zero, "resubmit_rate");
     assert!(
         e.starts_with(&format!("site.toml:{line}: site.resubmit_rate:")),
+        "{e}"
+    );
+
+    let never = GOOD.replace(
+        "node_connect_timeout = \"2s\"",
+        "node_connect_timeout = \"0s\"",
+    );
+    let e = err(&never);
+    let line = line_of(&never, "node_connect_timeout");
+    assert!(
+        e.starts_with(&format!(
+            "site.toml:{line}: site.node_connect_timeout: must be more than 0s"
+        )),
         "{e}"
     );
 

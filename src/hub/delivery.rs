@@ -5,11 +5,15 @@
 //! DATA) and classifies every reply exactly once into an [`Outcome`]. Connections are kept per node and
 //! reused. A passive node answers 4xx at MAIL; the hub then tries the other node and remembers which
 //! one answered as active. Each new connection is secured as `delivery_tls` says ([`super::node_tls`]).
+//!
+//! Getting a connection and its answer to MAIL (the *opening*) must come within
+//! `node_connect_timeout`; what each node made of its openings ([`Reach`]) decides which nodes an
+//! attempt tries, and tells intake whether a CMS answers ([`CmsLink::answering`]).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use lettre::transport::smtp::client::AsyncSmtpConnection;
 use lettre::transport::smtp::commands::{Data, Mail, Rcpt, Rset};
@@ -19,9 +23,11 @@ use lettre::Address;
 use tracing::{debug, warn};
 
 use super::node_tls::{ForNode, NodeTls, NodeTlsError};
+use super::reach::{attempt_order, LeftAlone, Reach};
 use crate::config::Cms;
 
-/// How long one SMTP step may take before the attempt counts as a temporary failure.
+/// How long one SMTP step after MAIL may take before the attempt counts as a temporary failure:
+/// DATA waits for the node's fsync, which a loaded disk can stretch far beyond an opening.
 const STEP_TIMEOUT: Duration = Duration::from_secs(60);
 /// Idle connections kept per node; enough for the delivery concurrency of one hub.
 const MAX_IDLE_PER_NODE: usize = 64;
@@ -49,6 +55,8 @@ pub struct CmsLink {
     /// Index of the node that last answered as active; tried first.
     preferred: AtomicUsize,
     client_id: ClientId,
+    /// `node_connect_timeout`: how long an opening may take.
+    connect_timeout: Duration,
 }
 
 struct NodeLink {
@@ -56,17 +64,64 @@ struct NodeLink {
     addr: SocketAddr,
     tls: ForNode,
     idle: Mutex<Vec<AsyncSmtpConnection>>,
+    reach: Mutex<Reach>,
 }
 
 /// Why one node could not take a transaction; decides whether to try the other node.
 enum NodeFailure {
-    /// The node could not be reached or answered 4xx before any recipient was accepted.
+    /// The node could not be reached, or answered 4xx before any recipient was accepted.
     Unavailable(String),
 }
 
+/// One opening under way, counted in its node's [`Reach`] until it is settled; one dropped
+/// unsettled (its attempt was cancelled) counts as failed, so the count never leaks.
+struct Opening<'a> {
+    reach: &'a Mutex<Reach>,
+    settled: bool,
+}
+
+impl<'a> Opening<'a> {
+    /// Starts an opening to the node, unless it is to be left alone this time.
+    fn start(reach: &'a Mutex<Reach>) -> Result<Opening<'a>, LeftAlone> {
+        lock(reach).start(Instant::now())?;
+        Ok(Opening {
+            reach,
+            settled: false,
+        })
+    }
+
+    fn answered(mut self) {
+        self.settled = true;
+        lock(self.reach).answered(Instant::now());
+    }
+
+    fn failed(mut self) {
+        self.settled = true;
+        lock(self.reach).failed();
+    }
+}
+
+impl Drop for Opening<'_> {
+    fn drop(&mut self) {
+        if !self.settled {
+            lock(self.reach).failed();
+        }
+    }
+}
+
+fn lock(reach: &Mutex<Reach>) -> std::sync::MutexGuard<'_, Reach> {
+    reach.lock().expect("reach lock poisoned")
+}
+
 impl CmsLink {
-    /// Links to the nodes of `cms`, introducing itself as `hostname`, connecting as `tls` says.
-    pub fn new(cms: &Cms, hostname: &str, tls: &NodeTls) -> Result<CmsLink, NodeTlsError> {
+    /// Links to the nodes of `cms`, introducing itself as `hostname`, connecting as `tls` says and
+    /// giving each node `connect_timeout` to answer an opening.
+    pub fn new(
+        cms: &Cms,
+        hostname: &str,
+        tls: &NodeTls,
+        connect_timeout: Duration,
+    ) -> Result<CmsLink, NodeTlsError> {
         let nodes = cms
             .nodes
             .iter()
@@ -76,6 +131,7 @@ impl CmsLink {
                     addr: n.smtp,
                     tls: tls.for_node(n.smtp)?,
                     idle: Mutex::new(Vec::new()),
+                    reach: Mutex::new(Reach::default()),
                 })
             })
             .collect::<Result<_, NodeTlsError>>()?;
@@ -84,12 +140,39 @@ impl CmsLink {
             nodes,
             preferred: AtomicUsize::new(0),
             client_id: ClientId::Domain(hostname.to_string()),
+            connect_timeout,
         })
     }
 
     /// The CMS this link serves.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Whether the node an attempt would try first answers ([`Reach::answering`]): if not, a new
+    /// message's first attempt would wait on that node rather than on the hub.
+    pub fn answering(&self) -> bool {
+        let now = Instant::now();
+        self.order()
+            .first()
+            .is_some_and(|&i| lock(&self.nodes[i].reach).answering(now))
+    }
+
+    /// Whether an attempt now would open to some node of the CMS ([`Reach::check`]), rather than
+    /// pass every one by and be deferred without a word to any.
+    pub fn worth_trying(&self) -> bool {
+        let now = Instant::now();
+        self.nodes.iter().any(|n| lock(&n.reach).check(now).is_ok())
+    }
+
+    fn order(&self) -> Vec<usize> {
+        let failed: Vec<bool> = self
+            .nodes
+            .iter()
+            .map(|n| lock(&n.reach).is_failed())
+            .collect();
+        let preferred = self.preferred.load(Ordering::Relaxed) % self.nodes.len().max(1);
+        attempt_order(preferred, &failed)
     }
 
     /// Delivers `body` from `sender` to `recipients` on the active node; one outcome per recipient,
@@ -100,24 +183,46 @@ impl CmsLink {
         recipients: &[String],
         body: &[u8],
     ) -> (Vec<Outcome>, Option<String>) {
-        let first = self.preferred.load(Ordering::Relaxed) % self.nodes.len().max(1);
-        let mut last_error = String::from("no node configured");
-        for i in 0..self.nodes.len() {
-            let idx = (first + i) % self.nodes.len();
+        let from = if sender.is_empty() {
+            None
+        } else {
+            match sender.parse::<Address>() {
+                Ok(a) => Some(a),
+                Err(e) => {
+                    let o = Outcome::Permanent {
+                        code: 550,
+                        reason: format!("sender <{sender}> is not a usable address: {e}"),
+                    };
+                    return (vec![o; recipients.len()], None);
+                }
+            }
+        };
+        let mut params = Vec::new();
+        if body.iter().any(|b| *b >= 0x80) {
+            params.push(MailParameter::Body(MailBodyParameter::EightBitMime));
+        }
+        let mail = Mail::new(from, params);
+        let mut errors = Vec::new();
+        for idx in self.order() {
             let node = &self.nodes[idx];
-            match self.try_node(node, sender, recipients, body).await {
+            match self.try_node(node, &mail, recipients, body).await {
                 Ok(outcomes) => {
                     self.preferred.store(idx, Ordering::Relaxed);
                     return (outcomes, Some(node.name.clone()));
                 }
                 Err(NodeFailure::Unavailable(e)) => {
                     debug!(node = %node.name, error = %e, "node unavailable, trying the other");
-                    last_error = format!("{}: {e}", node.name);
+                    errors.push(format!("{}: {e}", node.name));
                 }
             }
         }
+        let reason = if errors.is_empty() {
+            String::from("no node configured")
+        } else {
+            errors.join("; ")
+        };
         let reason = format!(
-            "no active node of {} took the message ({last_error})",
+            "no active node of {} took the message ({reason})",
             self.name
         );
         (vec![Outcome::Transient(reason); recipients.len()], None)
@@ -126,12 +231,53 @@ impl CmsLink {
     async fn try_node(
         &self,
         node: &NodeLink,
-        sender: &str,
+        mail: &Mail,
         recipients: &[String],
         body: &[u8],
     ) -> Result<Vec<Outcome>, NodeFailure> {
-        let mut conn = self.connection(node).await?;
-        let result = transaction(&mut conn, sender, recipients, body).await;
+        let opening = Opening::start(&node.reach)
+            .map_err(|why| NodeFailure::Unavailable(format!("not tried: {why}")))?;
+        let open = async {
+            let mut conn = self.connection(node).await?;
+            let reply = conn.command(mail.clone()).await;
+            Ok::<_, String>((conn, reply))
+        };
+        let (mut conn, reply) = match tokio::time::timeout(self.connect_timeout, open).await {
+            Ok(Ok(opened)) => opened,
+            Ok(Err(e)) => {
+                opening.failed();
+                return Err(NodeFailure::Unavailable(e));
+            }
+            Err(_) => {
+                opening.failed();
+                return Err(NodeFailure::Unavailable(format!(
+                    "no answer within {} (node_connect_timeout)",
+                    humantime::format_duration(self.connect_timeout)
+                )));
+            }
+        };
+        match reply.map_err(Fail::from) {
+            Ok(_) => opening.answered(),
+            Err(Fail::Permanent(o)) => {
+                opening.answered();
+                reset(&mut conn).await;
+                if !conn.has_broken() {
+                    self.release(node, conn);
+                }
+                return Ok(vec![o; recipients.len()]);
+            }
+            Err(Fail::Transient(e)) => {
+                opening.answered();
+                conn.abort().await;
+                return Err(NodeFailure::Unavailable(e));
+            }
+            Err(Fail::Broken(e)) => {
+                opening.failed();
+                conn.abort().await;
+                return Err(NodeFailure::Unavailable(e));
+            }
+        }
+        let result = transaction(&mut conn, recipients, body).await;
         match &result {
             Ok(_) if !conn.has_broken() => self.release(node, conn),
             _ => conn.abort().await,
@@ -139,7 +285,9 @@ impl CmsLink {
         result
     }
 
-    async fn connection(&self, node: &NodeLink) -> Result<AsyncSmtpConnection, NodeFailure> {
+    /// A kept connection to `node`, or a new one (connect, greeting, EHLO, STARTTLS); the caller
+    /// bounds the time.
+    async fn connection(&self, node: &NodeLink) -> Result<AsyncSmtpConnection, String> {
         loop {
             let pooled = node.idle.lock().expect("pool lock poisoned").pop();
             match pooled {
@@ -150,23 +298,16 @@ impl CmsLink {
         }
         // Our own socket, for TCP_NODELAY: lettre writes a message and its final dot in separate
         // writes, and with Nagle the dot waits for the peer's delayed ACK (40 ms per message).
-        let connect = async {
-            let stream = tokio::net::TcpStream::connect(node.addr)
+        let stream = tokio::net::TcpStream::connect(node.addr)
+            .await
+            .map_err(|e| e.to_string())?;
+        stream.set_nodelay(true).map_err(|e| e.to_string())?;
+        let mut conn =
+            AsyncSmtpConnection::connect_with_transport(Box::new(stream), &self.client_id)
                 .await
                 .map_err(|e| e.to_string())?;
-            stream.set_nodelay(true).map_err(|e| e.to_string())?;
-            let mut conn =
-                AsyncSmtpConnection::connect_with_transport(Box::new(stream), &self.client_id)
-                    .await
-                    .map_err(|e| e.to_string())?;
-            node.tls.secure(&mut conn, &self.client_id).await?;
-            Ok::<_, String>(conn)
-        };
-        match tokio::time::timeout(STEP_TIMEOUT, connect).await {
-            Ok(Ok(c)) => Ok(c),
-            Ok(Err(e)) => Err(NodeFailure::Unavailable(e)),
-            Err(_) => Err(NodeFailure::Unavailable("connect timed out".into())),
-        }
+        node.tls.secure(&mut conn, &self.client_id).await?;
+        Ok(conn)
     }
 
     fn release(&self, node: &NodeLink, conn: AsyncSmtpConnection) {
@@ -209,39 +350,12 @@ async fn step<T>(f: impl std::future::Future<Output = Result<T, SmtpError>>) -> 
     }
 }
 
-/// Runs one transaction on an open connection.
+/// Runs the rest of a transaction (RCPT, DATA) on a connection whose MAIL was accepted.
 async fn transaction(
     conn: &mut AsyncSmtpConnection,
-    sender: &str,
     recipients: &[String],
     body: &[u8],
 ) -> Result<Vec<Outcome>, NodeFailure> {
-    let from = if sender.is_empty() {
-        None
-    } else {
-        match sender.parse::<Address>() {
-            Ok(a) => Some(a),
-            Err(e) => {
-                let o = Outcome::Permanent {
-                    code: 550,
-                    reason: format!("sender <{sender}> is not a usable address: {e}"),
-                };
-                return Ok(vec![o; recipients.len()]);
-            }
-        }
-    };
-    let mut params = Vec::new();
-    if body.iter().any(|b| *b >= 0x80) {
-        params.push(MailParameter::Body(MailBodyParameter::EightBitMime));
-    }
-    match step(conn.command(Mail::new(from, params))).await {
-        Ok(_) => {}
-        Err(Fail::Permanent(o)) => {
-            reset(conn).await;
-            return Ok(vec![o; recipients.len()]);
-        }
-        Err(Fail::Transient(e) | Fail::Broken(e)) => return Err(NodeFailure::Unavailable(e)),
-    }
     let mut outcomes = Vec::with_capacity(recipients.len());
     let mut accepted = Vec::new();
     for (i, rcpt) in recipients.iter().enumerate() {

@@ -6,6 +6,11 @@
 //! outcome: a node that is down must not stop intake, the queue on disk is there for that). When
 //! no token is free the session waits for one, up to `in_flow_delay`, and then goes on without:
 //! the brake slows clients to the delivery rate but never refuses a message.
+//!
+//! The brake follows the hub's own work, not a silent next hop: a message whose first attempt
+//! would wait on a node that does not answer ([`super::reach`]) takes no token at all, and an
+//! attempt waits at most `node_connect_timeout` per node for an answer, so deferred first attempts
+//! end, and give their tokens back, quickly.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,8 +41,9 @@ pub enum Admission {
 }
 
 impl Token {
-    /// A token that holds nothing back: for messages the hub makes itself (DSNs) and for
-    /// retries, which were admitted when they first arrived.
+    /// A token that holds nothing back: for messages the hub makes itself (DSNs), for retries,
+    /// which were admitted when they first arrived, and for new messages whose next hop does not
+    /// answer.
     pub fn none() -> Token {
         Token { permit: None }
     }

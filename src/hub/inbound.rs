@@ -62,7 +62,7 @@ impl Backend for HubInbound {
             });
         }
         let message_id = msg.message_id.clone();
-        let token = hub.admit().await;
+        let token = hub.admit(&recipients).await;
         match hub
             .submit(
                 token,

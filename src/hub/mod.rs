@@ -1,9 +1,10 @@
 //! The hub transport role: SMTP in → durable queue → delivery to the active node of each recipient's
 //! CMS → dumpster copy per storage group.
 //!
-//! A message's life: [`inbound`] accepts it once the backlog allows ([`flow`]); the [`writer`]
-//! thread stores it, in a batch with what other sessions received meanwhile, and makes it durable
-//! before the 250; a delivery task sends it ([`delivery`]); the outcome of every attempt is
+//! A message's life: [`inbound`] accepts it once the backlog allows ([`flow`]; a silent next hop
+//! does not count, [`reach`]); the [`writer`] thread stores it, in a batch with what other
+//! sessions received meanwhile, and makes it durable before the 250; a delivery task sends it
+//! ([`delivery`]), passing by nodes that do not answer; the outcome of every attempt is
 //! recorded (again batched by the writer) atomically with the dumpster entries it creates; temporary failures go to the
 //! retry [`scheduler`]; permanent ones, and deliveries the sender asked to hear about (RFC 3461
 //! NOTIFY), to a [`dsn`] for the sender (never for a resubmitted copy). An administrator can hold,
@@ -18,6 +19,7 @@ pub mod inbound;
 pub mod metrics;
 pub mod node_tls;
 pub mod queue;
+pub mod reach;
 pub mod resubmit;
 pub mod scheduler;
 pub mod writer;
@@ -96,6 +98,10 @@ pub struct Hub {
     links: Vec<CmsLink>,
     scheduler: Scheduler,
     inflight: Arc<Semaphore>,
+    /// Slots for attempts that talk to no node (every next hop passed by): as many as for
+    /// deliveries, so they bound memory alike, but apart, so they never wait behind deliveries
+    /// hanging on a silent node.
+    passing: Arc<Semaphore>,
     in_flow: InFlow,
     /// Messages an attempt, hold or delete is working on, so those never overlap.
     claims: claims::Claims,
@@ -116,7 +122,7 @@ impl Hub {
         let links = site
             .cms
             .iter()
-            .map(|c| CmsLink::new(c, &hostname, &node_tls))
+            .map(|c| CmsLink::new(c, &hostname, &node_tls, site.node_connect_timeout))
             .collect::<Result<_, _>>()?;
         let (scheduler, due) = Scheduler::new();
         let in_flow = InFlow::new(IN_FLOW_BACKLOG, site.in_flow_delay);
@@ -131,6 +137,7 @@ impl Hub {
             links,
             scheduler,
             inflight: Arc::new(Semaphore::new(MAX_INFLIGHT)),
+            passing: Arc::new(Semaphore::new(MAX_INFLIGHT)),
             in_flow,
             claims: claims::Claims::default(),
             resubmitting: resubmit::Resubmitting::default(),
@@ -144,7 +151,7 @@ impl Hub {
         }
         let runner = hub.clone();
         tokio::spawn(scheduler::run(due, move |id| {
-            runner.clone().spawn_delivery(id, Token::none(), None)
+            runner.clone().spawn_delivery(id, Token::none(), None, None)
         }));
         hub.resume_resubmissions()?;
         Ok(hub)
@@ -158,10 +165,21 @@ impl Hub {
         }
     }
 
-    /// A token for one new message from a client, once the backlog of messages not yet attempted
-    /// allows it or `in_flow_delay` has passed; [`Hub::submit`] keeps it until the first attempt
-    /// ends.
-    pub async fn admit(&self) -> Token {
+    /// A token for one new message from a client for `recipients`, once the backlog of messages
+    /// not yet attempted allows it or `in_flow_delay` has passed; [`Hub::submit`] keeps it until
+    /// the first attempt ends. A message for a CMS whose next hop does not answer
+    /// ([`CmsLink::answering`]) gets none, at once: its first attempt would be a wait on that node,
+    /// not work of this hub, and the queue is there to absorb a mailbox outage.
+    pub async fn admit(&self, recipients: &[Recipient]) -> Token {
+        let answering = recipients.iter().all(|r| {
+            self.links
+                .iter()
+                .find(|l| l.name() == r.cms)
+                .is_none_or(CmsLink::answering)
+        });
+        if !answering {
+            return Token::none();
+        }
         let (token, how) = self.in_flow.admit().await;
         if how != Admission::Immediate {
             self.metrics.in_flow_delayed();
@@ -195,7 +213,9 @@ impl Hub {
         // The first attempt takes the body from here rather than from the store while the token
         // bounds how many wait (an overdue admission holds none) and the body is small enough.
         let fresh = (token.holds_place() && body.len() <= FRESH_BODY_MAX).then_some(body);
-        self.clone().spawn_delivery(queued.id, token, fresh);
+        let talks = self.talks_to_a_node(&queued);
+        self.clone()
+            .spawn_delivery(queued.id, token, fresh, Some(talks));
         Ok(queued.id)
     }
 
@@ -210,11 +230,27 @@ impl Hub {
     }
 
     /// Attempts message `id` in its own task; `token` is given back when the attempt ends.
-    /// `fresh` is the body just stored, if the caller still has it.
-    fn spawn_delivery(self: Arc<Self>, id: u64, token: Token, fresh: Option<Vec<u8>>) {
+    /// `fresh` is the body just stored, if the caller still has it; `talks` whether the attempt
+    /// would open to a node ([`Hub::talks_to_a_node`]), if the caller has the message at hand.
+    fn spawn_delivery(
+        self: Arc<Self>,
+        id: u64,
+        token: Token,
+        fresh: Option<Vec<u8>>,
+        talks: Option<bool>,
+    ) {
         tokio::spawn(async move {
             let _token = token;
-            let Ok(_permit) = self.inflight.clone().acquire_owned().await else {
+            // The delivery slots are for talking to nodes. An attempt that will talk to none
+            // (every next hop silent, or failed and being probed) is deferred at once, rather than
+            // wait behind the attempts hanging on that hop and end with all of them at once. A
+            // message that cannot be read here gets a slot; its attempt finds out.
+            let talks = talks.unwrap_or_else(|| match self.store.get(id) {
+                Ok(Some(msg)) => self.talks_to_a_node(&msg),
+                _ => true,
+            });
+            let slots = if talks { &self.inflight } else { &self.passing };
+            let Ok(_permit) = slots.clone().acquire_owned().await else {
                 return;
             };
             if let Err(e) = self.attempt(id, fresh).await {
@@ -223,6 +259,20 @@ impl Hub {
                     .at(now_ms() + self.site.retry_min.as_millis() as u64, id);
             }
         });
+    }
+
+    /// Whether an attempt of `msg` now would open to a node of one of its pending recipients'
+    /// CMSs ([`CmsLink::worth_trying`]).
+    fn talks_to_a_node(&self, msg: &QueuedMessage) -> bool {
+        msg.recipients
+            .iter()
+            .filter(|r| is_pending(&r.status))
+            .any(|r| {
+                self.links
+                    .iter()
+                    .find(|l| l.name() == r.cms)
+                    .is_none_or(CmsLink::worth_trying)
+            })
     }
 
     /// One delivery attempt of every pending recipient of queued message `id`; its body is `fresh`

@@ -103,6 +103,13 @@ pub(super) fn build(at: &Locator, site: RawSite) -> Result<(Site, RoleTls), Conf
             ),
         ));
     }
+    if site.node_connect_timeout.get_ref().0.is_zero() {
+        return Err(at.err(
+            &site.node_connect_timeout.span(),
+            "site.node_connect_timeout",
+            "must be more than 0s: a hub would give up on every node before it answers",
+        ));
+    }
     let resubmit_rate = *site.resubmit_rate.get_ref();
     if resubmit_rate == 0 {
         return Err(at.err(
@@ -142,6 +149,7 @@ pub(super) fn build(at: &Locator, site: RawSite) -> Result<(Site, RoleTls), Conf
         max_message_size: site.max_message_size.0,
         store_cache_size: site.store_cache_size.0,
         in_flow_delay: site.in_flow_delay.0,
+        node_connect_timeout: site.node_connect_timeout.get_ref().0,
         max_dumpster_size_per_storage_group: site.max_dumpster_size_per_storage_group.0,
         max_dumpster_time: site.max_dumpster_time.0,
         message_expiry: site.message_expiry.0,
