@@ -18,6 +18,7 @@ Exit status 0 only if all of that holds. See tests/campaign/README.md for the co
 """
 
 import argparse
+import datetime
 import json
 import os
 import random
@@ -107,6 +108,8 @@ class Site:
         self.paused = set()
         self.mounts = []
         self.faketime = None
+        # Clock steps made, for reading the roles' log times back: (role, offset s, start, end).
+        self.steps = []
 
     def use_faketime(self):
         """Starts every role under libfaketime, its wall clock shifted by the offset in a file of its
@@ -128,6 +131,23 @@ class Site:
         """Sets `name`'s wall clock to real time + `offset` (libfaketime syntax: `+1h`, `-1h`, `+0`)."""
         with open(self.clock_file(name), "w") as f:
             f.write(offset + "\n")
+        now = time.time()
+        if self.steps and self.steps[-1][0] == name and self.steps[-1][3] is None:
+            self.steps[-1] = self.steps[-1][:3] + (now,)
+        if offset != "+0":
+            hours = int(offset.rstrip("h"))
+            self.steps.append((name, hours * 3600, now, None))
+
+    def real_time(self, name, logged):
+        """The real time of a log line `name` wrote at `logged` (seconds): a line written while its
+        clock was stepped (within the cache time around the step) is moved back by the step. The
+        steps are an hour and a run minutes, so no unstepped line can be mistaken for one."""
+        slack = CLOCK_CACHE_S + 1
+        for role, offset, start, end in self.steps:
+            end = time.time() if end is None else end
+            if role == name and start - slack <= logged - offset <= end + slack:
+                return logged - offset
+        return logged
 
     def mount_logs(self):
         """Puts each node's log directory on a filesystem of its own that `fill` can fill up.
@@ -497,14 +517,18 @@ def overlaps(site):
             m = ACK_LINE.match(line)
             if not m:
                 continue
-            ts, who, epoch = m.group(1), m.group(2), int(m.group(3))
+            who, epoch = m.group(2), int(m.group(3))
+            logged = datetime.datetime.fromisoformat(m.group(1).replace("Z", "+00:00")).timestamp()
+            ts = site.real_time(node, logged)
             lo, hi = spans.get((who, epoch), (ts, ts))
             spans[(who, epoch)] = (min(lo, ts), max(hi, ts))
     bad = []
+    iso = lambda s: datetime.datetime.fromtimestamp(s, datetime.timezone.utc).isoformat()
     for (n1, e1), (_, last1) in spans.items():
         for (n2, e2), (first2, _) in spans.items():
             if n1 != n2 and e1 < e2 and last1 > first2:
-                bad.append(f"{n1} acknowledged in epoch {e1} at {last1}, after {n2} did in epoch {e2} at {first2}")
+                bad.append(f"{n1} acknowledged in epoch {e1} at {iso(last1)}, after {n2} did in "
+                           f"epoch {e2} at {iso(first2)} (real times)")
     return spans, bad
 
 
