@@ -62,6 +62,20 @@ fn start_shifted(site: &TestSite, name: &str, lib: &Path, shift: &Path) -> Proc 
     )
 }
 
+/// The four roles of `site`, node1 with a clock the test steps through the returned file; waits
+/// until node1 is active.
+fn start_with_shifted_node1(site: &TestSite, lib: &Path) -> (PathBuf, Proc, [Proc; 3]) {
+    let shift = site.dir.path().join("node1-clock");
+    let node1 = start_shifted(site, "node1", lib, &shift);
+    let others = [
+        site.start(&["node", "--name", "node2"]),
+        site.start(&["hub", "--name", "hub1"]),
+        site.start(&["hub", "--name", "hub2"]),
+    ];
+    wait_active(site, "node1");
+    (shift, node1, others)
+}
+
 fn status(site: &TestSite) -> serde_json::Value {
     site.cli_json(&["status", "--cms", "cms1"]).1
 }
@@ -143,12 +157,7 @@ fn a_clock_step_on_the_active_then_a_crash_fails_over_within_the_lease_time() {
     let _turn = one_at_a_time();
     let lib = libfaketime();
     let site = TestSite::new("", &[]);
-    let shift = site.dir.path().join("node1-clock");
-    let node1 = start_shifted(&site, "node1", &lib, &shift);
-    let _node2 = site.start(&["node", "--name", "node2"]);
-    let _hub1 = site.start(&["hub", "--name", "hub1"]);
-    let _hub2 = site.start(&["hub", "--name", "hub2"]);
-    wait_active(&site, "node1");
+    let (shift, node1, _others) = start_with_shifted_node1(&site, &lib);
     let mut client = Smtplib::start();
     let mut acked = send(&site, &mut client, "before", 20);
 
@@ -240,12 +249,7 @@ fn a_lossy_failover_after_the_active_ran_ahead_brings_every_lost_message_back_on
         "witness = \"witness/cms1\"\nlog_file_size = \"4KiB\"",
     );
     std::fs::write(site.config(), text).expect("write config");
-    let shift = site.dir.path().join("node1-clock");
-    let node1 = start_shifted(&site, "node1", &lib, &shift);
-    let _node2 = site.start(&["node", "--name", "node2"]);
-    let _hub1 = site.start(&["hub", "--name", "hub1"]);
-    let _hub2 = site.start(&["hub", "--name", "hub2"]);
-    wait_active(&site, "node1");
+    let (shift, node1, _others) = start_with_shifted_node1(&site, &lib);
     let mut client = Smtplib::start();
 
     std::fs::write(&shift, "+1h\n").expect("step the clock");
