@@ -19,6 +19,7 @@
 //!    smtp        the inbound SMTP server and its TLS
 //! 0  wire        the admin API's JSON: status, copy status, dumpster statistics, resubmission
 //!    clock       wall and monotonic clocks, how times are shown, resubmission windows on a hub's clock
+//!    space       free space on a role's disks against the reserve it keeps (min_free_space)
 //! ```
 //!
 //! Within a row, modules may use each other in one direction only (config names smtp's
@@ -36,5 +37,6 @@ pub mod node;
 pub mod programs;
 pub mod runtime;
 pub mod smtp;
+pub mod space;
 pub mod telemetry;
 pub mod wire;

@@ -114,7 +114,7 @@ pub(crate) fn node_status(node: &MailboxNode) -> NodeStatus {
                         copy_queue_length: Some(gen - copied),
                         replay_queue_length: Some(copied - replayed.min(copied)),
                         summary_copy_status: Some(c.reported_status()),
-                        error: c.error.clone(),
+                        error: c.reported_error(),
                         newest_replayed,
                         behind_since,
                     }

@@ -24,6 +24,7 @@ use crate::client::{AdminClient, ClientError};
 use crate::clock::now_ms;
 use crate::clock::rfc3339;
 use crate::config::{Cms, Site};
+use crate::space::Reading;
 use crate::wire::cluster::{NodeStatus, OutstandingView, SgCopyStatus};
 use crate::wire::hub::{HubDumpsterStats, QueueSummary};
 
@@ -67,6 +68,8 @@ pub struct HubView {
     pub queue_oldest_age_seconds: Option<u64>,
     /// Its dumpster statistics, one per storage group.
     pub dumpster: Vec<HubDumpsterStats>,
+    /// Free space where its store is (`min_free_space`): "disk full" with the path.
+    pub disk: Vec<Reading>,
 }
 
 /// One node of a CMS as the page lists it.
@@ -84,6 +87,8 @@ pub struct NodeView {
     pub witness_ok: bool,
     /// Its epoch.
     pub epoch: Option<u64>,
+    /// Free space where its store and logs are (`min_free_space`).
+    pub disk: Vec<Reading>,
 }
 
 /// One clustered mailbox server: `hubrelay status` plus its outstanding resubmission requests.
@@ -206,9 +211,10 @@ pub async fn gather(site: Arc<Site>) -> Result<SiteDocument, ClientError> {
 }
 
 async fn hub_view(client: &AdminClient, name: String, addr: std::net::SocketAddr) -> HubView {
-    let (queue, dumpster) = tokio::join!(
+    let (queue, dumpster, disk) = tokio::join!(
         client.get::<QueueSummary>(addr, "/api/queue"),
-        client.get::<Vec<HubDumpsterStats>>(addr, "/api/dumpster")
+        client.get::<Vec<HubDumpsterStats>>(addr, "/api/dumpster"),
+        client.get::<Vec<Reading>>(addr, "/api/disk")
     );
     match (queue, dumpster) {
         (Ok(q), Ok(d)) => HubView {
@@ -218,6 +224,7 @@ async fn hub_view(client: &AdminClient, name: String, addr: std::net::SocketAddr
             queue_messages: Some(q.messages),
             queue_oldest_age_seconds: q.oldest_age_seconds,
             dumpster: d,
+            disk: disk.unwrap_or_default(),
         },
         (Err(e), _) | (_, Err(e)) => down(name, e.to_string()),
     }
@@ -231,6 +238,7 @@ fn down(name: String, error: String) -> HubView {
         queue_messages: None,
         queue_oldest_age_seconds: None,
         dumpster: Vec::new(),
+        disk: Vec::new(),
     }
 }
 
@@ -254,21 +262,26 @@ async fn cms_view(client: &AdminClient, cms: &Cms) -> (CmsView, Vec<NodeStatus>)
             }
         }
     }
-    let nodes = cms
-        .nodes
-        .iter()
-        .map(|n| {
-            let own = s.nodes.iter().find(|r| r.node == n.name);
-            NodeView {
-                name: n.name.clone(),
-                up: own.is_some(),
-                role: own.map(|r| r.role.clone()),
-                sees_peer: own.is_some_and(|r| r.sees_peer),
-                witness_ok: own.is_some_and(|r| r.witness_ok),
-                epoch: own.map(|r| r.epoch),
-            }
-        })
-        .collect();
+    let mut nodes = Vec::new();
+    for n in &cms.nodes {
+        let own = s.nodes.iter().find(|r| r.node == n.name);
+        let disk = match own {
+            Some(_) => client
+                .get::<Vec<Reading>>(n.admin, "/api/disk")
+                .await
+                .unwrap_or_default(),
+            None => Vec::new(),
+        };
+        nodes.push(NodeView {
+            name: n.name.clone(),
+            up: own.is_some(),
+            role: own.map(|r| r.role.clone()),
+            sees_peer: own.is_some_and(|r| r.sees_peer),
+            witness_ok: own.is_some_and(|r| r.witness_ok),
+            epoch: own.map(|r| r.epoch),
+            disk,
+        });
+    }
     let view = CmsView {
         name: s.cms,
         active_node: s.active_node,

@@ -17,6 +17,7 @@ use crate::clock::now_ms;
 use crate::clock::rfc3339;
 use crate::hub::metrics::HubState;
 use crate::hub::{Hub, HubError};
+use crate::space::Reading;
 use crate::telemetry;
 use crate::wire::hub::{HubDumpsterStats, QueueSummary, ResubmitBody, ResubmitState, StatsQuery};
 
@@ -27,6 +28,7 @@ pub fn hub_router(hub: Arc<Hub>) -> Router {
         .route("/metrics", get(metrics))
         .route("/api/queue", get(queue))
         .route("/api/dumpster", get(dumpster))
+        .route("/api/disk", get(disk))
         .route("/api/resubmit", post(resubmit))
         .route("/api/resubmit/:id", get(resubmit_state))
         .merge(super::queue::routes())
@@ -180,42 +182,46 @@ async fn queue(State(hub): State<Arc<Hub>>) -> Result<Json<QueueSummary>, ApiErr
     }))
 }
 
+/// `GET /api/disk`: free space where the store is, against `min_free_space` (`health`, the
+/// dashboard).
+async fn disk(State(hub): State<Arc<Hub>>) -> Json<Vec<Reading>> {
+    Json(hub.space.readings())
+}
+
 /// `GET /metrics`: the hub's counters, with the queue and dumpster read from the store now.
 async fn metrics(State(hub): State<Arc<Hub>>) -> Result<impl IntoResponse, ApiError> {
     let reader = hub.clone();
     let state = tokio::task::spawn_blocking(move || hub_state(&reader))
         .await
-        .map_err(ApiError::internal)??;
+        .map_err(ApiError::internal)?;
     let text = hub.metrics.encode(&state).map_err(ApiError::internal)?;
     Ok(([(header::CONTENT_TYPE, telemetry::CONTENT_TYPE)], text))
 }
 
 /// What `/metrics` reports of the store (blocking: the oldest queued message takes a queue scan).
-fn hub_state(hub: &Hub) -> Result<HubState, ApiError> {
+/// A store that cannot be read (a failed disk, until it is opened again) leaves its series out,
+/// so the free-space series that explain it are still scraped.
+fn hub_state(hub: &Hub) -> HubState {
     let now_ms = now_ms();
     let dumpster = hub
         .site
         .storage_group_names()
         .into_iter()
-        .map(|sg| {
-            let s = hub
-                .store
-                .dumpster_stats(&sg, now_ms, hub.limits())
-                .map_err(ApiError::internal)?;
-            Ok((sg, s))
+        .filter_map(|sg| {
+            let s = hub.store.dumpster_stats(&sg, now_ms, hub.limits()).ok()?;
+            Some((sg, s))
         })
-        .collect::<Result<_, ApiError>>()?;
+        .collect();
     let oldest_queued_ms = hub
         .store
         .queued()
-        .map_err(ApiError::internal)?
-        .iter()
-        .map(|m| m.received_ms)
-        .min();
-    Ok(HubState {
+        .ok()
+        .and_then(|q| q.iter().map(|m| m.received_ms).min());
+    HubState {
         now_ms,
         queue_messages: hub.store.queue_len() as u64,
         oldest_queued_ms,
         dumpster,
-    })
+        disk: hub.space.readings(),
+    }
 }

@@ -26,6 +26,7 @@ pub fn node_router(node: Arc<MailboxNode>) -> Router {
         .route("/api/mailbox", get(mailbox))
         .route("/api/mailbox/message", get(message))
         .route("/api/status", get(cluster::status))
+        .route("/api/disk", get(disk))
         .route("/api/outstanding", get(cluster::outstanding))
         .route("/api/cluster/heartbeat", post(cluster::heartbeat))
         .route("/api/cluster/move", post(cluster::move_away))
@@ -100,12 +101,17 @@ async fn message(
     }
 }
 
+/// `GET /api/disk`: free space where the store and logs are, against `min_free_space`.
+async fn disk(State(node): State<Arc<MailboxNode>>) -> Json<Vec<crate::space::Reading>> {
+    Json(node.space.readings())
+}
+
 /// `GET /metrics`: the node's counters, with its replication state as `GET /api/status` has it.
 async fn metrics(State(node): State<Arc<MailboxNode>>) -> Result<impl IntoResponse, ApiError> {
     let status = cluster::node_status(&node);
     let text = node
         .metrics
-        .encode(&status, now_ms())
+        .encode(&status, &node.space.readings(), now_ms())
         .map_err(ApiError::internal)?;
     Ok(([(header::CONTENT_TYPE, telemetry::CONTENT_TYPE)], text))
 }

@@ -8,6 +8,7 @@ use super::{print_json, Failure};
 use crate::client::cms::cms_status;
 use crate::client::AdminClient;
 use crate::config::{sanity, Cms, Site};
+use crate::space::Reading;
 use crate::wire::cluster::{MoveBody, MoveResult, SgCopyStatus};
 use crate::wire::hub::HubDumpsterStats;
 
@@ -132,6 +133,7 @@ pub async fn health(site: &Site, json: bool) -> Result<(), Failure> {
         }
     }
     let mut checks = vec![dumpster_size_check(site)];
+    checks.extend(disk_checks(site, &client).await);
     for c in &site.cms {
         let s = cms_status(&client, c).await;
         let name = &s.cms;
@@ -193,9 +195,17 @@ pub async fn health(site: &Site, json: bool) -> Result<(), Failure> {
             use crate::wire::cluster::SummaryCopyStatus as S;
             let sg = &g.name;
             checks.push(match g.summary_copy_status {
-                Some(S::Suspended) => {
-                    check("CopySuspended", "WARN", format!("{sg}: copy suspended"))
-                }
+                Some(S::Suspended) => check(
+                    "CopySuspended",
+                    "WARN",
+                    format!(
+                        "{sg}: copy suspended{}",
+                        g.error
+                            .as_deref()
+                            .map(|e| format!(" ({e})"))
+                            .unwrap_or_default()
+                    ),
+                ),
                 _ => check("CopySuspended", "PASS", format!("{sg}: copy not suspended")),
             });
             checks.push(match g.summary_copy_status {
@@ -272,6 +282,53 @@ pub async fn health(site: &Site, json: bool) -> Result<(), Failure> {
     } else {
         Ok(())
     }
+}
+
+/// One DiskSpace line per role that answers: FAIL while a directory has less than
+/// `min_free_space` free (the role refuses new mail), WARN below twice that.
+async fn disk_checks(site: &Site, client: &AdminClient) -> Vec<Check> {
+    let roles = site.hubs.iter().map(|h| (h.name.clone(), h.admin)).chain(
+        site.cms
+            .iter()
+            .flat_map(|c| c.nodes.iter().map(|n| (n.name.clone(), n.admin))),
+    );
+    let mut checks = Vec::new();
+    for (role, admin) in roles {
+        let Ok(readings) = client.get::<Vec<Reading>>(admin, "/api/disk").await else {
+            continue;
+        };
+        for r in readings {
+            checks.push(if r.low() {
+                check(
+                    "DiskSpace",
+                    "FAIL",
+                    format!("{role}: disk full: {}; new mail is refused with 452 4.3.1 until there is room (free space there, or grow the file system); it resumes by itself", r.describe()),
+                )
+            } else if r.free_bytes < r.reserve_bytes.saturating_mul(2) {
+                check(
+                    "DiskSpace",
+                    "WARN",
+                    format!(
+                        "{role}: {} has {} free, less than twice min_free_space ({})",
+                        r.path.display(),
+                        bytesize::ByteSize(r.free_bytes),
+                        bytesize::ByteSize(r.reserve_bytes)
+                    ),
+                )
+            } else {
+                check(
+                    "DiskSpace",
+                    "PASS",
+                    format!(
+                        "{role}: {} has {} free",
+                        r.path.display(),
+                        bytesize::ByteSize(r.free_bytes)
+                    ),
+                )
+            });
+        }
+    }
+    checks
 }
 
 /// One FAIL per resubmission request a hub refuses: what only its dumpster holds of a lossy

@@ -86,6 +86,10 @@ pub struct Heartbeat {
     pub sees_peer: bool,
     /// Per storage group, its LastLogGenerated (meaningful while it is active).
     pub last_log_generated: BTreeMap<String, u64>,
+    /// Its disk is short of `min_free_space`: moving the databases to it would only move the
+    /// problem. Set by the node, not the machine; absent from older nodes (false).
+    #[serde(default)]
+    pub disk_full: bool,
 }
 
 /// The witness lease as last read or written. Besides the vote, the lease is the "note board" of
@@ -313,6 +317,7 @@ impl Machine {
             was_active: self.was_active,
             sees_peer: self.sees_peer(now),
             last_log_generated,
+            disk_full: false,
         }
     }
 
@@ -435,6 +440,12 @@ impl Machine {
                 .peer
                 .as_ref()
                 .is_some_and(|(_, hb)| hb.role == Role::Passive)
+    }
+
+    /// Whether the peer, ready to take over by a move, also has room on its disk: where an active
+    /// node short of space hands its databases.
+    pub fn peer_has_room(&self, now: Millis) -> bool {
+        self.peer_healthy(now) && self.peer.as_ref().is_some_and(|(_, hb)| !hb.disk_full)
     }
 
     /// A scheduled move to this (passive) node, after it copied everything and took the witness

@@ -99,6 +99,9 @@ pub struct Site {
     /// How long a hub waits for a mailbox node to answer a new connection (greeting, EHLO,
     /// STARTTLS) and MAIL before it counts the node as unreachable for that attempt.
     pub node_connect_timeout: Duration,
+    /// Bytes every hub and node keeps free on the file systems of its data directory: below it,
+    /// new mail is refused with 452 4.3.1 (Postfix's `queue_minfree`).
+    pub min_free_space: u64,
     /// Dumpster entries per second one hub puts back in its queue for a resubmission request, so
     /// normal traffic to the new active keeps flowing.
     pub resubmit_rate: u64,

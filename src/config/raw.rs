@@ -30,6 +30,12 @@ fn default_in_flow_delay() -> Dur {
 fn default_node_connect_timeout() -> Spanned<Dur> {
     Spanned::new(0..0, Dur(Duration::from_secs(2)))
 }
+/// Room to finish what a role holds when the disk fills: messages in flight, a log generation
+/// to seal, a handover. Postfix asks for 1.5 × message_size_limit (15 MB with ours); a busy role
+/// has many messages in flight, so some more.
+fn default_min_free_space() -> Size {
+    Size(256 * 1024 * 1024)
+}
 fn default_max_dumpster_size() -> Size {
     Size(18_000_000)
 }
@@ -156,6 +162,8 @@ pub(super) struct RawSite {
     pub(super) in_flow_delay: Dur,
     #[serde(default = "default_node_connect_timeout")]
     pub(super) node_connect_timeout: Spanned<Dur>,
+    #[serde(default = "default_min_free_space")]
+    pub(super) min_free_space: Size,
 }
 
 /// One `[[hub]]`.

@@ -12,8 +12,13 @@ use crate::smtp::{Backend, Incoming, Reply};
 pub struct HubInbound(pub Arc<Hub>);
 
 impl Backend for HubInbound {
+    /// 452 4.3.1 while the store's disk has less than `min_free_space` free: the client keeps
+    /// the message and tries again, as with Postfix's `queue_minfree`.
     fn check_mail(&self, _sender: &str) -> Result<(), Reply> {
-        Ok(())
+        match self.0.space.low() {
+            Some(_) => Err(Reply::insufficient_storage()),
+            None => Ok(()),
+        }
     }
 
     /// The hub generates every DSN: the mailbox nodes behind it are final delivery.
@@ -42,6 +47,10 @@ impl Backend for HubInbound {
 
     async fn deliver(&self, msg: Incoming) -> Reply {
         let hub = &self.0;
+        // Checked again: the disk may have filled while the body arrived.
+        if hub.space.low().is_some() {
+            return Reply::insufficient_storage();
+        }
         let mut recipients: Vec<Recipient> = Vec::with_capacity(msg.recipients.len());
         for (i, addr) in msg.recipients.iter().enumerate() {
             let Some(route) = hub.site.route(addr) else {

@@ -15,6 +15,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use store::hub::{DumpsterStats, Millis};
 
+use crate::space::Reading;
+use crate::telemetry::disk::DiskGauges;
 use crate::telemetry::histogram::{AtomicHistogram, LATENCY_BUCKETS};
 use crate::telemetry::{self, seconds, SgLabels};
 
@@ -29,6 +31,8 @@ pub struct HubState {
     pub oldest_queued_ms: Option<Millis>,
     /// Dumpster statistics per storage group of the site.
     pub dumpster: Vec<(String, DumpsterStats)>,
+    /// Free space where the store is.
+    pub disk: Vec<Reading>,
 }
 
 /// Every metric of one hub, in a registry labelled `hub="<name>"`.
@@ -51,6 +55,7 @@ pub struct HubMetrics {
     dumpster_evictions: Family<SgLabels, Counter>,
     dumpster_expired: Family<SgLabels, Counter>,
     dumpster_too_large: Family<SgLabels, Counter>,
+    disk: DiskGauges,
     /// One scrape at a time: a scrape sets the state gauges and then encodes them.
     scrape: Mutex<()>,
 }
@@ -76,8 +81,10 @@ impl HubMetrics {
             dumpster_evictions: Family::default(),
             dumpster_expired: Family::default(),
             dumpster_too_large: Family::default(),
+            disk: DiskGauges::default(),
             scrape: Mutex::new(()),
         };
+        m.disk = DiskGauges::register(&mut m.registry);
         let r = &mut m.registry;
         r.register(
             "messages_received",
@@ -230,6 +237,7 @@ impl HubMetrics {
                 f.get_or_create(&l).inner().store(v, Ordering::Relaxed);
             }
         }
+        self.disk.set(&state.disk);
         telemetry::encode(&self.registry)
     }
 }

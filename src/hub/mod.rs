@@ -32,13 +32,14 @@ use std::time::Duration;
 use chrono::Utc;
 use store::hub::{
     DumpsterEntry, DumpsterLimits, HubStore, HubStoreError, MessageDsn, Millis, NewMessage,
-    QueuedMessage, RcptDsn, RcptStatus, Recipient,
+    QueuedMessage, RcptDsn, RcptStatus, Recipient, Recovery,
 };
 use tokio::sync::Semaphore;
-use tracing::{info, info_span, warn, Instrument};
+use tracing::{error, info, info_span, warn, Instrument};
 
 use crate::clock::now_ms;
 use crate::config::Site;
+use crate::space::Space;
 use commit::GroupCommit;
 use delivery::{CmsLink, Outcome};
 use dsn::{Action, Notice};
@@ -46,6 +47,8 @@ use flow::{Admission, InFlow, Token};
 use metrics::HubMetrics;
 use scheduler::Scheduler;
 
+/// How often the store is probed for a disk error it must be opened again after.
+const RECOVER_EVERY: Duration = Duration::from_secs(1);
 /// Deliveries in flight at once per hub; bounds memory and connections to the nodes.
 const MAX_INFLIGHT: usize = 64;
 /// New messages that may wait for their first delivery attempt before intake is slowed
@@ -93,6 +96,8 @@ pub struct Hub {
     pub store: Arc<HubStore>,
     /// Its Prometheus metrics, served at /metrics.
     pub metrics: HubMetrics,
+    /// Free space where the store is, against `min_free_space`: below it new mail gets 452.
+    pub space: Space,
     commit: GroupCommit,
     writer: writer::Writer,
     links: Vec<CmsLink>,
@@ -126,12 +131,14 @@ impl Hub {
             .collect::<Result<_, _>>()?;
         let (scheduler, due) = Scheduler::new();
         let in_flow = InFlow::new(IN_FLOW_BACKLOG, site.in_flow_delay);
+        let space = Space::new(vec![dir.to_path_buf()], site.min_free_space);
         let hub = Arc::new(Hub {
             name: name.to_string(),
             site,
             hostname,
             store,
             metrics: HubMetrics::new(name),
+            space,
             commit,
             writer,
             links,
@@ -142,19 +149,26 @@ impl Hub {
             claims: claims::Claims::default(),
             resubmitting: resubmit::Resubmitting::default(),
         });
-        let queued = hub.store.queued()?;
-        if !queued.is_empty() {
-            info!(hub = %hub.name, messages = queued.len(), "resuming queued deliveries");
-        }
-        for m in queued {
-            hub.scheduler.at(m.next_attempt_ms, m.id);
-        }
+        hub.schedule_queued()?;
         let runner = hub.clone();
         tokio::spawn(scheduler::run(due, move |id| {
             runner.clone().spawn_delivery(id, Token::none(), None, None)
         }));
         hub.resume_resubmissions()?;
         Ok(hub)
+    }
+
+    /// Schedules every queued message (at start, and after the store was opened again: what a
+    /// failed disk kept is what is queued now).
+    fn schedule_queued(&self) -> Result<(), HubError> {
+        let queued = self.store.queued()?;
+        if !queued.is_empty() {
+            info!(hub = %self.name, messages = queued.len(), "resuming queued deliveries");
+        }
+        for m in queued {
+            self.scheduler.at(m.next_attempt_ms, m.id);
+        }
+        Ok(())
     }
 
     /// The dumpster bounds of this site.
@@ -560,8 +574,44 @@ fn expire(msg: &mut QueuedMessage, now: Millis, notices: &mut Vec<Notice>) {
 }
 
 impl Hub {
-    /// Starts the dumpster sweeper (MaxDumpsterTime) and the final flush at shutdown.
+    /// Probes the store every [`RECOVER_EVERY`]: sled fails every write after one disk error
+    /// (a disk that filled to the last byte) until it is opened again, which this does as soon
+    /// as it can be written, and then schedules again what the reopened queue holds.
+    fn spawn_store_recovery(self: &Arc<Self>, shutdown: tokio_util::sync::CancellationToken) {
+        let hub = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(RECOVER_EVERY);
+            let mut failing = false;
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = shutdown.cancelled() => return,
+                }
+                let store = hub.store.clone();
+                match tokio::task::spawn_blocking(move || store.recover()).await {
+                    Ok(Ok(Recovery::Healthy)) => failing = false,
+                    Ok(Ok(Recovery::Reopened)) => {
+                        failing = false;
+                        if let Err(e) = hub.schedule_queued() {
+                            warn!(hub = %hub.name, error = %e, "cannot read the queue after reopening the store");
+                        }
+                    }
+                    Ok(Err(e)) => {
+                        if !failing {
+                            error!(hub = %hub.name, error = %e, "hub store cannot be written; mail refused with 451 until it can (retried every second)");
+                        }
+                        failing = true;
+                    }
+                    Err(e) => warn!(hub = %hub.name, error = %e, "store recovery task failed"),
+                }
+            }
+        });
+    }
+
+    /// Starts the dumpster sweeper (MaxDumpsterTime), the store's recovery after a disk error
+    /// and the final flush at shutdown.
     pub fn spawn_housekeeping(self: &Arc<Self>, shutdown: tokio_util::sync::CancellationToken) {
+        self.spawn_store_recovery(shutdown.clone());
         let hub = self.clone();
         let every = (self.site.max_dumpster_time / 10)
             .clamp(Duration::from_millis(100), Duration::from_secs(60));

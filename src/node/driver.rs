@@ -51,6 +51,9 @@ pub fn spawn(node: Arc<MailboxNode>, shutdown: CancellationToken) {
     let n = node.clone();
     let stop = shutdown.clone();
     tokio::spawn(async move { every(SWEEP_EVERY, &stop, || n.sweep_dedup()).await });
+    let n = node.clone();
+    let stop = shutdown.clone();
+    tokio::spawn(async move { every(super::disk::DISK_EVERY, &stop, || n.disk_round()).await });
     tokio::spawn(async move { every(RESUBMIT_EVERY, &shutdown, || node.resubmit_round()).await });
 }
 
@@ -88,7 +91,9 @@ impl MailboxNode {
     /// Our heartbeat for the peer.
     pub fn own_heartbeat(&self) -> Heartbeat {
         let generated = self.generated();
-        self.machine().heartbeat(mono_ms(), generated)
+        let mut hb = self.machine().heartbeat(mono_ms(), generated);
+        hb.disk_full = self.space.low().is_some();
+        hb
     }
 
     /// The peer's heartbeat arrived (through our admin API or as the answer to ours).
@@ -119,11 +124,17 @@ impl MailboxNode {
                 self.take_back_lease().await;
             }
         }
-        let failed = self.writers().into_iter().find_map(|(sg, w)| {
-            w.failing_for()
-                .filter(|t| *t >= DATABASE_FAILED_AFTER)
-                .and_then(|_| w.failure().map(|why| format!("{sg}: {why}")))
-        });
+        // A move (for the disk's sake too) seals the logs; it decides, not a failed log.
+        let moving = self.moving.load(std::sync::atomic::Ordering::SeqCst);
+        let failed = self
+            .writers()
+            .into_iter()
+            .filter(|_| !moving)
+            .find_map(|(sg, w)| {
+                w.failing_for()
+                    .filter(|t| *t >= DATABASE_FAILED_AFTER)
+                    .and_then(|_| w.failure().map(|why| format!("{sg}: {why}")))
+            });
         if let Some(reason) = failed {
             let actions = {
                 let mut m = self.machine();

@@ -31,11 +31,15 @@ impl NodeInbound {
 }
 
 impl Backend for NodeInbound {
+    /// The passive sends the hub to the active; an active short of `min_free_space` answers
+    /// 452 4.3.1 (and soon hands its databases to a passive with room).
     fn check_mail(&self, _sender: &str) -> Result<(), Reply> {
-        if self.0.is_active() {
-            Ok(())
-        } else {
+        if !self.0.is_active() {
             Err(self.passive_reply())
+        } else if self.0.space.low().is_some() {
+            Err(Reply::insufficient_storage())
+        } else {
+            Ok(())
         }
     }
 
@@ -54,6 +58,9 @@ impl Backend for NodeInbound {
         let node = &self.0;
         if !node.is_active() {
             return self.passive_reply();
+        }
+        if node.space.low().is_some() {
+            return Reply::insufficient_storage();
         }
         let epoch = node.machine().epoch();
         let now = now_ms();

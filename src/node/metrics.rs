@@ -17,6 +17,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
+use crate::space::Reading;
+use crate::telemetry::disk::DiskGauges;
 use crate::telemetry::{self, seconds, SgLabels};
 use crate::wire::cluster::NodeStatus;
 use crate::wire::cluster::SummaryCopyStatus;
@@ -73,6 +75,7 @@ pub struct NodeMetrics {
     since_replayed: Family<SgLabels, Gauge<f64, AtomicU64>>,
     behind: Family<SgLabels, Gauge<f64, AtomicU64>>,
     copy_status: Family<CopyStatusLabels, Gauge>,
+    disk: DiskGauges,
     /// One scrape at a time: a scrape sets the state gauges and then encodes them.
     scrape: Mutex<()>,
 }
@@ -110,8 +113,10 @@ impl NodeMetrics {
             since_replayed: Family::default(),
             behind: Family::default(),
             copy_status: Family::default(),
+            disk: DiskGauges::default(),
             scrape: Mutex::new(()),
         };
+        m.disk = DiskGauges::register(&mut m.registry);
         let r = &mut m.registry;
         r.register(
             "messages_stored",
@@ -210,7 +215,12 @@ impl NodeMetrics {
 
     /// The OpenMetrics text: the counters as they are, the replication state from `status`
     /// (read at `now_ms`).
-    pub fn encode(&self, status: &NodeStatus, now_ms: u64) -> Result<String, std::fmt::Error> {
+    pub fn encode(
+        &self,
+        status: &NodeStatus,
+        disk: &[Reading],
+        now_ms: u64,
+    ) -> Result<String, std::fmt::Error> {
         let _one = self.scrape.lock().unwrap_or_else(|p| p.into_inner());
         self.active.set(i64::from(status.mounted));
         self.epoch.set(int(status.epoch));
@@ -262,6 +272,7 @@ impl NodeMetrics {
                 }
             }
         }
+        self.disk.set(disk);
         telemetry::encode(&self.registry)
     }
 }

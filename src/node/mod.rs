@@ -13,6 +13,7 @@
 //! and demoting.
 
 pub mod copy_admin;
+pub mod disk;
 pub mod driver;
 pub mod inbound;
 pub mod metrics;
@@ -35,6 +36,7 @@ use crate::clock::{mono_ms, now_ms};
 use crate::cluster::machine::{Machine, Timing};
 use crate::cluster::witness::Witness;
 use crate::config::{Node, Site};
+use crate::space::Space;
 use metrics::NodeMetrics;
 use replication::CopyState;
 use state::{EpochStart, NodeState, StateError};
@@ -87,6 +89,9 @@ pub struct MailboxNode {
     pub client: AdminClient,
     /// Its Prometheus metrics, served at /metrics.
     pub metrics: NodeMetrics,
+    /// Free space where its store and logs are, against `min_free_space`.
+    pub space: Space,
+    disk: disk::DiskWatch,
     /// Admin API client for heartbeats, with a timeout shorter than the heartbeat period.
     heartbeats: AdminClient,
     /// Admin API client for a scheduled move's takeover call (the target copies, then mounts).
@@ -168,6 +173,11 @@ impl MailboxNode {
                     .map(|s| s.name.clone())
                     .collect::<Vec<_>>(),
             ),
+            space: Space::new(
+                vec![dir.to_path_buf(), dir.join("logs")],
+                site.min_free_space,
+            ),
+            disk: disk::DiskWatch::default(),
             heartbeats: AdminClient::with_timeout(&site, std::time::Duration::from_millis(400))?,
             moves: AdminClient::with_timeout(&site, std::time::Duration::from_secs(40))?,
             dir: dir.to_path_buf(),

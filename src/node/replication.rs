@@ -49,6 +49,12 @@ pub struct CopyState {
     /// Since when (ms since the epoch) the copy has not been Healthy, as copy rounds saw it:
     /// how long it has been behind decides whether the dumpster still covers what it lacks.
     pub unhealthy_since_ms: Option<u64>,
+    /// Suspended by the node itself while its disk is short of `min_free_space` (the reason):
+    /// resumed by itself once there is room, unlike an administrator's suspension.
+    pub disk_full: Option<String>,
+    /// The last copy or replay failed on a disk error (not a bad log): the next round tries
+    /// again, and replays first what was copied but not applied.
+    pub io_failed: bool,
 }
 
 impl CopyState {
@@ -63,6 +69,8 @@ impl CopyState {
             verified_epoch: None,
             contact: None,
             unhealthy_since_ms: None,
+            disk_full: None,
+            io_failed: false,
         }
     }
 }
@@ -130,9 +138,18 @@ impl CopyState {
         }
     }
 
+    /// Why the copy is not Healthy, as `status` shows it: the node's own suspension for a full
+    /// disk, else the last failure.
+    pub fn reported_error(&self) -> Option<String> {
+        self.disk_full.clone().or_else(|| self.error.clone())
+    }
+
     /// SummaryCopyStatus as reported now: Healthy or Synchronizing only while copy rounds reach
     /// the active node, so a copy that has stopped hearing from it never looks caught up.
     pub fn reported_status(&self) -> SummaryCopyStatus {
+        if self.disk_full.is_some() {
+            return SummaryCopyStatus::Suspended;
+        }
         match self.status {
             SummaryCopyStatus::Healthy | SummaryCopyStatus::Synchronizing
                 if self.contact.is_none_or(|t| t.elapsed() > STALE_CONTACT) =>
@@ -170,12 +187,15 @@ impl MailboxNode {
     }
 
     async fn copy_sg(&self, sg: &str) -> Result<(), NodeError> {
-        let suspended_or_failed = self
-            .copies()
-            .get(sg)
-            .is_none_or(|c| c.suspended || c.status == SummaryCopyStatus::Failed);
-        if suspended_or_failed {
+        let (stopped, io_failed) = self.copies().get(sg).map_or((true, false), |c| {
+            let refused = c.status == SummaryCopyStatus::Failed && !c.io_failed;
+            (c.suspended || refused || c.disk_full.is_some(), c.io_failed)
+        });
+        if stopped {
             return Ok(());
+        }
+        if io_failed {
+            self.replay_after_disk_error(sg)?;
         }
         let path = format!("/api/logs/{}", encode(sg));
         let status: LogStatus = match self.client.get(self.peer.admin, &path).await {
@@ -215,7 +235,14 @@ impl MailboxNode {
             };
             match stored {
                 Ok(records) => {
-                    apply_generation(&self.store, sg, next, &records)?;
+                    if let Err(e) = apply_generation(&self.store, sg, next, &records) {
+                        self.disk_error(sg, &e.to_string());
+                        return Err(e);
+                    }
+                }
+                Err(e @ store::txlog::TxLogError::Io { .. }) => {
+                    self.disk_error(sg, &e.root_cause());
+                    return Ok(());
                 }
                 Err(e) => {
                     warn!(node = %self.name, storage_group = %sg, generation = next, error = %e, "log refused; replication stopped");
@@ -307,6 +334,41 @@ impl MailboxNode {
         }
         self.persist()?;
         Ok(true)
+    }
+
+    /// A copy or replay that failed on the disk: reported Failed with the path, and tried again
+    /// next round (a bad log, by contrast, stops replication until an administrator acts).
+    fn disk_error(&self, sg: &str, error: &str) {
+        warn!(node = %self.name, storage_group = %sg, error, "copy failed on a disk error; trying again next round");
+        if let Some(cs) = self.copies().get_mut(sg) {
+            cs.io_failed = true;
+            cs.settle(SummaryCopyStatus::Failed, Some(error.to_string()));
+        }
+    }
+
+    /// Before copying on after a disk error: applies what was copied but not replayed (the
+    /// store may also have been opened again and lost applies it had not flushed).
+    fn replay_after_disk_error(&self, sg: &str) -> Result<(), NodeError> {
+        let copies = self.copies();
+        let Some(cs) = copies.get(sg) else {
+            return Ok(());
+        };
+        match replay_all(&self.store, sg, &cs.copy) {
+            Ok(n) => {
+                drop(copies);
+                if let Some(cs) = self.copies().get_mut(sg) {
+                    cs.io_failed = false;
+                    cs.error = None;
+                }
+                info!(node = %self.name, storage_group = %sg, replayed = n, "copy writable again; replication resumed");
+                Ok(())
+            }
+            Err(e) => {
+                drop(copies);
+                self.disk_error(sg, &e.to_string());
+                Err(e)
+            }
+        }
     }
 
     fn set_status(&self, sg: &str, status: SummaryCopyStatus, error: Option<String>) {

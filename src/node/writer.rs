@@ -44,6 +44,9 @@ enum Command {
     /// Close the open generation after every write before it and refuse writes until `Unseal`.
     Seal(oneshot::Sender<Result<u64, String>>),
     Unseal,
+    /// The store was opened again after a disk error and may have lost applies it had not
+    /// flushed: reopen the log and replay it before the next write.
+    Replay,
     /// Finish the batch under way, then end the thread (demotion waits for this).
     Stop(oneshot::Sender<()>),
 }
@@ -149,6 +152,12 @@ impl SgWriter {
             .map_err(|_| "the log writer has stopped".to_string())?
     }
 
+    /// After the store was opened again: the next write first replays the log into it, so no
+    /// record the log holds is missing from the store (and from its dedup index).
+    pub fn replay(&self) {
+        let _ = self.tx.send(Command::Replay);
+    }
+
     /// Takes writes again after a seal (a scheduled move that did not happen).
     pub fn unseal(&self) {
         let _ = self.tx.send(Command::Unseal);
@@ -219,6 +228,11 @@ impl Thread {
                     Command::Unseal => {
                         self.write(std::mem::take(&mut batch));
                         self.sealed = false;
+                    }
+                    Command::Replay => {
+                        self.write(std::mem::take(&mut batch));
+                        self.log = None;
+                        self.last_reopen = None;
                     }
                     Command::Stop(done) => {
                         self.write(std::mem::take(&mut batch));

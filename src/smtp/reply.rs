@@ -18,6 +18,12 @@ pub struct Reply {
 }
 
 impl Reply {
+    /// The refusal of a role whose disk is short of its reserve (`min_free_space`): RFC 3463
+    /// 4.3.1, mail system full; the client keeps the message and tries again later.
+    pub fn insufficient_storage() -> Reply {
+        Reply::new(452, "4.3.1", "insufficient system storage, try again later")
+    }
+
     /// Builds a reply; see the field docs for what each part means.
     pub fn new(code: u16, esc: &'static str, text: impl Into<String>) -> Reply {
         Reply {

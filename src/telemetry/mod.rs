@@ -7,6 +7,7 @@
 //! encoder, which escapes quotes, backslashes and newlines; nothing here writes exposition text by
 //! hand.
 
+pub mod disk;
 pub mod histogram;
 pub mod logging;
 

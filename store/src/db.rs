@@ -1,7 +1,10 @@
 //! Opening a sled database the way every store here needs it.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
+
+use tracing::warn;
 
 /// How long [`open`] retries a held lock. sled releases its file lock when its last background
 /// task lets go of the file, a few milliseconds after the previous handle in this process was
@@ -29,4 +32,94 @@ pub(crate) fn open(path: &Path, cache_bytes: u64) -> Result<sled::Db, sled::Erro
 /// sled 0.34 reports a held file lock only as this io::Error text (ErrorKind::Other).
 pub(crate) fn is_locked(e: &sled::Error) -> bool {
     e.to_string().contains("could not acquire lock")
+}
+
+/// A sled database that can be opened again in place, with what is built on it (its trees).
+///
+/// sled 0.34 fails every write after one I/O error (a full disk, say) until the database is
+/// opened anew: its page cache keeps the first error for good. A role that must come back by
+/// itself once space is free again probes the database with [`Reopenable::recover`] and gets a
+/// fresh handle; callers hold an `Arc` of the current one only for the length of an operation, so
+/// the old handle (and sled's file lock) is gone moments after it is replaced.
+pub(crate) struct Reopenable<T> {
+    path: PathBuf,
+    cache_bytes: u64,
+    make: fn(sled::Db) -> Result<T, sled::Error>,
+    /// `Err(why)` while closed: after a failed probe until a reopen succeeds.
+    current: RwLock<Result<Arc<T>, String>>,
+}
+
+/// What [`Reopenable::recover`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recovery {
+    /// The database took a write: nothing to do.
+    Healthy,
+    /// It had failed and was opened again: what was not flushed before the failure is gone, so
+    /// anything derived from it must be rebuilt (rescheduled, replayed).
+    Reopened,
+}
+
+/// Key of the probe write in sled's default tree; nothing reads it.
+const PROBE_KEY: &[u8] = b"\0writable-probe";
+
+impl<T: AsRef<sled::Db>> Reopenable<T> {
+    /// Opens the database at `path` and builds `T` on it with `make`.
+    pub(crate) fn open(
+        path: &Path,
+        cache_bytes: u64,
+        make: fn(sled::Db) -> Result<T, sled::Error>,
+    ) -> Result<Reopenable<T>, sled::Error> {
+        let t = make(open(path, cache_bytes)?)?;
+        Ok(Reopenable {
+            path: path.to_path_buf(),
+            cache_bytes,
+            make,
+            current: RwLock::new(Ok(Arc::new(t))),
+        })
+    }
+
+    /// The current handle, or why there is none (a reopen has not succeeded yet).
+    pub(crate) fn get(&self) -> Result<Arc<T>, String> {
+        self.current
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The database's directory.
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Writes and flushes a probe; if that fails, closes the database and opens it again
+    /// (sled's recovery keeps everything flushed before the failure).
+    pub(crate) fn recover(&self) -> Result<Recovery, sled::Error> {
+        if let Ok(t) = self.get() {
+            let db: &sled::Db = t.as_ref().as_ref();
+            let probe = db
+                .insert(PROBE_KEY, &[])
+                .and_then(|_| db.flush().map(|_| ()));
+            match probe {
+                Ok(()) => return Ok(Recovery::Healthy),
+                Err(e) => {
+                    warn!(path = %self.path.display(), error = %e, "database failed; closing it to open it again");
+                    *self.current.write().unwrap_or_else(PoisonError::into_inner) =
+                        Err(e.to_string());
+                }
+            }
+        }
+        let t = open(&self.path, self.cache_bytes).and_then(self.make);
+        match t {
+            Ok(t) => {
+                *self.current.write().unwrap_or_else(PoisonError::into_inner) = Ok(Arc::new(t));
+                warn!(path = %self.path.display(), "database opened again after a failure; writes accepted");
+                Ok(Recovery::Reopened)
+            }
+            Err(e) => {
+                *self.current.write().unwrap_or_else(PoisonError::into_inner) =
+                    Err(format!("opening it again failed: {e}"));
+                Err(e)
+            }
+        }
+    }
 }

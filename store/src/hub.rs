@@ -20,6 +20,9 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::db::Recovery;
+use crate::db::Reopenable;
+
 /// Milliseconds since the Unix epoch; callers pass the time so the store is deterministic.
 pub type Millis = u64;
 
@@ -337,6 +340,15 @@ pub enum HubStoreError {
     /// sled failed (I/O, disk full, corruption sled itself detected).
     #[error("hub store: {0}")]
     Sled(#[from] sled::Error),
+    /// The store failed (a disk error) and has not been opened again yet: see
+    /// [`HubStore::recover`].
+    #[error("hub store {path} is closed after a failure ({reason}); it is opened again once it can be written")]
+    Closed {
+        /// The store directory.
+        path: PathBuf,
+        /// The failure, or why opening it again failed.
+        reason: String,
+    },
     /// A stored key or value could not be decoded.
     #[error("corrupt record in tree `{tree}` at key \"{key}\": {reason}")]
     Corrupt {
@@ -383,8 +395,7 @@ pub enum HubStoreError {
 
 /// The hub's store: one sled database with a tree per kind of record.
 pub struct HubStore {
-    db: sled::Db,
-    trees: tx::Trees,
+    db: Reopenable<Open>,
     /// Held by every operation that plans dumpster or blob-refcount changes outside a transaction,
     /// so the plan is still true when its transaction commits.
     planner: Mutex<()>,
@@ -396,14 +407,34 @@ impl HubStore {
     /// Opens (or creates) the hub's store under `path` (a directory), keeping at most
     /// `cache_bytes` of it cached in memory. Errors clearly if it is locked by another process.
     pub fn open(path: &Path, cache_bytes: u64) -> Result<HubStore, HubStoreError> {
-        let db = open_db(path, cache_bytes)?;
-        let trees = tx::Trees::open(&db)?;
-        let queue_len = AtomicUsize::new(trees.queue.len());
+        let db = Reopenable::open(path, cache_bytes, Open::new).map_err(|e| locked(path, e))?;
+        let queue_len = AtomicUsize::new(db.get().map_or(0, |o| o.trees.queue.len()));
         Ok(HubStore {
             db,
-            trees,
             planner: Mutex::new(()),
             queue_len,
+        })
+    }
+
+    /// After a disk error: probes the store with a write and, if that fails, opens it again (sled
+    /// fails every write after one I/O error until then). After [`Recovery::Reopened`] the queue
+    /// holds what was flushed before the failure: the caller schedules it again.
+    pub fn recover(&self) -> Result<Recovery, HubStoreError> {
+        let _plans = self.lock_planner();
+        let recovery = self.db.recover().map_err(|e| locked(self.db.path(), e))?;
+        if recovery == Recovery::Reopened {
+            let len = self.trees()?.trees.queue.len();
+            self.queue_len
+                .store(len, std::sync::atomic::Ordering::SeqCst);
+        }
+        Ok(recovery)
+    }
+
+    /// The open database and its trees, for the length of one operation.
+    fn trees(&self) -> Result<std::sync::Arc<Open>, HubStoreError> {
+        self.db.get().map_err(|reason| HubStoreError::Closed {
+            path: self.db.path().to_path_buf(),
+            reason,
         })
     }
 
@@ -415,7 +446,7 @@ impl HubStore {
     /// hundreds of MB per minute, and under that backlog sled's IO threads have been seen to
     /// deadlock (upstream fix spacejam/sled#1269 is in no 0.34 release).
     pub fn flush(&self) -> Result<(), HubStoreError> {
-        self.db.flush()?;
+        self.trees()?.db.flush()?;
         Ok(())
     }
 
@@ -428,21 +459,46 @@ impl HubStore {
     /// A fresh id for queue entries, blobs and dumpster sequence numbers. sled never hands out
     /// the same id twice, even across crashes, and no transaction has to serialise on a counter.
     fn next_id(&self) -> Result<u64, HubStoreError> {
-        Ok(self.db.generate_id()?)
+        Ok(self.trees()?.db.generate_id()?)
     }
 }
 
-fn open_db(path: &Path, cache_bytes: u64) -> Result<sled::Db, HubStoreError> {
-    crate::db::open(path, cache_bytes).map_err(|e| {
-        if crate::db::is_locked(&e) {
-            HubStoreError::Locked {
-                path: path.to_path_buf(),
-                source: e,
-            }
-        } else {
-            e.into()
+/// The database and its trees, as opened (again).
+struct Open {
+    db: sled::Db,
+    trees: tx::Trees,
+}
+
+impl Open {
+    fn new(db: sled::Db) -> Result<Open, sled::Error> {
+        let trees = tx::Trees::open(&db)?;
+        Ok(Open { db, trees })
+    }
+}
+
+impl AsRef<sled::Db> for Open {
+    fn as_ref(&self) -> &sled::Db {
+        &self.db
+    }
+}
+
+impl std::ops::Deref for Open {
+    type Target = tx::Trees;
+    fn deref(&self) -> &tx::Trees {
+        &self.trees
+    }
+}
+
+/// sled's error, told apart when it is another process's lock on the store.
+fn locked(path: &Path, e: sled::Error) -> HubStoreError {
+    if crate::db::is_locked(&e) {
+        HubStoreError::Locked {
+            path: path.to_path_buf(),
+            source: e,
         }
-    })
+    } else {
+        e.into()
+    }
 }
 
 #[cfg(test)]

@@ -26,12 +26,15 @@ mod tests;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::{Transactional, Tree};
 
+pub use crate::db::Recovery;
+use crate::db::Reopenable;
 use crate::txlog::{LogPosition, LogRecord, Millis};
 use stamp::HubStamp;
 
@@ -71,6 +74,15 @@ pub enum MailboxError {
     /// sled failed (I/O, or damage it detected).
     #[error("mailbox store: {0}")]
     Sled(#[from] sled::Error),
+    /// The store failed (a disk error) and has not been opened again yet: see
+    /// [`MailboxStore::recover`].
+    #[error("mailbox store {} is closed after a failure ({reason}); it is opened again once it can be written", path.display())]
+    Closed {
+        /// Database directory.
+        path: PathBuf,
+        /// The failure, or why opening it again failed.
+        reason: String,
+    },
     /// An entry that does not decode or points at nothing: the database is damaged.
     #[error("mailbox store holds a damaged {what}: {reason}")]
     Corrupt {
@@ -91,14 +103,19 @@ pub enum MailboxError {
 
 /// The mailbox store, on its own sled database.
 pub struct MailboxStore {
+    db: Reopenable<Trees>,
+    /// How long a dedup key counts after the record that made it (ms).
+    retention: Millis,
+}
+
+/// The database and its trees, as opened (again).
+struct Trees {
     db: sled::Db,
     /// `address ++ seq` → [`Copy`]: each mailbox's messages in delivery order.
     messages: Tree,
     /// `address ++ message_id ++ 0 ++ digest` → seq ++ record time: the dedup index (a key counts
     /// for `retention` after its record time, and is swept after that).
     ids: Tree,
-    /// How long a dedup key counts after the record that made it (ms).
-    retention: Millis,
     /// `sg ++ generation ++ index` → [`Applied`]: every applied record in log order. The last key of
     /// an SG is its replay checkpoint; the keys from a generation on are what `discard_from` undoes.
     applied: Tree,
@@ -108,6 +125,25 @@ pub struct MailboxStore {
     /// `sg ++ hub host` → [`Anchor`]: the hub's stamp on the newest applied record from it. One
     /// key per hub that ever delivered to the SG, so it does not grow with time.
     anchors: Tree,
+}
+
+impl Trees {
+    fn new(db: sled::Db) -> Result<Trees, sled::Error> {
+        Ok(Trees {
+            messages: db.open_tree("messages")?,
+            ids: db.open_tree("ids")?,
+            applied: db.open_tree("applied")?,
+            bodies: db.open_tree("bodies")?,
+            anchors: db.open_tree("anchors")?,
+            db,
+        })
+    }
+}
+
+impl AsRef<sled::Db> for Trees {
+    fn as_ref(&self) -> &sled::Db {
+        &self.db
+    }
 }
 
 /// The newest applied record of a storage group from one hub, with that hub's own stamp.
@@ -194,20 +230,30 @@ impl MailboxStore {
         retention: Millis,
         cache_bytes: u64,
     ) -> Result<MailboxStore, MailboxError> {
-        let open_err = |source| MailboxError::Open {
-            path: path.to_owned(),
+        let db = Reopenable::open(path, cache_bytes, Trees::new).map_err(|source| {
+            MailboxError::Open {
+                path: path.to_owned(),
+                source,
+            }
+        })?;
+        Ok(MailboxStore { db, retention })
+    }
+
+    /// After a disk error: probes the store with a write and, if that fails, opens it again (sled
+    /// fails every write after one I/O error until then). After [`Recovery::Reopened`] the store
+    /// holds what was flushed before the failure: the caller replays its logs into it again.
+    pub fn recover(&self) -> Result<Recovery, MailboxError> {
+        self.db.recover().map_err(|source| MailboxError::Open {
+            path: self.db.path().to_owned(),
             source,
-        };
-        let db = crate::db::open(path, cache_bytes).map_err(open_err)?;
-        let tree = |name: &str| db.open_tree(name).map_err(open_err);
-        Ok(MailboxStore {
-            messages: tree("messages")?,
-            ids: tree("ids")?,
-            applied: tree("applied")?,
-            bodies: tree("bodies")?,
-            anchors: tree("anchors")?,
-            retention,
-            db,
+        })
+    }
+
+    /// The open database and its trees, for the length of one operation.
+    fn t(&self) -> Result<Arc<Trees>, MailboxError> {
+        self.db.get().map_err(|reason| MailboxError::Closed {
+            path: self.db.path().to_owned(),
+            reason,
         })
     }
 
@@ -220,8 +266,9 @@ impl MailboxStore {
         digest: &ContentDigest,
         now: Millis,
     ) -> Result<bool, MailboxError> {
+        let t = self.t()?;
         let key = id_key(&address_key(address)?, message_id, &digest.0);
-        Ok(self.ids.get(key)?.is_some_and(|v| self.counts(&v, now)))
+        Ok(t.ids.get(key)?.is_some_and(|v| self.counts(&v, now)))
     }
 
     /// Whether a dedup entry still counts against a record made at `time`.
@@ -241,6 +288,7 @@ impl MailboxStore {
     /// keys), so a quiet SG does not hold back the others'; an SG with nothing applied has no keys.
     /// Returns how many went.
     pub fn sweep_dedup(&self, sgs: &[String], margin: Millis) -> Result<usize, MailboxError> {
+        let t = self.t()?;
         let mut cutoffs = HashMap::new();
         for sg in sgs {
             if let Some((_, t)) = self.checkpoint(sg)? {
@@ -251,7 +299,7 @@ impl MailboxStore {
             return Ok(0);
         };
         let mut removed = 0;
-        for item in self.ids.iter() {
+        for item in t.ids.iter() {
             let (key, value) = item?;
             if self.counts(&value, latest) {
                 continue;
@@ -265,8 +313,7 @@ impl MailboxStore {
             };
             // Only if unchanged meanwhile (an apply may have renewed it).
             if !self.counts(&value, cutoff)
-                && self
-                    .ids
+                && t.ids
                     .compare_and_swap(&key, Some(value), None as Option<&[u8]>)?
                     .is_ok()
             {
@@ -278,6 +325,7 @@ impl MailboxStore {
 
     /// The storage group of the copy a dedup entry points at (`None` if the copy is gone).
     fn sg_of_key(&self, key: &[u8], entry: &[u8]) -> Result<Option<String>, MailboxError> {
+        let t = self.t()?;
         let damaged = || MailboxError::Corrupt {
             what: "dedup key",
             reason: format!("{} bytes, too short for its address and entry", key.len()),
@@ -288,7 +336,7 @@ impl MailboxStore {
             .ok_or_else(damaged)?;
         let mut message = key.get(..2 + len).ok_or_else(damaged)?.to_vec();
         message.extend_from_slice(entry.get(..8).ok_or_else(damaged)?);
-        match self.messages.get(message)? {
+        match t.messages.get(message)? {
             Some(copy) => Ok(Some(decode::<Copy>(&copy, "mailbox entry")?.sg)),
             None => Ok(None),
         }
@@ -304,11 +352,12 @@ impl MailboxStore {
         pos: LogPosition,
         rec: &LogRecord,
     ) -> Result<usize, MailboxError> {
+        let t = self.t()?;
         let key = record_key(&sg_key(sg)?, pos);
-        if self.applied.contains_key(&key)? {
+        if t.applied.contains_key(&key)? {
             return Ok(0);
         }
-        let seq = self.db.generate_id()?;
+        let seq = t.db.generate_id()?;
         let size = rec.body.len() as u64;
         let digest = ContentDigest::of(&rec.body).0;
         let stamp = stamp::hub_stamp(&rec.body);
@@ -344,13 +393,7 @@ impl MailboxStore {
                 copy,
             ));
         }
-        let trees = (
-            &self.messages,
-            &self.ids,
-            &self.applied,
-            &self.bodies,
-            &self.anchors,
-        );
+        let trees = (&t.messages, &t.ids, &t.applied, &t.bodies, &t.anchors);
         let result = trees.transaction(|(messages, ids, applied, bodies, anchors)| {
             if applied.get(&key)?.is_some() {
                 return Ok(0);
@@ -390,7 +433,8 @@ impl MailboxStore {
 
     /// The mailbox's messages in delivery order.
     pub fn list(&self, address: &str) -> Result<Vec<StoredMessage>, MailboxError> {
-        self.messages
+        let t = self.t()?;
+        t.messages
             .scan_prefix(address_key(address)?)
             .map(|item| {
                 let (_, value) = item?;
@@ -404,8 +448,9 @@ impl MailboxStore {
     /// the mailbox in delivery order rather than the dedup index, whose keys expire and are swept
     /// while the copies stay.
     pub fn body(&self, address: &str, message_id: &str) -> Result<Option<Vec<u8>>, MailboxError> {
+        let t = self.t()?;
         let mut first = None;
-        for item in self.messages.scan_prefix(address_key(address)?) {
+        for item in t.messages.scan_prefix(address_key(address)?) {
             let (_, value) = item?;
             let copy: Copy = decode(&value, "mailbox entry")?;
             if copy.message.message_id == message_id {
@@ -417,11 +462,10 @@ impl MailboxStore {
             return Ok(None);
         };
         let key = record_key(&sg_key(&copy.sg)?, copy.message.position);
-        let body =
-            crate::pieces::read(&self.bodies, &key)?.ok_or_else(|| MailboxError::Corrupt {
-                what: "body",
-                reason: format!("{message_id} in {address} has no body"),
-            })?;
+        let body = crate::pieces::read(&t.bodies, &key)?.ok_or_else(|| MailboxError::Corrupt {
+            what: "body",
+            reason: format!("{message_id} in {address} has no body"),
+        })?;
         Ok(Some(body))
     }
 
@@ -429,7 +473,8 @@ impl MailboxStore {
     /// record on the clock of the node that wrote it (shown, and the dedup sweep's cutoff; a lossy
     /// failover's windows use [`MailboxStore::hub_anchors`] instead). `None` before any apply.
     pub fn checkpoint(&self, sg: &str) -> Result<Option<(LogPosition, Millis)>, MailboxError> {
-        let Some(item) = self.applied.scan_prefix(sg_key(sg)?).next_back() else {
+        let t = self.t()?;
+        let Some(item) = t.applied.scan_prefix(sg_key(sg)?).next_back() else {
             return Ok(None);
         };
         let (_, value) = item?;
@@ -441,8 +486,9 @@ impl MailboxStore {
     /// newest record of `sg` applied from it: a time on that hub's clock before which it delivered
     /// nothing this store is missing. A hub with no stamped record here is absent.
     pub fn hub_anchors(&self, sg: &str) -> Result<BTreeMap<String, Millis>, MailboxError> {
+        let t = self.t()?;
         let prefix = sg_key(sg)?;
-        self.anchors
+        t.anchors
             .scan_prefix(&prefix)
             .map(|item| {
                 let (key, value) = item?;
@@ -456,9 +502,10 @@ impl MailboxStore {
     /// record moves back to the hub's newest kept stamped record (looking back at most
     /// [`RESTAMP_SCAN`] records), or goes, and the hub's whole dumpster is asked for instead.
     fn restamp_from(&self, sg: &str, generation: u64) -> Result<(), MailboxError> {
+        let t = self.t()?;
         let prefix = sg_key(sg)?;
         let mut lost = Vec::new();
-        for item in self.anchors.scan_prefix(&prefix) {
+        for item in t.anchors.scan_prefix(&prefix) {
             let (key, value) = item?;
             if decode::<Anchor>(&value, "hub anchor")?.position.generation >= generation {
                 let host = String::from_utf8_lossy(&key[prefix.len()..]).into_owned();
@@ -469,7 +516,7 @@ impl MailboxStore {
             return Ok(());
         }
         let mut found: HashMap<String, Anchor> = HashMap::new();
-        for item in self.applied.scan_prefix(&prefix).rev().take(RESTAMP_SCAN) {
+        for item in t.applied.scan_prefix(&prefix).rev().take(RESTAMP_SCAN) {
             let (_, value) = item?;
             let applied: Applied = decode(&value, "applied record")?;
             if let Some(s) = applied.stamp {
@@ -487,8 +534,8 @@ impl MailboxStore {
         }
         for (key, host) in lost {
             match found.get(&host) {
-                Some(anchor) => self.anchors.insert(key, encode(anchor))?,
-                None => self.anchors.remove(key)?,
+                Some(anchor) => t.anchors.insert(key, encode(anchor))?,
+                None => t.anchors.remove(key)?,
             };
         }
         Ok(())
@@ -499,6 +546,7 @@ impl MailboxStore {
     /// backwards in chunks, one transaction each, so a crash part-way still leaves the store equal to
     /// a log prefix. Returns how many mailbox copies were removed.
     pub fn discard_from(&self, sg: &str, generation: u64) -> Result<u64, MailboxError> {
+        let t = self.t()?;
         let prefix = sg_key(sg)?;
         let first = record_key(
             &prefix,
@@ -517,7 +565,7 @@ impl MailboxStore {
         let mut removed = 0u64;
         loop {
             let mut chunk = Vec::new();
-            for item in self
+            for item in t
                 .applied
                 .range(first.clone()..=last.clone())
                 .rev()
@@ -544,7 +592,7 @@ impl MailboxStore {
                 return Ok(removed);
             };
             last = lowest.to_vec();
-            let trees = (&self.messages, &self.ids, &self.applied, &self.bodies);
+            let trees = (&t.messages, &t.ids, &t.applied, &t.bodies);
             trees
                 .transaction(|(messages, ids, applied, bodies)| {
                     for (key, seq, copies) in &chunk {
@@ -582,7 +630,8 @@ impl MailboxStore {
 
     /// Makes every apply so far durable (applies are not fsynced one by one; the log is).
     pub fn flush(&self) -> Result<(), MailboxError> {
-        self.db.flush()?;
+        let t = self.t()?;
+        t.db.flush()?;
         Ok(())
     }
 }

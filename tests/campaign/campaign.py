@@ -51,6 +51,8 @@ KINDS = [
 # How long libfaketime keeps a role's clock offset before it reads its file again (seconds): a step
 # takes effect within this, and no role reads a file on every clock call.
 CLOCK_CACHE_S = 1
+# The site's min_free_space (bytes): a disk-full fault leaves half of it free, or nothing.
+MIN_FREE = 64 << 20
 ACK_LINE = re.compile(r"^(\S+)\s+INFO\s.*\backnowledged\b.*\bnode=(\S+).*\bepoch=(\d+)")
 
 
@@ -98,6 +100,7 @@ class Site:
             f.write(
                 '[site]\nname = "campaign"\naccepted_domains = ["example.test"]\n'
                 f'admin_token = "{TOKEN}"\nretry_min = "200ms"\nretry_max = "1s"\n'
+                f'min_free_space = {MIN_FREE}\n'
                 f"{roles}\n[[cms]]\nname = \"cms1\"\nwitness = \"witness/cms1\"\n"
                 'log_file_size = "64KiB"\nauto_database_mount_dial = "BestAvailability"\n'
                 f"{nodes}\n[[cms.storage_group]]\nname = \"SG1\"\n"
@@ -149,11 +152,11 @@ class Site:
                 return logged - offset
         return logged
 
-    def mount_logs(self):
-        """Puts each node's log directory on a filesystem of its own that `fill` can fill up.
+    def mount_data(self):
+        """Puts each role's data directory on a filesystem of its own that `fill` can fill up.
         Returns why not, if it cannot (mounting needs root)."""
-        for n in ("node1", "node2"):
-            path = os.path.join(self.dir, "data", n, "logs")
+        for n in ("node1", "node2", "hub1", "hub2"):
+            path = os.path.join(self.dir, "data", n)
             os.makedirs(path, exist_ok=True)
             r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4g", f"campaign-{n}", path],
                                capture_output=True)
@@ -162,21 +165,21 @@ class Site:
             self.mounts.append(path)
         return None
 
-    def fill(self, node, seconds):
-        """Keeps the node's log filesystem full for `seconds` (taking back whatever the node
-        frees by cutting off failed writes), then frees it."""
-        path = os.path.join(self.dir, "data", node, "logs")
+    def fill(self, name, seconds, leave):
+        """Keeps `name`'s data filesystem with at most `leave` bytes free for `seconds` (taking
+        back whatever the role frees meanwhile), then frees it."""
+        path = os.path.join(self.dir, "data", name)
         fillers = []
         deadline = time.time() + seconds
         while time.time() < deadline:
             st = os.statvfs(path)
             free = st.f_bavail * st.f_frsize
-            if free > 0:
+            if free > leave:
                 filler = os.path.join(path, f"campaign-filler-{len(fillers)}")
                 fd = os.open(filler, os.O_CREAT | os.O_WRONLY, 0o600)
                 fillers.append(filler)
                 try:
-                    os.posix_fallocate(fd, 0, free)
+                    os.posix_fallocate(fd, 0, free - leave)
                 except OSError:
                     pass
                 finally:
@@ -184,6 +187,16 @@ class Site:
             time.sleep(0.05)
         for filler in fillers:
             os.remove(filler)
+
+    def mail_refused(self, hub):
+        """The reply to MAIL FROM at `hub`, if it is not 250 (a disk short of its reserve: 452)."""
+        try:
+            with smtplib.SMTP("127.0.0.1", self.addr[hub][0], timeout=5) as s:
+                s.ehlo("campaign.test")
+                code, text = s.mail("probe@campaign.test")
+                return None if code == 250 else f"{code} {text.decode(errors='replace')}"
+        except (OSError, smtplib.SMTPException) as e:
+            return repr(e)
 
     def log(self, name):
         return os.path.join(self.dir, f"{name}.log")
@@ -354,6 +367,23 @@ class Load:
             self.stop.wait(self.pause_s)
 
 
+def disk_errors(site, active, note):
+    """A disk that fails every write (a switch only fault-injection builds read), past the 10 s
+    after which the active gives its databases to a healthy passive."""
+    switch = os.path.join(site.dir, "data", active, "logs", "FAIL-WRITES")
+    open(switch, "w").close()
+    try:
+        deadline = time.time() + 30
+        while time.time() < deadline and site.active() in (active, None):
+            time.sleep(0.2)
+        if site.active() in (active, None):
+            if "injected disk error" in open(site.log(active), errors="replace").read():
+                raise Failure(f"{active}'s log failed for 30 s and it kept the databases")
+            note("disk-full: persistent variant not injected (build with --features fault-injection)")
+    finally:
+        os.remove(switch)
+
+
 def inject(site, kind, rng, note):
     """One fault of `kind`; returns when it has been carried out (the site may still be failing over)."""
     if kind == "kill-hub":
@@ -379,26 +409,30 @@ def inject(site, kind, rng, note):
         site.resume(active)
     elif kind == "disk-full":
         if not site.mounts:
-            note("disk-full: skipped, the log directories could not be mounted on their own filesystem")
+            note("disk-full: skipped, the data directories could not be mounted on their own filesystems")
             return
-        if rng.random() < 0.5:
-            # A full disk for a moment: the log recovers by itself.
-            site.fill(active, rng.uniform(1, 3))
+        target = rng.choice([active, active, passive, "hub1", "hub2"])
+        if rng.random() < 0.25 and target == active:
+            disk_errors(site, active, note)
             return
-        # A disk that fails every write (a switch only fault-injection builds read), past the
-        # 10 s after which the active gives its databases to a healthy passive.
-        switch = os.path.join(site.dir, "data", active, "logs", "FAIL-WRITES")
-        open(switch, "w").close()
-        try:
-            deadline = time.time() + 30
-            while time.time() < deadline and site.active() in (active, None):
-                time.sleep(0.2)
-            if site.active() in (active, None):
-                if "injected disk error" in open(site.log(active), errors="replace").read():
-                    raise Failure(f"{active}'s log failed for 30 s and it kept the databases")
-                note("disk-full: persistent variant not injected (build with --features fault-injection)")
-        finally:
-            os.remove(switch)
+        # Short of min_free_space (452 while it lasts), or to the last byte (the store's and
+        # log's writes fail), for a few seconds; then the role must serve again by itself.
+        last_byte = rng.random() < 0.5
+        seconds = rng.uniform(1, 3) if last_byte else rng.uniform(3, 6)
+        site.fill(target, seconds, 0 if last_byte else MIN_FREE // 2)
+        freed = time.time()
+        how = "to the last byte" if last_byte else "short of min_free_space"
+        if target.startswith("hub"):
+            deadline = freed + 10
+            while site.mail_refused(target) and time.time() < deadline:
+                time.sleep(0.1)
+            why = site.mail_refused(target)
+            if why:
+                raise Failure(f"{target} still refuses 10 s after its disk had room again: {why}")
+            note(f"disk-full: {target} {how} {seconds:.1f}s, accepting again {time.time() - freed:.1f}s after")
+        else:
+            site.wait_active(30)
+            note(f"disk-full: {target} ({'active' if target == active else 'passive'}) {how} {seconds:.1f}s, now active: {site.active()}")
     elif kind == "clock-step":
         if not site.faketime:
             note("clock-step: skipped, libfaketime is not available")
@@ -577,7 +611,7 @@ def run(args, kinds, seed):
     load = None
     try:
         if "disk-full" in kinds:
-            why = site.mount_logs()
+            why = site.mount_data()
             if why:
                 notes.append(f"disk-full skipped: {why}")
         if "clock-step" in kinds:

@@ -143,12 +143,22 @@ function renderHubs(doc) {
       "data-queue": dash(h.queue_messages),
     },
     el("th", {}, h.name),
-    el("td", { class: "state" }, h.up ? "up" : "down", h.error ? el("small", {}, " " + h.error) : null),
+    el("td", { class: "state" }, h.up ? "up" : "down", h.error ? el("small", {}, " " + h.error) : null,
+      diskFull(h.disk)),
     el("td", {}, dash(h.queue_messages)),
     el("td", {}, age(h.queue_oldest_age_seconds)),
     ...cells);
   });
   document.querySelector("#hubs tbody").replaceChildren(...rows);
+}
+
+// "disk full" with the path, for a role short of min_free_space (new mail refused with 452).
+function diskFull(readings) {
+  const full = (readings || []).filter((r) => r.free_bytes < r.reserve_bytes);
+  if (full.length === 0) return null;
+  return el("small", { class: "disk-full", "data-disk-full": full[0].path },
+    " · disk full: " + full.map((r) => r.path + " has " + bytes(r.free_bytes) + " free, less than " +
+      bytes(r.reserve_bytes)).join("; "));
 }
 
 function renderCms(doc) {
@@ -159,7 +169,7 @@ function renderCms(doc) {
       "data-role": n.up ? n.role : "Down",
     }, el("strong", {}, n.name), " ", n.up ? n.role : "down (not answering)",
     n.up ? " · epoch " + n.epoch + (n.sees_peer ? " · sees peer" : " · peer not seen") +
-      (n.witness_ok ? "" : " · witness unavailable") : null));
+      (n.witness_ok ? "" : " · witness unavailable") : null, diskFull(n.disk)));
     const sgRows = c.storage_groups.map((g) => el("tr", {
       "data-copy": g.name,
       "data-generated": g.last_log_generated,

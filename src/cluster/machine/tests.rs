@@ -581,6 +581,7 @@ fn hb(
         was_active,
         sees_peer,
         last_log_generated: BTreeMap::from([(SG.to_string(), generated)]),
+        disk_full: false,
     }
 }
 

@@ -150,6 +150,7 @@ pub(super) fn build(at: &Locator, site: RawSite) -> Result<(Site, RoleTls), Conf
         store_cache_size: site.store_cache_size.0,
         in_flow_delay: site.in_flow_delay.0,
         node_connect_timeout: site.node_connect_timeout.get_ref().0,
+        min_free_space: site.min_free_space.0,
         max_dumpster_size_per_storage_group: site.max_dumpster_size_per_storage_group.0,
         max_dumpster_time: site.max_dumpster_time.0,
         message_expiry: site.message_expiry.0,

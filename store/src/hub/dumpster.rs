@@ -33,8 +33,8 @@ impl HubStore {
         Ok(DumpsterStats {
             items: c.items,
             bytes: c.bytes,
-            oldest_received_ms: first_time(&self.trees.received, RECEIVED, &prefix)?,
-            oldest_delivered_ms: first_time(&self.trees.dumpster, DUMPSTER, &prefix)?,
+            oldest_received_ms: first_time(&self.trees()?.received, RECEIVED, &prefix)?,
+            oldest_delivered_ms: first_time(&self.trees()?.dumpster, DUMPSTER, &prefix)?,
             evicted: c.evicted,
             expired: c.expired,
             too_large: c.too_large,
@@ -46,7 +46,7 @@ impl HubStore {
     /// has stepped back since.
     pub fn newest_delivered(&self, sg: &str) -> Result<Option<Millis>, HubStoreError> {
         match self
-            .trees
+            .trees()?
             .dumpster
             .scan_prefix(sg_prefix(sg))
             .keys()
@@ -59,7 +59,7 @@ impl HubStore {
 
     /// SGs with a stats record: every SG this hub has kept (or refused) a dumpster entry for.
     pub fn storage_groups(&self) -> Result<Vec<String>, HubStoreError> {
-        self.trees
+        self.trees()?
             .stats
             .iter()
             .keys()
@@ -127,7 +127,7 @@ impl HubStore {
         if empty {
             return Ok(Vec::new());
         }
-        self.trees
+        self.trees()?
             .dumpster
             .range((start, Bound::Included(last)))
             .take(limit)
@@ -175,7 +175,7 @@ impl HubStore {
         new.sort_by_key(StoredEntry::order);
         let mut new = VecDeque::from(new);
         let mut bytes = self.counters(sg)?.bytes + new.iter().map(|e| e.entry.size).sum::<u64>();
-        let mut old = self.trees.dumpster.scan_prefix(sg_prefix(sg));
+        let mut old = self.trees()?.dumpster.scan_prefix(sg_prefix(sg));
         let mut next_old = old.next().map(stored_entry).transpose()?;
         while bytes > max_bytes {
             let new_is_older = match (&next_old, new.front()) {
@@ -235,7 +235,7 @@ impl HubStore {
         loop {
             let mut plan = Plan::default();
             let mut chunk = 0;
-            for item in self.trees.dumpster.scan_prefix(&prefix).take(CHUNK) {
+            for item in self.trees()?.dumpster.scan_prefix(&prefix).take(CHUNK) {
                 let entry = stored_entry(item)?;
                 if !take(&entry) {
                     break;
@@ -256,7 +256,7 @@ impl HubStore {
 
     /// One SG's persisted counters (zero if it has none yet).
     fn counters(&self, sg: &str) -> Result<SgCounters, HubStoreError> {
-        match self.trees.stats.get(sg.as_bytes())? {
+        match self.trees()?.stats.get(sg.as_bytes())? {
             Some(raw) => decode(STATS, sg.as_bytes(), &raw),
             None => Ok(SgCounters::default()),
         }

@@ -65,7 +65,7 @@ impl HubStore {
     /// The queued message `id`, if it is still queued.
     pub fn get(&self, id: u64) -> Result<Option<QueuedMessage>, HubStoreError> {
         let key = id_key(id);
-        match self.trees.queue.get(key)? {
+        match self.trees()?.queue.get(key)? {
             Some(raw) => Ok(Some(decode(QUEUE, &key, &raw)?)),
             None => Ok(None),
         }
@@ -73,12 +73,12 @@ impl HubStore {
 
     /// The body stored as `blob`, while a queued message or dumpster entry references it.
     pub fn body(&self, blob: u64) -> Result<Option<Vec<u8>>, HubStoreError> {
-        Ok(crate::pieces::read(&self.trees.blobs, &id_key(blob))?)
+        Ok(crate::pieces::read(&self.trees()?.blobs, &id_key(blob))?)
     }
 
     /// All queued messages in id order (used at start-up to resume deliveries; O(n)).
     pub fn queued(&self) -> Result<Vec<QueuedMessage>, HubStoreError> {
-        self.trees
+        self.trees()?
             .queue
             .iter()
             .map(|item| {
@@ -97,7 +97,7 @@ impl HubStore {
     /// range scan of the due index, so a scheduler never reads the whole queue.
     pub fn due(&self, now_ms: Millis, limit: usize) -> Result<Vec<QueuedMessage>, HubStoreError> {
         let mut due = Vec::new();
-        for item in self.trees.due.range(..=due_key(now_ms, u64::MAX)) {
+        for item in self.trees()?.due.range(..=due_key(now_ms, u64::MAX)) {
             if due.len() == limit {
                 break;
             }

@@ -117,7 +117,7 @@ impl HubStore {
 
     /// All resubmission requests, done or not, in id order.
     pub fn resubmit_requests(&self) -> Result<Vec<ResubmitRequest>, HubStoreError> {
-        self.trees
+        self.trees()?
             .resubmit
             .iter()
             .map(|item| {
@@ -128,7 +128,7 @@ impl HubStore {
     }
 
     fn request(&self, id: &str) -> Result<Option<ResubmitRequest>, HubStoreError> {
-        match self.trees.resubmit.get(id.as_bytes())? {
+        match self.trees()?.resubmit.get(id.as_bytes())? {
             Some(raw) => Ok(Some(decode(RESUBMIT, id.as_bytes(), &raw)?)),
             None => Ok(None),
         }

@@ -89,7 +89,8 @@ fn message_ids(entries: &[DumpsterEntry]) -> Vec<String> {
 
 fn refcount(store: &HubStore, blob: u64) -> Option<u64> {
     let raw = store
-        .trees
+        .trees()
+        .unwrap()
         .refs
         .get(blob.to_be_bytes())
         .expect("read refs")?;
@@ -209,7 +210,11 @@ fn size_bound_evicts_oldest_delivered_first() {
     let window = store.dumpster_window(SG1, 0, u64::MAX, 3_000, lim).unwrap();
     let expected: Vec<String> = (first_kept..30).map(|n| format!("<{n}@test>")).collect();
     assert_eq!(message_ids(&window), expected);
-    assert_eq!(store.trees.blobs.len(), kept, "evicted bodies are deleted");
+    assert_eq!(
+        store.trees().unwrap().blobs.len(),
+        kept,
+        "evicted bodies are deleted"
+    );
 }
 
 #[test]
@@ -294,7 +299,7 @@ fn expired_entries_are_not_counted_and_are_swept() {
     let window = store.dumpster_window(SG2, 0, u64::MAX, now, lim).unwrap();
     assert_eq!(message_ids(&window), vec!["<2@test>"]);
     assert_eq!(
-        store.trees.dumpster.len(),
+        store.trees().unwrap().dumpster.len(),
         4,
         "SG2's expired entries wait for a sweep"
     );
@@ -303,8 +308,8 @@ fn expired_entries_are_not_counted_and_are_swept() {
     assert_eq!(store.sweep_expired(now, lim).unwrap(), 0);
     let stats = store.dumpster_stats(SG2, now, lim).unwrap();
     assert_eq!((stats.items, stats.bytes, stats.expired), (1, 100, 2));
-    assert_eq!(store.trees.dumpster.len(), 2);
-    assert_eq!(store.trees.received.len(), 2);
+    assert_eq!(store.trees().unwrap().dumpster.len(), 2);
+    assert_eq!(store.trees().unwrap().received.len(), 2);
     assert_eq!(store.body(msgs[0].blob).unwrap(), None);
     assert!(store.body(msgs[2].blob).unwrap().is_some());
 }
@@ -322,7 +327,7 @@ fn sweep_drains_a_backlog_larger_than_one_chunk() {
     let stats = store.dumpster_stats(SG1, 1_550, lim).unwrap();
     assert_eq!((stats.items, stats.expired), (50, 550));
     assert_eq!(stats.oldest_delivered_ms, Some(550));
-    assert_eq!(store.trees.blobs.len(), 50);
+    assert_eq!(store.trees().unwrap().blobs.len(), 50);
 }
 
 #[test]
@@ -356,8 +361,8 @@ fn two_storage_groups_share_one_body() {
     let lim = limits(1_500, 1_000);
     let shared = enqueue(&store, 1, 10, 1_000, &[SG1, SG2]);
     deliver(&store, &shared, 100, lim);
-    assert_eq!(store.trees.dumpster.len(), 2, "one entry per SG");
-    assert_eq!(store.trees.blobs.len(), 1, "one body");
+    assert_eq!(store.trees().unwrap().dumpster.len(), 2, "one entry per SG");
+    assert_eq!(store.trees().unwrap().blobs.len(), 1, "one body");
     assert_eq!(refcount(&store, shared.blob), Some(2));
 
     // Evict SG1's copy: SG2's entry still has the body.
@@ -457,7 +462,7 @@ fn resubmit_selects_exactly_the_window_of_one_sg() {
         assert_eq!(store.get(m.id).unwrap().as_ref(), Some(m));
     }
     assert_eq!(store.queue_len(), 5);
-    assert_eq!(store.trees.blobs.len(), 10, "no body was copied");
+    assert_eq!(store.trees().unwrap().blobs.len(), 10, "no body was copied");
 }
 
 /// Delivers, at 100, 200, 300: `<0@test>` from a@x to SG1's alice and bob, `<1@test>` from b@x
@@ -679,7 +684,8 @@ fn corrupt_records_give_typed_errors() {
     let lim = limits(1 << 20, DAY);
     let msg = enqueue(&store, 1, 10, 10, &[SG1]);
     store
-        .trees
+        .trees()
+        .unwrap()
         .queue
         .insert(msg.id.to_be_bytes(), &b"{not json"[..])
         .unwrap();
@@ -695,7 +701,12 @@ fn corrupt_records_give_typed_errors() {
         Err(HubStoreError::Corrupt { tree: "queue", .. })
     ));
 
-    store.trees.stats.insert(SG1, &b"[]"[..]).unwrap();
+    store
+        .trees()
+        .unwrap()
+        .stats
+        .insert(SG1, &b"[]"[..])
+        .unwrap();
     let err = store.dumpster_stats(SG1, 20, lim).unwrap_err();
     assert!(
         matches!(&err, HubStoreError::Corrupt { tree: "dumpster_stats", key, .. } if key == "SG1")
@@ -708,14 +719,20 @@ fn corrupt_records_give_typed_errors() {
     let other = enqueue(&store, 2, 10, 10, &[SG2]);
     deliver(&store, &other, 15, lim);
     let key = store
-        .trees
+        .trees()
+        .unwrap()
         .dumpster
         .scan_prefix(keys::sg_prefix(SG2))
         .keys()
         .next()
         .unwrap()
         .unwrap();
-    store.trees.dumpster.insert(&key, &b"garbage"[..]).unwrap();
+    store
+        .trees()
+        .unwrap()
+        .dumpster
+        .insert(&key, &b"garbage"[..])
+        .unwrap();
     assert!(matches!(
         store.dumpster_window(SG2, 0, 100, 20, lim),
         Err(HubStoreError::Corrupt {
@@ -727,7 +744,12 @@ fn corrupt_records_give_typed_errors() {
     // A key inside SG3's range that lacks its sequence number.
     let mut short = keys::sg_prefix("SG3");
     short.extend_from_slice(&50u64.to_be_bytes());
-    store.trees.dumpster.insert(short, &b"{}"[..]).unwrap();
+    store
+        .trees()
+        .unwrap()
+        .dumpster
+        .insert(short, &b"{}"[..])
+        .unwrap();
     assert!(matches!(
         store.dumpster_window("SG3", 0, 100, 20, lim),
         Err(HubStoreError::Corrupt {

@@ -49,7 +49,7 @@ pub(super) struct Trees {
 }
 
 impl Trees {
-    pub(super) fn open(db: &sled::Db) -> Result<Trees, HubStoreError> {
+    pub(super) fn open(db: &sled::Db) -> Result<Trees, sled::Error> {
         Ok(Trees {
             queue: db.open_tree(QUEUE)?,
             due: db.open_tree(DUE)?,
@@ -82,7 +82,7 @@ impl HubStore {
         &self,
         f: impl Fn(&Tx<'_>) -> TxResult<R>,
     ) -> Result<R, HubStoreError> {
-        let t = &self.trees;
+        let t = self.trees()?;
         let trees = (
             &t.queue,
             &t.due,

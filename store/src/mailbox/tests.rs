@@ -100,7 +100,7 @@ fn only_recipients_missing_the_message_get_a_copy_sharing_one_body() {
     let shared = rec("<m2>", &[ALICE, BOB], 30);
     assert_eq!(store.apply("SG1", at(1, 2), &shared).expect("apply"), 2);
     assert_eq!(
-        store.bodies.len(),
+        store.t().unwrap().bodies.len(),
         3,
         "one body per record that added copies"
     );
@@ -244,7 +244,7 @@ fn discard_from_undoes_exactly_the_later_generations() {
         Some((at(1, 1), 2))
     );
     assert_eq!(
-        store.bodies.len(),
+        store.t().unwrap().bodies.len(),
         3,
         "the bodies of generation 1 and of SG2 remain"
     );
