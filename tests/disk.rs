@@ -169,16 +169,42 @@ impl Load {
     }
 }
 
-fn site(reserve: &str) -> TestSite {
-    TestSite::new(&format!("min_free_space = \"{reserve}\""), &[])
+/// A site with `min_free_space = reserve` whose `role` has a tmpfs of its own, its four roles
+/// running (node1 active) and load through hub1 under way. Dropped in field order: the processes
+/// stop before their file system goes.
+struct Run {
+    /// node1, node2, hub1, hub2.
+    procs: Vec<Proc>,
+    load: Load,
+    disk: Tmpfs,
+    site: TestSite,
+    /// Held until everything above has stopped.
+    _turn: std::sync::MutexGuard<'static, ()>,
 }
 
-fn start_all(site: &TestSite) -> Vec<Proc> {
-    let n1 = site.start(&["node", "--name", "node1"]);
-    let n2 = site.start(&["node", "--name", "node2"]);
-    let h1 = site.start(&["hub", "--name", "hub1"]);
-    let h2 = site.start(&["hub", "--name", "hub2"]);
-    vec![n1, n2, h1, h2]
+impl Run {
+    fn start(reserve: &str, role: &str) -> Run {
+        let turn = one_at_a_time();
+        let site = TestSite::new(&format!("min_free_space = \"{reserve}\""), &[]);
+        let disk = Tmpfs::mount(&site.data().join(role));
+        let procs = ["node1", "node2"]
+            .map(|n| site.start(&["node", "--name", n]))
+            .into_iter()
+            .chain(["hub1", "hub2"].map(|h| site.start(&["hub", "--name", h])))
+            .collect();
+        wait_status(&site, Duration::from_secs(30), "node1 active", |v| {
+            v["active_node"] == "node1"
+        });
+        let load = Load::start(site.ports.hub1);
+        load.wait_acknowledged(20, Duration::from_secs(30), "the first messages");
+        Run {
+            procs,
+            load,
+            disk,
+            site,
+            _turn: turn,
+        }
+    }
 }
 
 fn status(site: &TestSite) -> Value {
@@ -227,31 +253,23 @@ fn assert_exactly_once(site: &TestSite, acknowledged: &[String]) {
 
 #[test]
 fn a_full_hub_refuses_with_452_and_takes_mail_again_by_itself() {
-    let _turn = one_at_a_time();
-    let site = site(RESERVE);
-    let disk = Tmpfs::mount(&site.data().join("hub1"));
-    let procs = start_all(&site);
-    wait_status(&site, Duration::from_secs(30), "node1 active", |v| {
-        v["active_node"] == "node1"
-    });
-    let load = Load::start(site.ports.hub1);
-    load.wait_acknowledged(20, Duration::from_secs(30), "the first messages");
+    let run = Run::start(RESERVE, "hub1");
 
     // Short of the reserve: 452 at MAIL, and every report names the directory.
-    let below = disk.fill(RESERVE_BYTES / 2);
+    let below = run.disk.fill(RESERVE_BYTES / 2);
     let reply = wait_for(Duration::from_secs(5), "452 at MAIL FROM", || {
-        let r = mail_from(site.ports.hub1);
+        let r = mail_from(run.site.ports.hub1);
         r.starts_with("452").then_some(r)
     });
     assert!(reply.starts_with("452 4.3.1"), "{reply}");
-    let path = disk.path.display().to_string();
-    let readings = common::api_json(site.ports.hub1_admin, "GET", "/api/disk", None);
+    let path = run.disk.path.display().to_string();
+    let readings = common::api_json(run.site.ports.hub1_admin, "GET", "/api/disk", None);
     assert!(
         readings[0]["path"] == path.as_str()
             && readings[0]["free_bytes"].as_u64() < readings[0]["reserve_bytes"].as_u64(),
         "{readings}"
     );
-    let checks = disk_checks(&site);
+    let checks = disk_checks(&run.site);
     assert!(
         checks.iter().any(|c| c["result"] == "FAIL"
             && c["detail"]
@@ -260,7 +278,7 @@ fn a_full_hub_refuses_with_452_and_takes_mail_again_by_itself() {
         "{checks:?}"
     );
     let (_, metrics) = api(
-        site.ports.hub1_admin,
+        run.site.ports.hub1_admin,
         "GET",
         "/metrics",
         Some(common::TOKEN),
@@ -274,50 +292,45 @@ fn a_full_hub_refuses_with_452_and_takes_mail_again_by_itself() {
     );
 
     std::fs::remove_file(&below).expect("free space");
-    let took = load.wait_acknowledged(1, BACK_WITHIN, "a 250 within 10 s of space coming back");
+    let took = run
+        .load
+        .wait_acknowledged(1, BACK_WITHIN, "a 250 within 10 s of space coming back");
     eprintln!("hub1 accepted again {took:?} after space came back");
-    load.wait_acknowledged(20, Duration::from_secs(30), "more messages");
-    let refused = load.refusals();
-    let acknowledged = load.finish();
+    run.load
+        .wait_acknowledged(20, Duration::from_secs(30), "more messages");
+    let refused = run.load.refusals();
+    let acknowledged = run.load.finish();
     assert!(
         refused.iter().any(|r| r.contains("452")),
         "the client never saw a 452: {refused:?}"
     );
-    common::wait_queue_empty(site.ports.hub1_admin);
-    assert_exactly_once(&site, &acknowledged);
-    drop(procs);
+    common::wait_queue_empty(run.site.ports.hub1_admin);
+    assert_exactly_once(&run.site, &acknowledged);
 }
 
 #[test]
 fn a_full_active_node_hands_over_by_a_move_and_its_copy_comes_back_healthy() {
-    let _turn = one_at_a_time();
-    let site = site(RESERVE);
-    let disk = Tmpfs::mount(&site.data().join("node1"));
-    let procs = start_all(&site);
-    wait_status(&site, Duration::from_secs(30), "node1 active", |v| {
-        v["active_node"] == "node1"
-    });
-    let load = Load::start(site.ports.hub1);
-    load.wait_acknowledged(20, Duration::from_secs(30), "the first messages");
+    let run = Run::start(RESERVE, "node1");
 
-    let filler = disk.fill(RESERVE_BYTES / 2);
+    let filler = run.disk.fill(RESERVE_BYTES / 2);
     let filled = Instant::now();
-    wait_status(&site, Duration::from_secs(15), "node2 active", |v| {
+    wait_status(&run.site, Duration::from_secs(15), "node2 active", |v| {
         v["active_node"] == "node2"
     });
     eprintln!(
         "node1 handed over {:?} after its disk filled",
         filled.elapsed()
     );
-    let node1_log = std::fs::read_to_string(&procs[0].stderr).unwrap_or_default();
+    let node1_log = std::fs::read_to_string(&run.procs[0].stderr).unwrap_or_default();
     assert!(
         node1_log.contains("handing the databases over by a scheduled move"),
         "{node1_log}"
     );
-    load.wait_acknowledged(20, Duration::from_secs(30), "messages through node2");
-    let path = disk.path.display().to_string();
+    run.load
+        .wait_acknowledged(20, Duration::from_secs(30), "messages through node2");
+    let path = run.disk.path.display().to_string();
     wait_status(
-        &site,
+        &run.site,
         Duration::from_secs(10),
         "node1's copy suspended for the disk",
         |v| {
@@ -331,7 +344,7 @@ fn a_full_active_node_hands_over_by_a_move_and_its_copy_comes_back_healthy() {
             })
         },
     );
-    let checks = disk_checks(&site);
+    let checks = disk_checks(&run.site);
     assert!(
         checks.iter().any(|c| c["result"] == "FAIL"
             && c["detail"]
@@ -342,7 +355,7 @@ fn a_full_active_node_hands_over_by_a_move_and_its_copy_comes_back_healthy() {
 
     std::fs::remove_file(&filler).expect("free space");
     let back = Instant::now();
-    wait_status(&site, BACK_WITHIN, "node1's copy Healthy again", |v| {
+    wait_status(&run.site, BACK_WITHIN, "node1's copy Healthy again", |v| {
         v["storage_groups"]
             .as_array()
             .is_some_and(|g| g.iter().all(|g| g["summary_copy_status"] == "Healthy"))
@@ -351,51 +364,45 @@ fn a_full_active_node_hands_over_by_a_move_and_its_copy_comes_back_healthy() {
         "node1's copies Healthy {:?} after space came back",
         back.elapsed()
     );
-    load.wait_acknowledged(20, Duration::from_secs(30), "more messages");
-    let acknowledged = load.finish();
-    common::wait_queue_empty(site.ports.hub1_admin);
+    run.load
+        .wait_acknowledged(20, Duration::from_secs(30), "more messages");
+    let acknowledged = run.load.finish();
+    common::wait_queue_empty(run.site.ports.hub1_admin);
     // A scheduled move: nothing to resubmit.
-    let (_, stats) = site.cli_json(&["stats", "--storage-group", "SG1"]);
+    let (_, stats) = run.site.cli_json(&["stats", "--storage-group", "SG1"]);
     assert_eq!(
         stats["outstanding_dumpster_requests"],
         Value::Array(vec![]),
         "{stats}"
     );
     assert!(
-        !std::fs::read_to_string(&procs[1].stderr)
+        !std::fs::read_to_string(&run.procs[1].stderr)
             .unwrap_or_default()
             .contains("lossy failover"),
         "the handover was lossy"
     );
-    assert_exactly_once(&site, &acknowledged);
-    drop(procs);
+    assert_exactly_once(&run.site, &acknowledged);
 }
 
 #[test]
 fn a_hub_whose_disk_fills_to_the_last_byte_comes_back_by_itself() {
-    let _turn = one_at_a_time();
-    // No reserve: the disk fills under load, the store's writes fail, and sled keeps failing
+    // No reserve: the run.disk fills under run.load, the store's writes fail, and sled keeps failing
     // every write until the store is opened again.
-    let site = site("0");
-    let disk = Tmpfs::mount(&site.data().join("hub1"));
-    let procs = start_all(&site);
-    wait_status(&site, Duration::from_secs(30), "node1 active", |v| {
-        v["active_node"] == "node1"
-    });
-    let load = Load::start(site.ports.hub1);
-    load.wait_acknowledged(20, Duration::from_secs(30), "the first messages");
-    let full = disk.fill(0);
-    let hub_log = || std::fs::read_to_string(&procs[2].stderr).unwrap_or_default();
+    let run = Run::start("0", "hub1");
+    let full = run.disk.fill(0);
+    let hub_log = || std::fs::read_to_string(&run.procs[2].stderr).unwrap_or_default();
     wait_for(Duration::from_secs(20), "the hub store to fail", || {
         hub_log().contains("database failed").then_some(())
     });
     std::fs::remove_file(&full).expect("free space");
-    let took = load.wait_acknowledged(1, BACK_WITHIN, "a 250 within 10 s of space coming back");
+    let took = run
+        .load
+        .wait_acknowledged(1, BACK_WITHIN, "a 250 within 10 s of space coming back");
     eprintln!("hub1 accepted again {took:?} after space came back");
     assert!(hub_log().contains("database opened again"), "{}", hub_log());
-    load.wait_acknowledged(20, Duration::from_secs(30), "more messages");
-    let acknowledged = load.finish();
-    common::wait_queue_empty(site.ports.hub1_admin);
-    assert_exactly_once(&site, &acknowledged);
-    drop(procs);
+    run.load
+        .wait_acknowledged(20, Duration::from_secs(30), "more messages");
+    let acknowledged = run.load.finish();
+    common::wait_queue_empty(run.site.ports.hub1_admin);
+    assert_exactly_once(&run.site, &acknowledged);
 }
