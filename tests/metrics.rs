@@ -34,7 +34,7 @@ fn documented_families(role: &str) -> BTreeSet<String> {
             let cells: Vec<&str> = l.split('|').map(str::trim).collect();
             let name = cells.get(1)?.trim_matches('`');
             let kind = *cells.get(2)?;
-            (*cells.get(3)? == role).then(|| {
+            cells.get(3)?.split(',').any(|r| r.trim() == role).then(|| {
                 match kind {
                     "counter" => name
                         .strip_suffix("_total")
