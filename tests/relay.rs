@@ -257,6 +257,27 @@ fn sigterm_shuts_down_cleanly_and_bad_config_exits_2() {
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("bad.toml:5") && err.contains("bogus"), "{err}");
+
+    // The example site with its example token, one admin address opened to every interface.
+    let example = include_str!("../config/site.toml");
+    let open = site.dir.path().join("open.toml");
+    std::fs::write(
+        &open,
+        example.replace("admin = \"127.0.0.1:8025\"", "admin = \"0.0.0.0:8025\""),
+    )
+    .unwrap();
+    let out = Command::new(common::bin())
+        .args(["hub", "--name", "hub1", "--config"])
+        .arg(&open)
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("site.admin_token: is the example token")
+            && err.contains("hub1's admin API listens on 0.0.0.0:8025"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use super::{print_json, Failure};
 use crate::client::cms::cms_status;
 use crate::client::AdminClient;
-use crate::config::{sanity, Cms, Site};
+use crate::config::{exposure, sanity, Cms, Site};
 use crate::space::Reading;
 use crate::wire::cluster::{MoveBody, MoveResult, SgCopyStatus};
 use crate::wire::hub::HubDumpsterStats;
@@ -133,6 +133,7 @@ pub async fn health(site: &Site, json: bool) -> Result<(), Failure> {
         }
     }
     let mut checks = vec![dumpster_size_check(site)];
+    checks.extend(exposure_checks(site));
     checks.extend(disk_checks(site, &client).await);
     for c in &site.cms {
         let s = cms_status(&client, c).await;
@@ -353,6 +354,22 @@ fn resubmission_checks(g: &SgCopyStatus) -> Vec<Check> {
                 ),
             )
         })
+        .collect()
+}
+
+/// What the site file leaves open beyond loopback, from the site file: a WARN each.
+fn exposure_checks(site: &Site) -> Vec<Check> {
+    let warnings = exposure::exposure(site);
+    if warnings.is_empty() {
+        return vec![check(
+            "Exposure",
+            "PASS",
+            "no clear-text delivery or plain-HTTP admin API beyond loopback",
+        )];
+    }
+    warnings
+        .iter()
+        .map(|w| check("Exposure", "WARN", w.to_string()))
         .collect()
 }
 

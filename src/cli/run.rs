@@ -9,15 +9,19 @@ use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use super::Failure;
-use crate::config::{sanity, Site};
+use crate::config::{exposure, sanity, Site};
 use crate::node::MailboxNode;
 use crate::runtime::{self, Endpoint, StartError};
 use crate::telemetry::logging::{self, LogFormat};
 
-/// Installs logging, then warns about sizing rules the site file breaks (once per process).
+/// Installs logging, then warns about sizing rules the site file breaks and what it leaves open
+/// to the network (once per process).
 fn start_up(site: &Site, log: LogFormat) {
     logging::init(log);
     for w in sanity::site_warnings(site) {
+        warn!(config = %site.file.display(), "{w}");
+    }
+    for w in exposure::exposure(site) {
         warn!(config = %site.file.display(), "{w}");
     }
 }

@@ -22,6 +22,7 @@ use locate::Locator;
 use raw::RawConfig;
 
 mod build;
+pub mod exposure;
 mod locate;
 mod raw;
 pub mod sanity;

@@ -1,5 +1,6 @@
 //! The loader against `config/site.toml`, the bad fixtures and generated mistakes.
 
+use super::exposure::{exposure, ExposureWarning};
 use super::*;
 
 const GOOD: &str = include_str!("../../config/site.toml");
@@ -329,6 +330,100 @@ fn missing_token_and_bad_address() {
     assert!(e.contains("site.admin_token"), "{e}");
     let e = err(&GOOD.replace("\"bob@example.test\"", "\"bob\""));
     assert!(e.contains("not a mailbox address"), "{e}");
+}
+
+#[test]
+fn the_example_token_beyond_loopback_refuses_to_start() {
+    let token_line = GOOD
+        .lines()
+        .position(|l| l.starts_with("admin_token = "))
+        .expect("the example has admin_token")
+        + 1;
+    for (from, to, role) in [
+        (
+            "admin = \"127.0.0.1:8025\"",
+            "admin = \"0.0.0.0:8025\"",
+            "hub1",
+        ),
+        (
+            "admin = \"127.0.0.1:8602\"",
+            "admin = \"192.0.2.7:8602\"",
+            "node2",
+        ),
+        (
+            "admin = \"127.0.0.1:8026\"",
+            "admin = \"[::]:8026\"",
+            "hub2",
+        ),
+    ] {
+        let e = err(&GOOD.replace(from, to));
+        assert!(
+            e.contains(&format!(
+                "site.toml:{token_line}: site.admin_token: is the example token"
+            )) && e.contains(&format!(
+                "{role}'s admin API listens on {}",
+                &to[9..to.len() - 1]
+            )),
+            "{e}"
+        );
+    }
+    // Its own secret beyond loopback starts (with a warning); the example token on loopback too.
+    let own = GOOD
+        .replace("admin = \"127.0.0.1:8025\"", "admin = \"0.0.0.0:8025\"")
+        .replace("\"change-me\"", "\"s3cret-of-our-own\"");
+    let site = parse(&own).expect("a token of its own");
+    assert_eq!(
+        exposure(&site),
+        vec![ExposureWarning::AdminOverHttp {
+            role: "hub1".into(),
+            admin: "0.0.0.0:8025".parse().unwrap(),
+        }]
+    );
+    assert_eq!(exposure(&parse(GOOD).expect("valid")), vec![]);
+}
+
+#[test]
+fn the_example_token_in_a_file_is_refused_as_well() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("token"), "change-me\n").unwrap();
+    let text = GOOD
+        .replace(
+            "admin_token = \"change-me\"",
+            "admin_token_file = \"token\"",
+        )
+        .replace("admin = \"127.0.0.1:8601\"", "admin = \"0.0.0.0:8601\"");
+    let e = Site::parse(&dir.path().join("site.toml"), &text)
+        .expect_err("the example token from a file")
+        .to_string();
+    assert!(e.contains("site.admin_token: is the example token"), "{e}");
+    assert!(
+        e.contains("node1's admin API listens on 0.0.0.0:8601"),
+        "{e}"
+    );
+}
+
+#[test]
+fn nodes_beyond_loopback_without_verified_tls_are_reported() {
+    let text = GOOD
+        .replace("smtp = \"127.0.0.1:2601\"", "smtp = \"10.1.2.3:2601\"")
+        .replace("\"change-me\"", "\"s3cret-of-our-own\"");
+    let site = parse(&text).expect("valid");
+    let w = exposure(&site);
+    assert_eq!(
+        w,
+        vec![ExposureWarning::ClearTextDelivery {
+            node: "node1".into(),
+            smtp: "10.1.2.3:2601".parse().unwrap(),
+            delivery_tls: DeliveryTls::Opportunistic,
+        }]
+    );
+    assert!(w[0].to_string().contains("delivery_tls = \"required\""));
+    let required = text.replacen(
+        "[site]\n",
+        "[site]\ndelivery_tls = \"required\"\ntls_ca = \"ca.pem\"\n",
+        1,
+    );
+    assert_eq!(exposure(&parse(&required).expect("valid")), vec![]);
 }
 
 mod props {

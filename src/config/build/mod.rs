@@ -4,6 +4,7 @@
 
 use toml::Spanned;
 
+use super::exposure::{self, EXAMPLE_ADMIN_TOKEN};
 use super::locate::{Locator, Seen};
 use super::raw::RawConfig;
 use super::{ConfigError, Site};
@@ -14,11 +15,24 @@ mod site;
 
 /// Checks a parsed site file and turns it into the [`Site`] every role runs from.
 pub(super) fn build(at: &Locator, raw: RawConfig) -> Result<Site, ConfigError> {
+    let token_at = (raw.site.admin_token.as_ref().map(Spanned::span))
+        .or_else(|| raw.site.admin_token_file.as_ref().map(Spanned::span))
+        .unwrap_or(0..0);
     let (mut site, tls) = site::build(at, raw.site)?;
     // Hubs, CMSs and nodes share one namespace: `--name` picks any of them.
     let mut roles = Seen::new(at, "name", "role");
     site.hubs = hub::build(at, raw.hub, &mut roles, &tls)?;
     site.cms = cms::build(at, raw.cms, &mut roles, &tls)?;
+    if let Some((role, admin)) = exposure::example_token_exposed(&site) {
+        return Err(at.err(
+            &token_at,
+            "site.admin_token",
+            format!(
+                "is the example token \"{EXAMPLE_ADMIN_TOKEN}\" while {role}'s admin API listens on {admin}, beyond loopback: \
+                 anyone could run the site's admin commands; set a secret of your own (or admin_token_file)"
+            ),
+        ));
+    }
     Ok(site)
 }
 
