@@ -16,6 +16,7 @@ const LOCK_RETRY: Duration = Duration::from_millis(10);
 /// Opens (or creates) the sled database at `path` with at most `cache_bytes` cached, waiting out
 /// a lock that a just-dropped handle of this process still holds.
 pub(crate) fn open(path: &Path, cache_bytes: u64) -> Result<sled::Db, sled::Error> {
+    remove_unfinished_snapshots(path)?;
     let deadline = Instant::now() + LOCK_WAIT;
     loop {
         match sled::Config::new()
@@ -27,6 +28,30 @@ pub(crate) fn open(path: &Path, cache_bytes: u64) -> Result<sled::Db, sled::Erro
             other => return other,
         }
     }
+}
+
+/// Removes the snapshot files sled 0.34 left half-written (`snap.<lsn>.generating`).
+///
+/// sled writes a snapshot under that name and renames it once it is complete and synced, so such
+/// a file is never a snapshot; but when its write failed (a full disk, a crash) the next open takes
+/// it for the newest snapshot and fails with "Read corrupted data" for good (spacejam/sled#1527).
+/// Without it sled starts from the previous snapshot and replays its own log from there.
+fn remove_unfinished_snapshots(path: &Path) -> std::io::Result<()> {
+    let entries = match std::fs::read_dir(path) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    for entry in entries {
+        let entry = entry?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("snap.") && name.ends_with(".generating") {
+            warn!(file = %entry.path().display(), "removing a snapshot sled did not finish writing");
+            std::fs::remove_file(entry.path())?;
+        }
+    }
+    Ok(())
 }
 
 /// sled 0.34 reports a held file lock only as this io::Error text (ErrorKind::Other).

@@ -712,3 +712,107 @@ fn discarding_moves_an_anchor_back_to_the_hubs_newest_kept_record() {
     store.clear("SG1").expect("clear");
     assert!(store.hub_anchors("SG1").expect("anchors").is_empty());
 }
+
+#[test]
+fn a_snapshot_sled_did_not_finish_does_not_stop_the_store_opening() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let store = open(tmp.path());
+    store
+        .apply("SG1", at(1, 0), &rec("<m1>", &[ALICE], 10))
+        .expect("apply");
+    store.flush().expect("flush");
+    drop(store);
+    // What a snapshot write cut short by a full disk leaves: a name that sorts after every
+    // finished snapshot, and a few bytes without their checksum.
+    let unfinished = tmp.path().join("mailbox/snap.FFFFFFFFFFFFFFFF.generating");
+    std::fs::write(&unfinished, b"half").expect("write");
+    let store = open(tmp.path());
+    assert_eq!(ids(&store, ALICE), ["<m1>"]);
+    assert!(!unfinished.exists());
+}
+
+/// A tmpfs of `size` mounted on `dir` (root only, as CI runs), unmounted when dropped.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &Path, size: &str) -> Tmpfs {
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .expect("run mount")
+            .success();
+        assert!(
+            ok,
+            "this test mounts a tmpfs to fill, which needs root (CI runs as root)"
+        );
+        Tmpfs(dir.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// Fills the file system of `dir` to the last byte; the file frees it again.
+fn fill(dir: &Path) -> PathBuf {
+    use std::io::Write;
+    let path = dir.join("fill");
+    let mut f = std::fs::File::create(&path).expect("create");
+    let chunk = vec![7u8; 1 << 16];
+    while f.write_all(&chunk).is_ok() {}
+    while f.write_all(&[7]).is_ok() {}
+    path
+}
+
+#[test]
+fn a_store_that_failed_on_a_full_disk_opens_again_once_there_is_room() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let _disk = Tmpfs::mount(tmp.path(), "24m");
+    let store = open(tmp.path());
+    let mut stored = Vec::new();
+    for round in 0..4u64 {
+        let full = fill(tmp.path());
+        // Writes fail (sled keeps failing after its first I/O error) ...
+        let failed = (0..50u32).any(|i| {
+            let id = format!("<r{round}-{i}>");
+            let mut r = rec(&id, &[ALICE], 10);
+            r.body.extend([b'x'; 4000]);
+            match store
+                .apply("SG1", at(round + 1, i), &r)
+                .and_then(|_| store.flush())
+            {
+                Ok(_) => {
+                    stored.push(id);
+                    false
+                }
+                Err(_) => true,
+            }
+        });
+        assert!(failed, "round {round}: the full disk took every write");
+        // ... and so does opening it again while the disk is full: each try leaves an
+        // unfinished snapshot behind (sled writes one on open).
+        for _ in 0..3 {
+            assert!(
+                store.recover().is_err(),
+                "round {round}: recovered on a full disk"
+            );
+        }
+        std::fs::remove_file(full).expect("free the disk");
+        assert_eq!(store.recover().expect("room again"), Recovery::Reopened);
+        assert_eq!(store.recover().expect("healthy"), Recovery::Healthy);
+        let mut listed = ids(&store, ALICE);
+        listed.sort();
+        let mut want = stored.clone();
+        want.sort();
+        assert_eq!(
+            listed, want,
+            "round {round}: what was flushed is still there"
+        );
+    }
+}
