@@ -1,6 +1,7 @@
 //! Cluster continuous replication end to end, with four separate processes (hub1, hub2, node1,
 //! node2): log shipping, automatic failover after `kill -9`, dumpster recovery, the old active's
-//! return, witness cases, a corrupt log, and the mount dial.
+//! return, witness cases (one share reached through a different mount point on each node too), a
+//! corrupt log, and the mount dial.
 
 mod common;
 
@@ -641,5 +642,85 @@ fn a_slow_disk_delays_deliveries_but_never_heartbeats() {
     }
     std::fs::remove_file(&switch).expect("remove switch");
     all.extend(slow);
+    wait_exactly(&site, &all);
+}
+
+/// A bind mount for one test (root, as CI runs); unmounted when dropped.
+struct Bind(std::path::PathBuf);
+
+impl Bind {
+    fn mount(from: &std::path::Path, on: &std::path::Path) -> Bind {
+        std::fs::create_dir_all(on).expect("mount point");
+        let ok = Command::new("mount")
+            .arg("--bind")
+            .arg(from)
+            .arg(on)
+            .status()
+            .expect("run mount")
+            .success();
+        assert!(
+            ok,
+            "this test bind-mounts the witness share twice, which needs root (CI runs as root)"
+        );
+        Bind(on.to_path_buf())
+    }
+}
+
+impl Drop for Bind {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// The lease as a node at `dir` reads it: (holder, version).
+fn lease_at(dir: &std::path::Path) -> Option<(String, u64)> {
+    let text = std::fs::read_to_string(dir.join("cms1/witness.lease")).ok()?;
+    let v: Value = serde_json::from_str(&text).ok()?;
+    Some((v["holder"].as_str()?.to_string(), v["version"].as_u64()?))
+}
+
+#[test]
+fn a_witness_share_mounted_at_a_different_path_on_each_node_fails_over() {
+    let _turn = one_at_a_time();
+    let site = site("GoodAvailability");
+    // Each node has a data directory of its own, as on its own host; `witness = "witness/cms1"`
+    // is relative to it, so each reaches the one share through its own mount point.
+    let share = site.data().join("share");
+    std::fs::create_dir_all(&share).expect("share");
+    let (root1, root2) = (site.data().join("host1"), site.data().join("host2"));
+    let _m1 = Bind::mount(&share, &root1.join("witness"));
+    let _m2 = Bind::mount(&share, &root2.join("witness"));
+    let node1 = Proc::start(&site.config(), &root1, &["node", "--name", "node1"]);
+    let _node2 = Proc::start(&site.config(), &root2, &["node", "--name", "node2"]);
+    let _h1 = site.start(&["hub", "--name", "hub1"]);
+    let _h2 = site.start(&["hub", "--name", "hub2"]);
+    wait_status(&site, "node1 active", |v| active_is(v, "node1"));
+    // One lease, seen the same through both mount points.
+    let (w1, w2) = (root1.join("witness"), root2.join("witness"));
+    let seen = common::wait_for(WAIT, "node1's lease on the share", || {
+        lease_at(&w1).filter(|(holder, _)| holder == "node1")
+    });
+    assert_eq!(lease_at(&w2).map(|(h, _)| h), Some(seen.0));
+    let before = ids("share", 0..60);
+    send_many(site.ports.hub1, &before[..30]);
+    send_many(site.ports.hub2, &before[30..]);
+    wait_exactly(&site, &before);
+    wait_copied_up(&site);
+    node1.kill9();
+    let started = Instant::now();
+    wait_status(&site, "node2 active", |v| active_is(v, "node2"));
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "failover took {:?}",
+        started.elapsed()
+    );
+    // node2 took the lease through its own mount point; node1's shows it.
+    common::wait_for(WAIT, "node2's lease seen through node1's mount", || {
+        lease_at(&w1).filter(|(holder, _)| holder == "node2")
+    });
+    let after = ids("share-after", 0..30);
+    send_many(site.ports.hub1, &after);
+    let mut all = before;
+    all.extend(after);
     wait_exactly(&site, &all);
 }
