@@ -410,6 +410,7 @@ impl MailboxNode {
 /// Applies records of this node's own log that the store had not applied yet (a crash between
 /// fsync and apply loses nothing).
 pub(crate) fn replay_own(store: &MailboxStore, sg: &str, log: &TxLog) -> Result<usize, NodeError> {
+    let from = store.replay_from();
     let checkpoint = store.checkpoint(sg)?.map(|(pos, _)| pos);
     let first = checkpoint.map(|p| p.generation).unwrap_or(1).max(1);
     let mut applied = 0;
@@ -422,9 +423,10 @@ pub(crate) fn replay_own(store: &MailboxStore, sg: &str, log: &TxLog) -> Result<
             if checkpoint.is_some_and(|c| pos <= c) {
                 continue;
             }
-            store.apply(sg, pos, &rec)?;
+            store.reapply(sg, pos, &rec)?;
             applied += 1;
         }
     }
+    store.replay_done(sg, from);
     Ok(applied)
 }

@@ -98,12 +98,21 @@ fn first_mismatch(
 /// Replays every copied generation the store has not applied (idempotent: applying a position twice
 /// changes nothing, so a crash mid-replay and a restart give the same store).
 pub fn replay_all(store: &MailboxStore, sg: &str, copy: &LogCopy) -> Result<usize, NodeError> {
+    let from = store.replay_from();
     let checkpoint = store.checkpoint(sg)?.map(|(pos, _)| pos);
     let first = checkpoint.map(|p| p.generation).unwrap_or(1).max(1);
     let mut applied = 0;
     for generation in first..=copy.last_copied() {
-        applied += apply_generation(store, sg, generation, &copy.records(generation)?)?;
+        for (index, rec) in copy.records(generation)?.iter().enumerate() {
+            let pos = LogPosition {
+                generation,
+                index: index as u32,
+            };
+            store.reapply(sg, pos, rec)?;
+            applied += 1;
+        }
     }
+    store.replay_done(sg, from);
     Ok(applied)
 }
 

@@ -70,8 +70,9 @@ pub(crate) struct Reopenable<T> {
     path: PathBuf,
     cache_bytes: u64,
     make: fn(sled::Db) -> Result<T, sled::Error>,
-    /// `Err(why)` while closed: after a failed probe until a reopen succeeds.
-    current: RwLock<Result<Arc<T>, String>>,
+    /// `Err(why)` while closed: after a failed probe until a reopen succeeds. The count goes up
+    /// each time the handle is closed or replaced, under the same lock: see [`Reopenable::get_counted`].
+    current: RwLock<(u64, Result<Arc<T>, String>)>,
 }
 
 /// What [`Reopenable::recover`] found.
@@ -99,16 +100,33 @@ impl<T: AsRef<sled::Db>> Reopenable<T> {
             path: path.to_path_buf(),
             cache_bytes,
             make,
-            current: RwLock::new(Ok(Arc::new(t))),
+            current: RwLock::new((0, Ok(Arc::new(t)))),
         })
     }
 
     /// The current handle, or why there is none (a reopen has not succeeded yet).
     pub(crate) fn get(&self) -> Result<Arc<T>, String> {
+        self.get_counted().1
+    }
+
+    /// The current handle with how many times the handle has been closed or replaced before it.
+    /// Whatever was written through a handle with a lower count and not flushed may be gone, so a
+    /// caller that must not leave gaps compares the count with the one it last made good.
+    pub(crate) fn get_counted(&self) -> (u64, Result<Arc<T>, String>) {
         self.current
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
+    }
+
+    /// The count [`Reopenable::get_counted`] gives now.
+    pub(crate) fn count(&self) -> u64 {
+        self.get_counted().0
+    }
+
+    fn set(&self, handle: Result<Arc<T>, String>) {
+        let mut current = self.current.write().unwrap_or_else(PoisonError::into_inner);
+        *current = (current.0 + 1, handle);
     }
 
     /// The database's directory.
@@ -128,21 +146,19 @@ impl<T: AsRef<sled::Db>> Reopenable<T> {
                 Ok(()) => return Ok(Recovery::Healthy),
                 Err(e) => {
                     warn!(path = %self.path.display(), error = %e, "database failed; closing it to open it again");
-                    *self.current.write().unwrap_or_else(PoisonError::into_inner) =
-                        Err(e.to_string());
+                    self.set(Err(e.to_string()));
                 }
             }
         }
         let t = open(&self.path, self.cache_bytes).and_then(self.make);
         match t {
             Ok(t) => {
-                *self.current.write().unwrap_or_else(PoisonError::into_inner) = Ok(Arc::new(t));
+                self.set(Ok(Arc::new(t)));
                 warn!(path = %self.path.display(), "database opened again after a failure; writes accepted");
                 Ok(Recovery::Reopened)
             }
             Err(e) => {
-                *self.current.write().unwrap_or_else(PoisonError::into_inner) =
-                    Err(format!("opening it again failed: {e}"));
+                self.set(Err(format!("opening it again failed: {e}")));
                 Err(e)
             }
         }

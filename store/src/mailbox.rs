@@ -26,7 +26,7 @@ mod tests;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -83,6 +83,14 @@ pub enum MailboxError {
         /// The failure, or why opening it again failed.
         reason: String,
     },
+    /// The store was opened again after a failure and may have lost applies it had not
+    /// flushed: nothing more of `storage_group` is applied until its log has been replayed into
+    /// it ([`MailboxStore::replay_done`]), or a gap would open behind the checkpoint for good.
+    #[error("mailbox store was opened again after a failure; {storage_group} waits for its log to be replayed into it")]
+    NotReplayed {
+        /// The storage group.
+        storage_group: String,
+    },
     /// An entry that does not decode or points at nothing: the database is damaged.
     #[error("mailbox store holds a damaged {what}: {reason}")]
     Corrupt {
@@ -106,6 +114,10 @@ pub struct MailboxStore {
     db: Reopenable<Trees>,
     /// How long a dedup key counts after the record that made it (ms).
     retention: Millis,
+    /// Per storage group, the handle count ([`Reopenable::get_counted`]) its log was last replayed
+    /// into; [`MailboxStore::apply`] takes records only through a handle of that count (0: as
+    /// opened at start, when the node replays before it serves).
+    replayed: Mutex<HashMap<String, u64>>,
 }
 
 /// The database and its trees, as opened (again).
@@ -236,7 +248,11 @@ impl MailboxStore {
                 source,
             }
         })?;
-        Ok(MailboxStore { db, retention })
+        Ok(MailboxStore {
+            db,
+            retention,
+            replayed: Mutex::new(HashMap::new()),
+        })
     }
 
     /// After a disk error: probes the store with a write and, if that fails, opens it again (sled
@@ -251,10 +267,7 @@ impl MailboxStore {
 
     /// The open database and its trees, for the length of one operation.
     fn t(&self) -> Result<Arc<Trees>, MailboxError> {
-        self.db.get().map_err(|reason| MailboxError::Closed {
-            path: self.db.path().to_owned(),
-            reason,
-        })
+        self.db.get().map_err(|reason| self.closed(reason))
     }
 
     /// True if `address` (lower-cased by the caller) holds this very message (same Message-ID and
@@ -346,13 +359,72 @@ impl MailboxStore {
     /// message (Message-ID and content digest, within the retention) gets a copy (the body is stored once for all of them), and `pos` becomes the
     /// checkpoint, in one transaction. Returns how many copies were added (0: all duplicates, or the
     /// position was applied before).
+    ///
+    /// After the store was opened again it refuses ([`MailboxError::NotReplayed`]) until the
+    /// storage group's log has been replayed with [`MailboxStore::reapply`]: a record applied
+    /// first would move the checkpoint past the applies the failure lost.
     pub fn apply(
         &self,
         sg: &str,
         pos: LogPosition,
         rec: &LogRecord,
     ) -> Result<usize, MailboxError> {
+        let (count, t) = self.db.get_counted();
+        let t = t.map_err(|reason| self.closed(reason))?;
+        let replayed = self.replayed_count(sg);
+        if count != replayed {
+            return Err(MailboxError::NotReplayed {
+                storage_group: sg.to_string(),
+            });
+        }
+        self.apply_to(&t, sg, pos, rec)
+    }
+
+    /// [`MailboxStore::apply`] for a replay of the log from the checkpoint on, which is what
+    /// makes the store whole again after it was opened again.
+    pub fn reapply(
+        &self,
+        sg: &str,
+        pos: LogPosition,
+        rec: &LogRecord,
+    ) -> Result<usize, MailboxError> {
         let t = self.t()?;
+        self.apply_to(&t, sg, pos, rec)
+    }
+
+    /// Where a replay starts from: call before reading the checkpoint, and hand the value to
+    /// [`MailboxStore::replay_done`] once everything after it is reapplied.
+    pub fn replay_from(&self) -> u64 {
+        self.db.count()
+    }
+
+    /// The log of `sg` is replayed into the store as it was at `from` ([`MailboxStore::replay_from`]):
+    /// [`MailboxStore::apply`] takes its records again, unless the store was opened again since.
+    pub fn replay_done(&self, sg: &str, from: u64) {
+        let mut replayed = self.replayed.lock().unwrap_or_else(PoisonError::into_inner);
+        let r = replayed.entry(sg.to_string()).or_insert(0);
+        *r = (*r).max(from);
+    }
+
+    fn replayed_count(&self, sg: &str) -> u64 {
+        let replayed = self.replayed.lock().unwrap_or_else(PoisonError::into_inner);
+        replayed.get(sg).copied().unwrap_or(0)
+    }
+
+    fn closed(&self, reason: String) -> MailboxError {
+        MailboxError::Closed {
+            path: self.db.path().to_owned(),
+            reason,
+        }
+    }
+
+    fn apply_to(
+        &self,
+        t: &Trees,
+        sg: &str,
+        pos: LogPosition,
+        rec: &LogRecord,
+    ) -> Result<usize, MailboxError> {
         let key = record_key(&sg_key(sg)?, pos);
         if t.applied.contains_key(&key)? {
             return Ok(0);

@@ -804,8 +804,28 @@ fn a_store_that_failed_on_a_full_disk_opens_again_once_there_is_room() {
             );
         }
         std::fs::remove_file(full).expect("free the disk");
+        let before = store.replay_from();
         assert_eq!(store.recover().expect("room again"), Recovery::Reopened);
         assert_eq!(store.recover().expect("healthy"), Recovery::Healthy);
+        // Opened again, it takes no new record until the log is replayed into it: one applied
+        // first would put the checkpoint past what the failure lost.
+        let next = rec(&format!("<next-{round}>"), &[ALICE], 10);
+        let err = store.apply("SG1", at(round + 1, 999), &next).unwrap_err();
+        assert!(matches!(err, MailboxError::NotReplayed { .. }), "{err}");
+        // A replay that began before the reopen does not count ...
+        store.replay_done("SG1", before);
+        assert!(store.apply("SG1", at(round + 1, 999), &next).is_err());
+        // ... one from the handle now does.
+        let from = store.replay_from();
+        store.replay_done("SG1", from);
+        assert!(
+            store
+                .reapply("SG2", at(round + 1, 0), &next)
+                .and_then(|_| store.flush())
+                .is_ok(),
+            "a replay applies"
+        );
+        stored.push(next.message_id.clone());
         let mut listed = ids(&store, ALICE);
         listed.sort();
         let mut want = stored.clone();
