@@ -158,9 +158,11 @@ class Net:
 
 
 def on_signals_exit():
-    """SIGTERM and SIGHUP end the program through its `finally`s and atexit (SIGINT already does)."""
+    """SIGINT, SIGTERM and SIGHUP end the program through its `finally`s and atexit (SIGINT even
+    where a shell started it in the background with SIGINT ignored)."""
     def stop(sig, _frame):
         raise SystemExit(128 + sig)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, stop)
 
