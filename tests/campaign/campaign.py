@@ -462,8 +462,9 @@ def partition(site, kind, rng, active, passive, note):
             break
         time.sleep(0.2)
     to_served = time.time() - healed
-    note(f"{kind}: {what} for {seconds:.1f}s; after the heal an active node in {to_active:.1f}s, "
-         f"a message through each hub delivered in {to_served:.1f}s")
+    utc = lambda t: datetime.datetime.fromtimestamp(t, datetime.timezone.utc).strftime("%H:%M:%S.%f")[:-3]
+    note(f"{kind}: {what} from {utc(started)} to {utc(healed)} UTC ({seconds:.1f}s); after the heal "
+         f"an active node in {to_active:.1f}s, a message through each hub delivered in {to_served:.1f}s")
     site.recoveries.append((kind, what, started, healed, to_active, to_served))
     if pending:
         raise Failure(f"{kind} ({what}): 60 s after the heal, nothing sent through "
