@@ -305,17 +305,17 @@ class Site:
         with urllib.request.urlopen(req, timeout=timeout) as r:
             return json.loads(r.read() or b"null")
 
-    def node_status(self, name):
+    def node_status(self, name, timeout=1):
         try:
-            return self.api(name, "/api/status", timeout=1)
+            return self.api(name, "/api/status", timeout=timeout)
         except Exception:
             return None
 
-    def roles(self):
-        return {n: self.node_status(n) for n in ("node1", "node2")}
+    def roles(self, timeout=1):
+        return {n: self.node_status(n, timeout) for n in ("node1", "node2")}
 
-    def active(self):
-        actives = [n for n, s in self.roles().items() if s and s.get("mounted")]
+    def active(self, timeout=1):
+        actives = [n for n, s in self.roles(timeout).items() if s and s.get("mounted")]
         return actives[0] if len(actives) == 1 else None
 
     def wait_active(self, limit=40):
@@ -441,8 +441,12 @@ def partition(site, kind, rng, active, passive, note):
     time.sleep(seconds)
     net.heal()
     healed = time.time()
-    site.wait_active(30)
+    # Polled with a long timeout: the time until a node answers that it is active, not a guess
+    # from requests given up on while a node just back on the network is busy.
+    while site.active(timeout=5) is None and time.time() < healed + 30:
+        time.sleep(0.1)
     to_active = time.time() - healed
+    site.wait_active(1)
     n = len(site.recoveries)
     mids = {h: f"<probe-{n}-{h}@campaign.test>" for h in ("hub1", "hub2")}
     pending = dict(mids)
