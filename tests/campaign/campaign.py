@@ -447,6 +447,11 @@ def partition(site, kind, rng, active, passive, note):
         time.sleep(0.1)
     to_active = time.time() - healed
     site.wait_active(1)
+    # What the probes queue behind: a hub delivers its backlog first.
+    try:
+        backlog = ", ".join(f"{h} {site.api(h, '/api/queue')['messages']}" for h in ("hub1", "hub2"))
+    except Exception as e:
+        backlog = f"unknown ({e})"
     n = len(site.recoveries)
     mids = {h: f"<probe-{n}-{h}@campaign.test>" for h in ("hub1", "hub2")}
     pending = dict(mids)
@@ -468,7 +473,8 @@ def partition(site, kind, rng, active, passive, note):
     to_served = time.time() - healed
     utc = lambda t: datetime.datetime.fromtimestamp(t, datetime.timezone.utc).strftime("%H:%M:%S.%f")[:-3]
     note(f"{kind}: {what} from {utc(started)} to {utc(healed)} UTC ({seconds:.1f}s); after the heal "
-         f"an active node in {to_active:.1f}s, a message through each hub delivered in {to_served:.1f}s")
+         f"an active node in {to_active:.1f}s, a message through each hub delivered in {to_served:.1f}s "
+         f"(queued at the hubs then: {backlog})")
     site.recoveries.append((kind, what, started, healed, to_active, to_served))
     if pending:
         raise Failure(f"{kind} ({what}): 60 s after the heal, nothing sent through "
