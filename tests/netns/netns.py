@@ -128,8 +128,15 @@ class Net:
         self.down.add(role)
 
     def link_up(self, role):
+        """The cable back; returns once the role's interface is up again (operstate UP), so that a
+        test timing what follows does not count the kernel's carrier handling, nor lose a first
+        packet to it (a lost SYN costs a 1 s retransmission)."""
         sh("ip", "-n", self.switch, "link", "set", role, "up")
         self.down.discard(role)
+        for _ in range(80):  # bounded: it takes milliseconds
+            if "state UP" in sh("ip", "-n", self.ns(role), "link", "show", "eth0").stdout:
+                break
+            time.sleep(0.025)
 
     def heal(self):
         for role in self.roles:
