@@ -34,6 +34,9 @@ import threading
 import time
 import urllib.request
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "netns"))
+import netns  # noqa: E402  (tests/netns/netns.py, stdlib only)
+
 TOKEN = "campaign-token"
 MAILBOXES = ["alice@example.test", "bob@example.test", "carol@example.test"]
 KINDS = [
@@ -48,6 +51,12 @@ KINDS = [
     "disk-full",
     "clock-step",
 ]
+# Partitions: only with --netns, where every role has a network namespace of its own.
+PARTITIONS = ["cut-nodes", "oneway-nodes", "cut-hub-active", "link-down-active"]
+# Set in the process that runs inside the clients' namespace: the network's state (netns.Net).
+NETNS_ENV = "HUBRELAY_CAMPAIGN_NETNS"
+# A mailbox only the probes after a heal go to: small to list while the load fills the others.
+PROBE_BOX = "probe@example.test"
 # How long libfaketime keeps a role's clock offset before it reads its file again (seconds): a step
 # takes effect within this, and no role reads a file on every clock call.
 CLOCK_CACHE_S = 1
@@ -76,24 +85,31 @@ def free_ports(rng, n):
 
 
 class Site:
-    def __init__(self, binary, rng, keep):
+    def __init__(self, binary, rng, keep, net=None):
         self.bin = os.path.abspath(binary)
         self.dir = tempfile.mkdtemp(prefix="hubrelay-campaign-")
         self.keep = keep
-        p = free_ports(rng, 8)
-        self.addr = {
-            "hub1": (p[0], p[1]),
-            "hub2": (p[2], p[3]),
-            "node1": (p[4], p[5]),
-            "node2": (p[6], p[7]),
-        }
+        self.net = net
+        names = ("hub1", "hub2", "node1", "node2")
+        if net:
+            # Each role alone at its address in its namespace: the same ports everywhere.
+            self.host = {n: net.ip[n] for n in names}
+            self.addr = {n: (2525, 8025) for n in names}
+        else:
+            self.host = {n: "127.0.0.1" for n in names}
+            p = free_ports(rng, 8)
+            self.addr = {n: (p[2 * i], p[2 * i + 1]) for i, n in enumerate(names)}
+        self.mailboxes = MAILBOXES + ([PROBE_BOX] if net else [])
+        # Partitions healed: (kind, what, start, healed, s to an active node, s to a probe delivered).
+        self.recoveries = []
+        self.load = None
         self.config = os.path.join(self.dir, "site.toml")
         roles = "".join(
-            f'\n[[hub]]\nname = "{h}"\nsmtp = "127.0.0.1:{self.addr[h][0]}"\nadmin = "127.0.0.1:{self.addr[h][1]}"\n'
+            f'\n[[hub]]\nname = "{h}"\nsmtp = "{self.host[h]}:{self.addr[h][0]}"\nadmin = "{self.host[h]}:{self.addr[h][1]}"\n'
             for h in ("hub1", "hub2")
         )
         nodes = "".join(
-            f'\n[[cms.node]]\nname = "{n}"\nsmtp = "127.0.0.1:{self.addr[n][0]}"\nadmin = "127.0.0.1:{self.addr[n][1]}"\n'
+            f'\n[[cms.node]]\nname = "{n}"\nsmtp = "{self.host[n]}:{self.addr[n][0]}"\nadmin = "{self.host[n]}:{self.addr[n][1]}"\n'
             for n in ("node1", "node2")
         )
         with open(self.config, "w") as f:
@@ -105,7 +121,8 @@ class Site:
                 'log_file_size = "64KiB"\nauto_database_mount_dial = "BestAvailability"\n'
                 f"{nodes}\n[[cms.storage_group]]\nname = \"SG1\"\n"
                 'mailboxes = ["alice@example.test", "bob@example.test"]\n\n'
-                '[[cms.storage_group]]\nname = "SG2"\nmailboxes = ["carol@example.test"]\n'
+                '[[cms.storage_group]]\nname = "SG2"\nmailboxes = ["carol@example.test"'
+                + (f', "{PROBE_BOX}"' if net else "") + "]\n"
             )
         self.procs = {}
         self.paused = set()
@@ -191,7 +208,7 @@ class Site:
     def mail_refused(self, hub):
         """The reply to MAIL FROM at `hub`, if it is not 250 (a disk short of its reserve: 452)."""
         try:
-            with smtplib.SMTP("127.0.0.1", self.addr[hub][0], timeout=5) as s:
+            with smtplib.SMTP(self.host[hub], self.addr[hub][0], timeout=5) as s:
                 s.ehlo("campaign.test")
                 code, text = s.mail("probe@campaign.test")
                 return None if code == 250 else f"{code} {text.decode(errors='replace')}"
@@ -208,9 +225,10 @@ class Site:
         if self.faketime:
             env.update(LD_PRELOAD=self.faketime, FAKETIME_TIMESTAMP_FILE=self.clock_file(name),
                        FAKETIME_CACHE_DURATION=str(CLOCK_CACHE_S), DONT_FAKE_MONOTONIC="1")
+        argv = [self.bin, role, "--name", name, "--config", self.config, "--data",
+                os.path.join(self.dir, "data")]
         proc = subprocess.Popen(
-            [self.bin, role, "--name", name, "--config", self.config, "--data",
-             os.path.join(self.dir, "data")],
+            self.net.wrap(name, argv) if self.net else argv,
             stdout=subprocess.PIPE, stderr=err, start_new_session=True, env=env,
         )
         err.close()
@@ -280,24 +298,24 @@ class Site:
 
     def api(self, name, path, method="GET", timeout=3):
         req = urllib.request.Request(
-            f"http://127.0.0.1:{self.addr[name][1]}{path}", method=method,
+            f"http://{self.host[name]}:{self.addr[name][1]}{path}", method=method,
             headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"},
             data=b"{}" if method == "POST" else None,
         )
         with urllib.request.urlopen(req, timeout=timeout) as r:
             return json.loads(r.read() or b"null")
 
-    def node_status(self, name):
+    def node_status(self, name, timeout=1):
         try:
-            return self.api(name, "/api/status", timeout=1)
+            return self.api(name, "/api/status", timeout=timeout)
         except Exception:
             return None
 
-    def roles(self):
-        return {n: self.node_status(n) for n in ("node1", "node2")}
+    def roles(self, timeout=1):
+        return {n: self.node_status(n, timeout) for n in ("node1", "node2")}
 
-    def active(self):
-        actives = [n for n, s in self.roles().items() if s and s.get("mounted")]
+    def active(self, timeout=1):
+        actives = [n for n, s in self.roles(timeout).items() if s and s.get("mounted")]
         return actives[0] if len(actives) == 1 else None
 
     def wait_active(self, limit=40):
@@ -322,6 +340,7 @@ class Load:
         self.stop = threading.Event()
         self.lock = threading.Lock()
         self.acked = {}  # message id -> recipients a 250 covered
+        self.latencies = []  # (start of the DATA transaction, seconds to its 250)
         self.sent = 0
         self.threads = [
             threading.Thread(target=self.run, args=(i, random.Random(rng.random())), daemon=True)
@@ -343,7 +362,7 @@ class Load:
         while not self.stop.is_set():
             hub = rng.choice(["hub1", "hub2"])
             try:
-                with smtplib.SMTP("127.0.0.1", self.site.addr[hub][0], timeout=20) as s:
+                with smtplib.SMTP(self.site.host[hub], self.site.addr[hub][0], timeout=20) as s:
                     for _ in range(rng.randint(1, 5)):
                         if self.stop.is_set():
                             break
@@ -354,6 +373,7 @@ class Load:
                                f"Message-ID: {mid}\r\nSubject: {n}\r\n\r\n" + body_pad * 52)
                         with self.lock:
                             self.sent += 1
+                        began = time.time()
                         try:
                             refused = s.sendmail("load@campaign.test", rcpts, msg.encode())
                         except smtplib.SMTPRecipientsRefused:
@@ -362,6 +382,7 @@ class Load:
                             continue
                         with self.lock:
                             self.acked[mid] = [r for r in rcpts if r not in refused]
+                            self.latencies.append((began, time.time() - began))
             except (OSError, smtplib.SMTPException):
                 pass
             self.stop.wait(self.pause_s)
@@ -384,6 +405,82 @@ def disk_errors(site, active, note):
         os.remove(switch)
 
 
+def probe(site, hub, mid):
+    """Sends one message through `hub` to the probe mailbox; True once a hub answered 250 (it is
+    then acknowledged like the load's, and checked with them)."""
+    msg = f"From: probe@campaign.test\r\nTo: {PROBE_BOX}\r\nMessage-ID: {mid}\r\n\r\nprobe\r\n"
+    try:
+        with smtplib.SMTP(site.host[hub], site.addr[hub][0], timeout=5) as s:
+            s.sendmail("probe@campaign.test", [PROBE_BOX], msg.encode())
+    except (OSError, smtplib.SMTPException):
+        return False
+    with site.load.lock:
+        site.load.acked[mid] = [PROBE_BOX]
+    return True
+
+
+def partition(site, kind, rng, active, passive, note):
+    """A silent partition for 3-8 s, then healed; the site must then serve again by itself: an
+    active node, and a message through each hub delivered to it, each within a bound."""
+    net, seconds = site.net, rng.uniform(3, 8)
+    if kind == "cut-nodes":
+        net.cut("node1", "node2")
+        what = "node1 <-> node2"
+    elif kind == "oneway-nodes":
+        src, dst = rng.choice([(active, passive), (passive, active)])
+        net.drop_one_way(src, dst)
+        what = f"{src} -> {dst} ({'active' if src == active else 'passive'} -> peer)"
+    elif kind == "cut-hub-active":
+        hub = rng.choice(["hub1", "hub2"])
+        net.cut(hub, active)
+        what = f"{hub} <-> {active} (active)"
+    else:
+        net.link_down(active)
+        what = f"{active} (active) link down"
+    started = time.time()
+    time.sleep(seconds)
+    net.heal()
+    healed = time.time()
+    # Polled with a long timeout: the time until a node answers that it is active, not a guess
+    # from requests given up on while a node just back on the network is busy.
+    while site.active(timeout=5) is None and time.time() < healed + 30:
+        time.sleep(0.1)
+    to_active = time.time() - healed
+    site.wait_active(1)
+    # What the probes queue behind: a hub delivers its backlog first.
+    try:
+        backlog = ", ".join(f"{h} {site.api(h, '/api/queue')['messages']}" for h in ("hub1", "hub2"))
+    except Exception as e:
+        backlog = f"unknown ({e})"
+    n = len(site.recoveries)
+    mids = {h: f"<probe-{n}-{h}@campaign.test>" for h in ("hub1", "hub2")}
+    pending = dict(mids)
+    deadline = healed + 60
+    while time.time() < deadline:
+        for h in [h for h, m in pending.items() if m not in site.load.acked]:
+            probe(site, h, pending[h])
+        a = site.active()
+        if a:
+            try:
+                box = site.api(a, f"/api/mailbox?address={urllib.request.quote(PROBE_BOX)}", timeout=5)
+                there = {m["message_id"] for m in box["messages"]}
+            except Exception:
+                there = set()
+            pending = {h: m for h, m in pending.items() if m not in there}
+        if not pending:
+            break
+        time.sleep(0.2)
+    to_served = time.time() - healed
+    utc = lambda t: datetime.datetime.fromtimestamp(t, datetime.timezone.utc).strftime("%H:%M:%S.%f")[:-3]
+    note(f"{kind}: {what} from {utc(started)} to {utc(healed)} UTC ({seconds:.1f}s); after the heal "
+         f"an active node in {to_active:.1f}s, a message through each hub delivered in {to_served:.1f}s "
+         f"(queued at the hubs then: {backlog})")
+    site.recoveries.append((kind, what, started, healed, to_active, to_served))
+    if pending:
+        raise Failure(f"{kind} ({what}): 60 s after the heal, nothing sent through "
+                      f"{sorted(pending)} since had reached the active node ({site.roles()})")
+
+
 def inject(site, kind, rng, note):
     """One fault of `kind`; returns when it has been carried out (the site may still be failing over)."""
     if kind == "kill-hub":
@@ -394,7 +491,9 @@ def inject(site, kind, rng, note):
         return
     active = site.wait_active()
     passive = "node2" if active == "node1" else "node1"
-    if kind == "kill-active":
+    if kind in PARTITIONS:
+        partition(site, kind, rng, active, passive, note)
+    elif kind == "kill-active":
         site.kill9(active)
         # Back before the failover timeout (it resumes its role) or after it (the passive mounts).
         time.sleep(rng.uniform(0, 8))
@@ -533,7 +632,7 @@ def settle(site, limit):
 
 def mailboxes(site, node):
     out = {}
-    for m in MAILBOXES:
+    for m in site.mailboxes:
         listing = site.api(node, f"/api/mailbox?address={urllib.request.quote(m)}", timeout=30)
         out[m] = [x["message_id"] for x in listing["messages"]]
     return out
@@ -602,9 +701,27 @@ def check(site, load):
     return result
 
 
-def run(args, kinds, seed):
+def recovery(site, load):
+    """Per partition kind: how soon after the heals the site served again, and the p99 of the
+    hubs' 250s given from the cut until then."""
+    out = {}
+    for kind in PARTITIONS:
+        done = [r for r in site.recoveries if r[0] == kind]
+        if not done:
+            continue
+        lat = sorted(l for start, l in load.latencies
+                     if any(r[2] <= start <= r[3] + r[5] for r in done))
+        out[kind] = {"n": len(done), "to_active_max": max(r[4] for r in done),
+                     "to_served_max": max(r[5] for r in done), "acks": len(lat),
+                     "ack_p99_ms": round(1000 * lat[int(0.99 * (len(lat) - 1))]) if lat else None}
+    return out
+
+
+def run(args, kinds, seed, net=None):
     rng = random.Random(seed)
-    site = Site(args.bin, rng, args.keep)
+    site = Site(args.bin, rng, args.keep, net)
+    if net:
+        net.heal()  # nothing left over from a previous site of this run
     notes = []
     row = {"fault": ",".join(kinds) if len(kinds) > 1 else kinds[0], "faults": 0,
            "acknowledged": 0, "missing": 0, "duplicated": 0, "ok": False, "dir": site.dir}
@@ -621,7 +738,7 @@ def run(args, kinds, seed):
         for n in ("node1", "node2", "hub1", "hub2"):
             site.start(n)
         site.wait_active()
-        load = Load(site, rng, args.clients, seed, args.pause)
+        load = site.load = Load(site, rng, args.clients, seed, args.pause)
         load.start()
         time.sleep(2)
         schedule = [k for k in kinds for _ in range(args.faults_per_kind)]
@@ -643,11 +760,20 @@ def run(args, kinds, seed):
             result = check(site, load)
     except Failure as e:
         result = {"missing": [], "duplicated": [], "missing_after_move": [], "problems": [str(e)]}
+    except BaseException:
+        # Interrupted (Ctrl-C, SIGTERM): stop the roles, keep what they wrote.
+        if load:
+            load.finish()
+        site.keep = True
+        site.stop_all()
+        print(f"  interrupted; logs kept in {site.dir}", file=sys.stderr)
+        raise
     finally:
         if load:
             load.finish()
         row["acknowledged"] = len(load.acked) if load else 0
         row["sent"] = load.sent if load else 0
+        row["recovery"] = recovery(site, load) if load else {}
     row["missing"] = len(result["missing"]) + len(result["missing_after_move"])
     row["duplicated"] = len(result["duplicated"])
     row["problems"] = result["problems"]
@@ -665,13 +791,45 @@ def run(args, kinds, seed):
     return row
 
 
+def in_namespaces():
+    """Builds the site's network (tests/netns), runs this campaign again inside the clients'
+    namespace, so that its load, API calls and CLI reach the roles' namespaces and nothing else,
+    and removes the network however that ends. Returns the exit status."""
+    if os.geteuid() != 0:
+        return "--netns needs root (ip netns, nft)"
+    netns.on_signals_exit()
+    net = netns.Net()
+    net.setup()
+    child = None
+    try:
+        env = dict(os.environ, **{NETNS_ENV: net.state()})
+        child = net.popen("clients", [sys.executable, os.path.abspath(__file__), *sys.argv[1:]],
+                          env=env)
+        return child.wait()
+    finally:
+        # Interrupted: a Ctrl-C reached the inner campaign too; give it time to stop its roles.
+        for sig, wait in ((None, 5), (signal.SIGTERM, 60), (signal.SIGKILL, 10)):
+            if child is None or child.poll() is not None:
+                break
+            if sig:
+                child.send_signal(sig)
+            try:
+                child.wait(wait)
+            except subprocess.TimeoutExpired:
+                pass
+        net.teardown()
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--bin", default=os.path.join(os.path.dirname(__file__), "..", "..",
                                                   "target", "release", "hubrelay"),
                     help="the binary (build it with --features fault-injection for disk-full)")
     ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--faults", default=",".join(KINDS), help="comma-separated fault kinds")
+    ap.add_argument("--faults", help="comma-separated fault kinds (default: all of "
+                    "the first table, or with --netns the partitions)")
+    ap.add_argument("--netns", action="store_true",
+                    help="every role in a network namespace of its own (root); enables partitions")
     ap.add_argument("--faults-per-kind", type=int, default=3)
     ap.add_argument("--per-kind", action="store_true", help="a fresh site per fault kind, one row each")
     ap.add_argument("--short", action="store_true", help="CI size: every kind once, one site")
@@ -681,14 +839,24 @@ def main():
     ap.add_argument("--keep", action="store_true", help="keep the site directory")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
-    kinds = [k for k in args.faults.split(",") if k]
-    unknown = [k for k in kinds if k not in KINDS]
+    kinds = [k for k in (args.faults or ",".join(PARTITIONS if args.netns else KINDS)).split(",") if k]
+    unknown = [k for k in kinds if k not in KINDS + PARTITIONS]
     if unknown:
-        ap.error(f"unknown fault kinds {unknown}; known: {', '.join(KINDS)}")
+        ap.error(f"unknown fault kinds {unknown}; known: {', '.join(KINDS + PARTITIONS)}")
+    if not args.netns and set(kinds) & set(PARTITIONS):
+        ap.error(f"{', '.join(PARTITIONS)} need --netns")
+    if args.netns and "disk-full" in kinds:
+        # ip netns exec gives each role a mount namespace of its own: it would not see the tmpfs.
+        ap.error("disk-full does not combine with --netns")
+    if args.netns and NETNS_ENV not in os.environ:
+        sys.exit(in_namespaces())
+    net = netns.Net.from_state(os.environ[NETNS_ENV]) if args.netns else None
+    if net:
+        netns.on_signals_exit()  # the outer process may end this one with SIGTERM
     if args.short:
         args.faults_per_kind = 1
     runs = [[k] for k in kinds] if args.per_kind else [kinds]
-    rows = [run(args, ks, args.seed + i) for i, ks in enumerate(runs)]
+    rows = [run(args, ks, args.seed + i, net) for i, ks in enumerate(runs)]
     if args.json:
         print(json.dumps(rows, indent=1))
     print("| fault | faults | acknowledged | missing | duplicated | verdict |")
@@ -699,9 +867,20 @@ def main():
     tot = {k: sum(r[k] for r in rows) for k in ("faults", "acknowledged", "missing", "duplicated")}
     print(f"| total | {tot['faults']} | {tot['acknowledged']} | {tot['missing']} | {tot['duplicated']} | "
           f"{'ok' if all(r['ok'] for r in rows) else 'FAIL'} |")
+    rec = [(k, v) for r in rows for k, v in r["recovery"].items()]
+    if rec:
+        print("\n| partition | healed | active node after heal (max) | delivered through both hubs "
+              "after heal (max) | hub 250 p99 from cut to delivered |")
+        print("|---|---|---|---|---|")
+        for k, v in rec:
+            p99 = "-" if v["ack_p99_ms"] is None else f"{v['ack_p99_ms']} ms ({v['acks']} acks)"
+            print(f"| {k} | {v['n']} | {v['to_active_max']:.1f} s | {v['to_served_max']:.1f} s | {p99} |")
     print(f"{sum(r['ok'] for r in rows)} passed, {sum(not r['ok'] for r in rows)} failed")
     sys.exit(0 if all(r["ok"] for r in rows) else 1)
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:
+        sys.exit(130)
