@@ -168,11 +168,16 @@ async fn resubmit_state(
 
 async fn queue(State(hub): State<Arc<Hub>>) -> Result<Json<QueueSummary>, ApiError> {
     let messages = hub.store.queue_len();
-    // A scan of the queue, so only when there is one (the usual queue is empty).
+    // A scan of the queue, so only when there is one (the usual queue is empty), and off the
+    // runtime's threads: a backlog of tens of thousands after a failover takes a while to read.
     let oldest = if messages == 0 {
         None
     } else {
-        let queued = hub.store.queued().map_err(ApiError::internal)?;
+        let reader = hub.clone();
+        let queued = tokio::task::spawn_blocking(move || reader.store.queued())
+            .await
+            .map_err(ApiError::internal)?
+            .map_err(ApiError::internal)?;
         queued.iter().map(|m| m.received_ms).min()
     };
     Ok(Json(QueueSummary {

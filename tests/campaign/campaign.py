@@ -627,10 +627,16 @@ def settle(site, limit):
         else:
             passive = [s for s in states if not s.get("mounted")][0]
             copies = {g["name"]: g.get("summary_copy_status") for g in passive["storage_groups"]}
-            queues = {h: site.api(h, "/api/queue")["messages"] for h in ("hub1", "hub2")}
-            outstanding = []
-            for n in ("node1", "node2"):
-                outstanding += site.api(n, "/api/outstanding")
+            try:
+                queues = {h: site.api(h, "/api/queue", timeout=10)["messages"] for h in ("hub1", "hub2")}
+                outstanding = []
+                for n in ("node1", "node2"):
+                    outstanding += site.api(n, "/api/outstanding", timeout=10)
+            except OSError as e:
+                # A hub busy with a backlog may answer late: asked again until the settle limit.
+                why = f"admin API slow or unreachable: {e!r}"
+                time.sleep(1)
+                continue
             if any(v != "Healthy" for v in copies.values()):
                 why = f"copy of {passive['node']}: {copies}"
             elif any(queues.values()):
