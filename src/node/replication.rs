@@ -8,8 +8,8 @@
 //! those generations made; then it copies from there (an incremental reseed).
 
 use serde::{Deserialize, Serialize};
-use store::mailbox::MailboxStore;
-use store::txlog::{LogCopy, LogPosition};
+use store::mailbox::{MailboxError, MailboxStore};
+use store::txlog::{LogCopy, LogPosition, LogRecord};
 use tracing::{debug, info, warn};
 
 use super::state::EpochStart;
@@ -103,24 +103,23 @@ pub fn replay_all(store: &MailboxStore, sg: &str, copy: &LogCopy) -> Result<usiz
     let first = checkpoint.map(|p| p.generation).unwrap_or(1).max(1);
     let mut applied = 0;
     for generation in first..=copy.last_copied() {
-        for (index, rec) in copy.records(generation)?.iter().enumerate() {
-            let pos = LogPosition {
-                generation,
-                index: index as u32,
-            };
-            store.reapply(sg, pos, rec)?;
-            applied += 1;
-        }
+        let records = copy.records(generation)?;
+        applied += apply_generation(store, sg, generation, &records, MailboxStore::reapply)?;
     }
     store.replay_done(sg, from);
     Ok(applied)
 }
 
+/// How a record reaches the store: [`MailboxStore::apply`] as copied, [`MailboxStore::reapply`]
+/// in a replay.
+type Apply = fn(&MailboxStore, &str, LogPosition, &LogRecord) -> Result<usize, MailboxError>;
+
 fn apply_generation(
     store: &MailboxStore,
     sg: &str,
     generation: u64,
-    records: &[store::txlog::LogRecord],
+    records: &[LogRecord],
+    apply: Apply,
 ) -> Result<usize, NodeError> {
     let mut applied = 0;
     for (index, rec) in records.iter().enumerate() {
@@ -128,7 +127,7 @@ fn apply_generation(
             generation,
             index: index as u32,
         };
-        store.apply(sg, pos, rec)?;
+        apply(store, sg, pos, rec)?;
         applied += 1;
     }
     Ok(applied)
@@ -244,7 +243,9 @@ impl MailboxNode {
             };
             match stored {
                 Ok(records) => {
-                    if let Err(e) = apply_generation(&self.store, sg, next, &records) {
+                    if let Err(e) =
+                        apply_generation(&self.store, sg, next, &records, MailboxStore::apply)
+                    {
                         self.disk_error(sg, &e.to_string());
                         return Err(e);
                     }
