@@ -5,10 +5,13 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::Json;
+use serde::Deserialize;
+use store::mailbox::snapshot::Encoder;
+use store::txlog::TxLogError;
 
 use super::{rejection, ApiError};
 use crate::clock::now_ms;
@@ -117,6 +120,11 @@ pub(crate) fn node_status(node: &MailboxNode) -> NodeStatus {
                         error: c.reported_error(),
                         newest_replayed,
                         behind_since,
+                        seed: c
+                            .seeding
+                            .as_ref()
+                            .map(|s| s.progress())
+                            .or_else(|| c.last_seed.clone()),
                     }
                 }
                 None => {
@@ -134,6 +142,7 @@ pub(crate) fn node_status(node: &MailboxNode) -> NodeStatus {
                         error: database_error,
                         newest_replayed,
                         behind_since: None,
+                        seed: None,
                     }
                 }
             }
@@ -220,6 +229,7 @@ fn known_sg(node: &MailboxNode, sg: &str) -> Result<(), ApiError> {
 pub async fn log_status(
     State(node): State<Arc<MailboxNode>>,
     Path(sg): Path<String>,
+    Query(report): Query<CopyReport>,
 ) -> Result<Json<LogStatus>, ApiError> {
     known_sg(&node, &sg)?;
     let Some(w) = node.writer(&sg) else {
@@ -228,6 +238,9 @@ pub async fn log_status(
             format!("{} is not active", node.name),
         ));
     };
+    if let (Some(epoch), Some(next)) = (report.epoch, report.next) {
+        node.note_copy_report(&sg, epoch, next);
+    }
     let st = node.state();
     Ok(Json(LogStatus {
         epoch: w.epoch(),
@@ -235,6 +248,14 @@ pub async fn log_status(
         last_generated: w.last_generated(),
         last_closed: w.last_closed(),
     }))
+}
+
+/// What the other node's copy says with its `GET /api/logs/{sg}`: the active epoch it follows and
+/// the next generation it needs (everything before is in its copy), so the active keeps that.
+#[derive(Debug, Deserialize)]
+pub struct CopyReport {
+    epoch: Option<u64>,
+    next: Option<u64>,
 }
 
 /// A closed log generation, raw (active node only).
@@ -252,8 +273,62 @@ pub async fn log_file(
     let bytes = tokio::task::spawn_blocking(move || w.read_closed(generation))
         .await
         .map_err(ApiError::internal)?
-        .map_err(|e| ApiError(StatusCode::NOT_FOUND, e.to_string()))?;
+        .map_err(|e| match e {
+            TxLogError::Truncated { .. } => ApiError(StatusCode::GONE, e.to_string()),
+            e => ApiError(StatusCode::NOT_FOUND, e.to_string()),
+        })?;
     Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes))
+}
+
+/// A snapshot of a storage group's store up to its checkpoint, streamed (active node only): what a
+/// reseed of the other node's copy installs before copying the logs from there.
+pub async fn snapshot(
+    State(node): State<Arc<MailboxNode>>,
+    Path(sg): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    known_sg(&node, &sg)?;
+    let Some((header, reader)) = node
+        .snapshot_source(&sg)
+        .await
+        .map_err(ApiError::internal)?
+    else {
+        return Err(ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("{} is not active", node.name),
+        ));
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(16);
+    let name = node.name.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut enc = Encoder::default();
+        if tx.blocking_send(enc.header(&header)).is_err() {
+            return;
+        }
+        for rec in reader {
+            match rec {
+                Ok(r) => {
+                    if tx.blocking_send(enc.record(&r)).is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    // Ending without the trailer: the copy sees an incomplete snapshot.
+                    tracing::warn!(node = %name, storage_group = %header.storage_group, error = %e, "snapshot cut short");
+                    return;
+                }
+            }
+        }
+        let _ = tx.blocking_send(enc.trailer());
+    });
+    let pieces = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|piece| (Ok::<_, std::convert::Infallible>(piece), rx))
+    });
+    Ok((
+        [(header::CONTENT_TYPE, "application/octet-stream")],
+        axum::body::Body::from_stream(pieces),
+    ))
 }
 
 /// Scheduled move away from this (active) node.

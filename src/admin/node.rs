@@ -33,6 +33,7 @@ pub fn node_router(node: Arc<MailboxNode>) -> Router {
         .route("/api/cluster/takeover", post(cluster::takeover))
         .route("/api/logs/:sg", get(cluster::log_status))
         .route("/api/logs/:sg/:generation", get(cluster::log_file))
+        .route("/api/snapshot/:sg", get(cluster::snapshot))
         .route("/api/copy/:sg/:op", post(cluster::copy_op))
         .with_state(node)
 }

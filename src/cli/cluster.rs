@@ -215,6 +215,15 @@ pub async fn health(site: &Site, json: bool) -> Result<(), Failure> {
                     "FAIL",
                     format!("{sg}: {}", g.error.as_deref().unwrap_or("copy failed")),
                 ),
+                Some(S::FailedAndSuspended) => check(
+                    "CopyFailed",
+                    "FAIL",
+                    format!(
+                        "{sg}: {}; reseed it: hubrelay copy update --cms {} --storage-group {sg}",
+                        g.error.as_deref().unwrap_or("the copy needs a reseed"),
+                        name
+                    ),
+                ),
                 Some(S::ServiceDown) => check(
                     "CopyFailed",
                     "WARN",

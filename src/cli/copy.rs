@@ -13,7 +13,7 @@ use super::{print_json, Failure};
 use crate::client::cms::cms_status;
 use crate::client::{encode, AdminClient, ClientError};
 use crate::config::Site;
-use crate::wire::cluster::{CopyBody, NodeStatus, SgCopyStatus};
+use crate::wire::cluster::{CopyBody, NodeStatus, SeedProgress, SgCopyStatus};
 
 /// How long a restore is followed until the node reports itself active.
 const RESTORE_WAIT: Duration = Duration::from_secs(30);
@@ -58,6 +58,9 @@ pub struct CopyReport {
     pub role: String,
     /// The storage group's counters on that node afterwards.
     pub status: Option<SgCopyStatus>,
+    /// For `update`: the snapshot installed, as last seen while it was (records, bytes, time).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seeded: Option<SeedProgress>,
 }
 
 /// Runs `hubrelay copy ACTION --cms CMS --storage-group SG [--comment TEXT]`.
@@ -99,8 +102,14 @@ pub async fn run(
                 }
                 e => Failure::Failed(format!("{target}: {e}")),
             })?;
+    let mut seeded = None;
     if action == CopyAction::Restore {
         after = follow_restore(&client, node.admin, &target).await?;
+    }
+    if action == CopyAction::Update {
+        let (status, seed) = follow_seed(&client, node.admin, &target, sg, json).await?;
+        after = status;
+        seeded = seed;
     }
     let report = CopyReport {
         cms: cms.to_string(),
@@ -109,6 +118,7 @@ pub async fn run(
         node: target,
         role: after.role.clone(),
         status: after.storage_groups.into_iter().find(|g| g.name == sg),
+        seeded,
     };
     if json {
         return print_json(&report);
@@ -118,6 +128,16 @@ pub async fn run(
             "{}: {} mounted {sg} (and every storage group of {cms}) by restore; the hubs are asked to resubmit what it missed",
             report.cms, report.node
         ),
+        CopyAction::Update => {
+            let seeded = report.seeded.clone().unwrap_or_default();
+            println!(
+                "{cms}: {sg} on {} reseeded from a snapshot of {} records ({}) in {:.1} s, then its logs; SummaryCopyStatus Healthy",
+                report.node,
+                seeded.records,
+                human_bytes(seeded.bytes),
+                seeded.elapsed_ms as f64 / 1000.0
+            );
+        }
         _ => {
             let copy = report
                 .status
@@ -187,6 +207,95 @@ fn pick_node(
             status.cms
         ))),
     }
+}
+
+/// How long a reseeded copy may take to copy the logs after its snapshot before `update` gives up
+/// waiting (the copy goes on).
+const CATCH_UP_WAIT: Duration = Duration::from_secs(600);
+/// How many status polls in a row may fail before `update` stops following.
+const POLL_FAILURES: u32 = 10;
+
+/// Follows a reseed: progress on stderr while the snapshot is installed (unless `--json`), then
+/// until the copy is Healthy. Fails with the node's reason if the reseed fails.
+async fn follow_seed(
+    client: &AdminClient,
+    admin: std::net::SocketAddr,
+    node: &str,
+    sg: &str,
+    json: bool,
+) -> Result<(NodeStatus, Option<SeedProgress>), Failure> {
+    use crate::wire::cluster::SummaryCopyStatus as S;
+    let mut last = None;
+    let mut failures = 0;
+    let mut printed = tokio::time::Instant::now();
+    let mut catch_up: Option<tokio::time::Instant> = None;
+    loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let status: NodeStatus = match client.get(admin, "/api/status").await {
+            Ok(s) => s,
+            Err(e) => {
+                failures += 1;
+                if failures >= POLL_FAILURES {
+                    return Err(Failure::Failed(format!(
+                        "{node} stopped answering during the reseed ({e}); `hubrelay status` shows where it stands"
+                    )));
+                }
+                continue;
+            }
+        };
+        failures = 0;
+        let Some(g) = status.storage_groups.iter().find(|g| g.name == sg) else {
+            return Err(Failure::Failed(format!("{node} no longer reports {sg}")));
+        };
+        match (g.summary_copy_status, g.seed.as_ref().filter(|p| !p.done)) {
+            (_, Some(p)) => {
+                if !json && printed.elapsed() >= Duration::from_secs(1) {
+                    printed = tokio::time::Instant::now();
+                    eprintln!("{}", progress_line(sg, node, p));
+                }
+                last = Some(p.clone());
+            }
+            (Some(S::Healthy), None) => {
+                let seed = g.seed.clone().or(last);
+                return Ok((status, seed));
+            }
+            (Some(S::FailedAndSuspended | S::Failed), None) => {
+                return Err(Failure::Failed(format!(
+                    "reseed of {sg} on {node} failed: {}",
+                    g.error.as_deref().unwrap_or("no reason given")
+                )))
+            }
+            (_, None) => {
+                let since = *catch_up.get_or_insert_with(tokio::time::Instant::now);
+                if since.elapsed() > CATCH_UP_WAIT {
+                    return Err(Failure::Failed(format!(
+                        "{sg} on {node} was seeded but is not Healthy after {} s of copying logs ({:?}); `hubrelay status` shows its queues",
+                        CATCH_UP_WAIT.as_secs(),
+                        g.summary_copy_status
+                    )));
+                }
+            }
+        }
+    }
+}
+
+/// One line of reseed progress.
+fn progress_line(sg: &str, node: &str, p: &SeedProgress) -> String {
+    let eta = p
+        .eta_s
+        .map(|s| format!(", about {s} s left"))
+        .unwrap_or_default();
+    format!(
+        "seeding {sg} on {node}: {}/{} records, {} at {}/s{eta}",
+        p.records,
+        p.records_total,
+        human_bytes(p.bytes),
+        human_bytes(p.bytes_per_s)
+    )
+}
+
+fn human_bytes(n: u64) -> String {
+    bytesize::ByteSize::b(n).to_string()
 }
 
 /// Polls the restored node until it reports itself active; its dismount reason otherwise.

@@ -114,6 +114,13 @@ impl AdminClient {
             .to_vec())
     }
 
+    /// `GET addr{path}` whose body is read piece by piece as it arrives (a snapshot).
+    pub async fn download(&self, addr: SocketAddr, path: &str) -> Result<Download, ClientError> {
+        let req = self.http.get(self.url(addr, path));
+        let resp = self.send(addr, req).await?;
+        Ok(Download { resp, addr })
+    }
+
     /// `POST addr{path}` with a JSON body, decoded as `T`.
     pub async fn post<B: Serialize, T: DeserializeOwned>(
         &self,
@@ -160,6 +167,22 @@ impl AdminClient {
             Ok(resp)
         } else {
             Err(status_error(addr, resp).await)
+        }
+    }
+}
+
+/// A response body read as it arrives.
+pub struct Download {
+    resp: reqwest::Response,
+    addr: SocketAddr,
+}
+
+impl Download {
+    /// The next piece, `None` at the end.
+    pub async fn chunk(&mut self) -> Result<Option<Vec<u8>>, ClientError> {
+        match self.resp.chunk().await {
+            Ok(piece) => Ok(piece.map(|b| b.to_vec())),
+            Err(e) => Err(unreachable(self.addr, e)),
         }
     }
 }

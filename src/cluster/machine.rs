@@ -171,6 +171,9 @@ pub struct Machine {
     lease: Option<LeaseView>,
     witness_ok: bool,
     copied: BTreeMap<String, u64>,
+    /// Storage groups whose local copy is incomplete (a reseed under way or cut short): its
+    /// LastLogCopied says nothing of what it holds, so it never mounts by itself.
+    incomplete: std::collections::BTreeSet<String>,
     /// This node's own LastLogGenerated while active (written to the lease note).
     generated: BTreeMap<String, u64>,
     /// A later epoch than ours was active while we were away: our logs may have diverged.
@@ -218,6 +221,7 @@ impl Machine {
             lease: None,
             witness_ok: true,
             copied: BTreeMap::new(),
+            incomplete: std::collections::BTreeSet::new(),
             generated: BTreeMap::new(),
             superseded: None,
             yielding: false,
@@ -382,6 +386,12 @@ impl Machine {
     /// The local copy's LastLogCopied per storage group.
     pub fn on_copied(&mut self, copied: BTreeMap<String, u64>) {
         self.copied = copied;
+    }
+
+    /// The storage groups whose local copy is incomplete (being reseeded, or a reseed was cut
+    /// short): no automatic mount until they are whole again; a restore still may.
+    pub fn on_incomplete(&mut self, incomplete: std::collections::BTreeSet<String>) {
+        self.incomplete = incomplete;
     }
 
     /// This node's own LastLogGenerated (while active); a change is noted on the witness.
@@ -598,7 +608,11 @@ impl Machine {
         if self.mutual(now) {
             // Both up, neither active: the preferred node takes the role, and like any activation
             // it needs the lease first, so a stale view can never make two actives.
-            if !self.preferred_over_peer() || self.yielding || self.db_failed {
+            if !self.preferred_over_peer()
+                || self.yielding
+                || self.db_failed
+                || !self.incomplete.is_empty()
+            {
                 return Vec::new();
             }
             return if self.holds_lease(now) {
@@ -637,6 +651,14 @@ impl Machine {
             })
             .collect();
         let worst = missing.values().copied().max().unwrap_or(0);
+        if !self.incomplete.is_empty() && !self.restore {
+            let sgs: Vec<&str> = self.incomplete.iter().map(String::as_str).collect();
+            self.dismount(format!(
+                "not mounted after failover: the copy of {} is incomplete (a reseed is under way or was cut short); `hubrelay copy restore` mounts it anyway, and the hubs resubmit what their dumpsters hold",
+                sgs.join(", ")
+            ));
+            return Vec::new();
+        }
         if worst > self.max_lost_logs && !self.restore {
             let detail: Vec<String> = missing
                 .iter()

@@ -150,6 +150,11 @@ pub struct Cms {
     pub witness: PathBuf,
     /// Size at which a transaction log generation is closed.
     pub log_file_size: u64,
+    /// Bytes of log the active keeps for a copy that is behind before it gives the copy up (the
+    /// copy then needs a reseed): a copy that is down for good must not fill the active's disk.
+    pub max_log_backlog: u64,
+    /// Closed generations every node keeps however old, to look at after an incident.
+    pub log_tail: u64,
     /// Its nodes, in config order (the first is active on a fresh start).
     pub nodes: Vec<Node>,
     /// The storage groups it hosts.

@@ -97,6 +97,12 @@ fn default_dial() -> AutoDatabaseMountDial {
 fn default_log_file_size() -> Size {
     Size(1 << 20)
 }
+fn default_max_log_backlog() -> Size {
+    Size(1 << 30)
+}
+fn default_log_tail() -> u64 {
+    8
+}
 
 /// The whole file: one `[site]`, any number of `[[hub]]` and `[[cms]]`.
 #[derive(Deserialize)]
@@ -188,6 +194,10 @@ pub(super) struct RawCms {
     pub(super) witness: PathBuf,
     #[serde(default = "default_log_file_size")]
     pub(super) log_file_size: Size,
+    #[serde(default = "default_max_log_backlog")]
+    pub(super) max_log_backlog: Size,
+    #[serde(default = "default_log_tail")]
+    pub(super) log_tail: u64,
     #[serde(default)]
     pub(super) node: Vec<RawNode>,
     #[serde(default)]

@@ -19,7 +19,7 @@ pub enum CopyCommand {
     Suspend,
     /// Copy and replay again.
     Resume,
-    /// Reseed: drop the copy and copy everything again from the active node.
+    /// Reseed: drop the copy and seed it again from a snapshot of the active node's database.
     Update,
     /// Mount this passive copy after the active node was lost, even beyond the dial (lossy).
     Restore,
@@ -68,6 +68,14 @@ pub enum CopyRefused {
         /// The storage group.
         sg: String,
     },
+    /// A reseed of this copy is already under way.
+    #[error("a reseed of {sg} on {node} is already under way (see `hubrelay status`)")]
+    Seeding {
+        /// This node.
+        node: String,
+        /// The storage group.
+        sg: String,
+    },
     /// The state machine refused the restore; the text says why.
     #[error("restore refused: {0}")]
     Restore(String),
@@ -79,7 +87,7 @@ pub enum CopyRefused {
 impl MailboxNode {
     /// Carries out `command` on storage group `sg` and records it with `comment`.
     pub fn copy_command(
-        &self,
+        self: &std::sync::Arc<Self>,
         sg: &str,
         command: CopyCommand,
         comment: Option<String>,
@@ -97,8 +105,15 @@ impl MailboxNode {
                 suspend
             }
             CopyCommand::Update => {
-                if self.copies().get(sg).is_none() {
-                    return Err(no_copy());
+                match self.copies().get(sg) {
+                    None => return Err(no_copy()),
+                    Some(cs) if cs.seeding.is_some() => {
+                        return Err(CopyRefused::Seeding {
+                            node: self.name.clone(),
+                            sg: sg.to_string(),
+                        })
+                    }
+                    Some(_) => {}
                 }
                 if !self.machine().peer_active(mono_ms()) {
                     return Err(CopyRefused::NoSource {
@@ -106,7 +121,7 @@ impl MailboxNode {
                         sg: sg.to_string(),
                     });
                 }
-                self.reseed(sg).map_err(CopyRefused::Node)?;
+                self.start_reseed(sg).map_err(CopyRefused::Node)?;
                 false
             }
             CopyCommand::Restore => {

@@ -24,6 +24,8 @@ const RESUBMIT_EVERY: Duration = Duration::from_secs(2);
 /// How long a storage group's log may stay failed (unwritable, not reopenable) before the active
 /// node gives the databases up to a healthy passive.
 const DATABASE_FAILED_AFTER: Duration = Duration::from_secs(10);
+/// How often the store is checkpointed and logs behind it are deleted.
+const TRUNCATE_EVERY: Duration = Duration::from_secs(5);
 /// How often dedup keys past their retention are swept.
 const SWEEP_EVERY: Duration = Duration::from_secs(600);
 
@@ -51,6 +53,9 @@ pub fn spawn(node: Arc<MailboxNode>, shutdown: CancellationToken) {
     let n = node.clone();
     let stop = shutdown.clone();
     tokio::spawn(async move { every(SWEEP_EVERY, &stop, || n.sweep_dedup()).await });
+    let n = node.clone();
+    let stop = shutdown.clone();
+    tokio::spawn(async move { every(TRUNCATE_EVERY, &stop, || n.truncate_round()).await });
     let n = node.clone();
     let stop = shutdown.clone();
     tokio::spawn(async move { every(super::disk::DISK_EVERY, &stop, || n.disk_round()).await });
@@ -160,10 +165,12 @@ impl MailboxNode {
             self.observe().await
         };
         let copied = self.copied();
+        let incomplete = self.incomplete_copies();
         let generated = self.generated();
         let actions = {
             let mut m = self.machine();
             m.on_copied(copied);
+            m.on_incomplete(incomplete);
             if *m.role() == Role::Active {
                 m.on_generated(generated);
             }
@@ -181,6 +188,16 @@ impl MailboxNode {
         self.copies()
             .iter()
             .map(|(sg, c)| (sg.clone(), c.copy.last_copied()))
+            .collect()
+    }
+
+    /// Storage groups whose copy is being reseeded or whose reseed was cut short.
+    pub fn incomplete_copies(&self) -> std::collections::BTreeSet<String> {
+        let cut_short = self.state().seeding.clone();
+        self.copies()
+            .iter()
+            .filter(|(sg, c)| c.seeding.is_some() || cut_short.contains(*sg))
+            .map(|(sg, _)| sg.clone())
             .collect()
     }
 

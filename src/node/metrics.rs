@@ -24,13 +24,15 @@ use crate::wire::cluster::NodeStatus;
 use crate::wire::cluster::SummaryCopyStatus;
 
 /// Every SummaryCopyStatus, so the status gauge reports 0 for the states a copy is not in.
-const COPY_STATUSES: [SummaryCopyStatus; 6] = [
+const COPY_STATUSES: [SummaryCopyStatus; 8] = [
     SummaryCopyStatus::Healthy,
     SummaryCopyStatus::Initializing,
     SummaryCopyStatus::Synchronizing,
     SummaryCopyStatus::Suspended,
     SummaryCopyStatus::Failed,
     SummaryCopyStatus::ServiceDown,
+    SummaryCopyStatus::Seeding,
+    SummaryCopyStatus::FailedAndSuspended,
 ];
 
 /// Labels of the copy status gauge: one series per storage group and status.
@@ -55,6 +57,7 @@ pub struct FailoverLabels {
 struct SgCounters {
     stored: Counter,
     duplicates: Counter,
+    truncated: Counter,
 }
 
 /// Every metric of one node, in a registry labelled `node="<name>"`, `cms="<cms>"`.
@@ -85,6 +88,7 @@ impl NodeMetrics {
     pub fn new(node: &str, cms: &str, storage_groups: &[String]) -> NodeMetrics {
         let stored: Family<SgLabels, Counter> = Family::default();
         let duplicates: Family<SgLabels, Counter> = Family::default();
+        let truncated: Family<SgLabels, Counter> = Family::default();
         let failovers: Family<FailoverLabels, Counter> = Family::default();
         let per_sg = storage_groups
             .iter()
@@ -93,6 +97,7 @@ impl NodeMetrics {
                 let c = SgCounters {
                     stored: stored.get_or_create_owned(&l),
                     duplicates: duplicates.get_or_create_owned(&l),
+                    truncated: truncated.get_or_create_owned(&l),
                 };
                 (sg.clone(), c)
             })
@@ -127,6 +132,11 @@ impl NodeMetrics {
             "duplicates_dropped",
             "Mailbox copies not stored because the mailbox holds the same Message-ID and content",
             duplicates,
+        );
+        r.register(
+            "log_truncated_bytes",
+            "Bytes of log generations this node deleted behind its checkpoint (and the copy's)",
+            truncated,
         );
         r.register(
             "failovers",
@@ -189,6 +199,13 @@ impl NodeMetrics {
             m.copy_status.clone(),
         );
         m
+    }
+
+    /// Log generations of `sg` holding `bytes` were deleted behind the checkpoint.
+    pub fn log_truncated(&self, sg: &str, bytes: u64) {
+        if let Some(c) = self.per_sg.get(sg) {
+            c.truncated.inc_by(bytes);
+        }
     }
 
     /// A delivery to storage group `sg` stored `stored` mailbox copies and dropped `duplicates`.

@@ -12,6 +12,7 @@
 //! out its decisions: mounting (after a lossy failover, asking every hub to resubmit — [`outstanding`])
 //! and demoting.
 
+pub mod checkpoint;
 pub mod copy_admin;
 pub mod disk;
 pub mod driver;
@@ -19,7 +20,9 @@ pub mod inbound;
 pub mod metrics;
 pub mod outstanding;
 pub mod replication;
+pub mod seed;
 pub mod state;
+pub mod truncation;
 pub mod writer;
 
 use std::collections::{BTreeMap, HashMap};
@@ -96,10 +99,15 @@ pub struct MailboxNode {
     heartbeats: AdminClient,
     /// Admin API client for a scheduled move's takeover call (the target copies, then mounts).
     moves: AdminClient,
+    /// Admin API client for reseeds: a snapshot takes as long as the database is big.
+    seeds: AdminClient,
     dir: PathBuf,
     machine: Mutex<Machine>,
     writers: Mutex<Option<HashMap<String, SgWriter>>>,
     copies: Mutex<BTreeMap<String, CopyState>>,
+    /// While active: what the other node's copy reported it needs, per storage group (what log
+    /// truncation keeps for it); forgotten at every mount and demotion.
+    copy_needs: Mutex<HashMap<String, truncation::CopyNeed>>,
     state: Mutex<NodeState>,
     /// A scheduled move is under way (or failed and waits to take the lease back): refuse deliveries.
     moving: AtomicBool,
@@ -180,10 +188,12 @@ impl MailboxNode {
             disk: disk::DiskWatch::default(),
             heartbeats: AdminClient::with_timeout(&site, std::time::Duration::from_millis(400))?,
             moves: AdminClient::with_timeout(&site, std::time::Duration::from_secs(40))?,
+            seeds: AdminClient::with_timeout(&site, std::time::Duration::from_secs(7 * 86_400))?,
             dir: dir.to_path_buf(),
             machine: Mutex::new(machine),
             writers: Mutex::new(None),
             copies: Mutex::new(BTreeMap::new()),
+            copy_needs: Mutex::new(HashMap::new()),
             state: Mutex::new(state),
             moving: AtomicBool::new(false),
             handover_pending: AtomicBool::new(false),
@@ -293,10 +303,21 @@ impl MailboxNode {
             .into_iter()
             .filter(|sg| self.suspended_by_admin(sg))
             .collect();
+        let cut_short = self.state().seeding.clone();
         let mut copies = self.copies();
         copies.clear();
         for sg in self.storage_groups() {
             let copy = store::txlog::LogCopy::open(&self.log_dir(&sg), &sg)?;
+            if cut_short.contains(&sg) {
+                // Half a snapshot: nothing here to replay into; it must be reseeded.
+                let mut cs = CopyState::new(copy);
+                cs.needs_reseed = Some(
+                    "a reseed was cut short (the node stopped); the copy is incomplete until reseeded again".into(),
+                );
+                warn!(node = %self.name, storage_group = %sg, "a reseed of this copy was cut short; run copy update again");
+                copies.insert(sg, cs);
+                continue;
+            }
             // The store's applies are not fsynced: after a crash it can be behind the copied logs,
             // and copying on would move its checkpoint past the records it lost.
             let replayed = replication::replay_all(&self.store, &sg, &copy)?;
@@ -366,6 +387,10 @@ impl MailboxNode {
                 );
             }
         }
+        self.copy_needs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
         *self.writers.lock().unwrap_or_else(|p| p.into_inner()) = Some(writers);
         self.persist()?;
         let known_lost = missing.values().any(|n| *n > 0);

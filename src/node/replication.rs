@@ -55,6 +55,13 @@ pub struct CopyState {
     /// The last copy or replay failed on a disk error (not a bad log): the next round tries
     /// again, and replays first what was copied but not applied.
     pub io_failed: bool,
+    /// The active node no longer holds a generation this copy needs (why): replication stops
+    /// until a reseed (`copy update`).
+    pub needs_reseed: Option<String>,
+    /// A reseed under way, with its progress.
+    pub seeding: Option<std::sync::Arc<super::seed::Seeding>>,
+    /// How the last reseed went, once it installed its snapshot (shown by `status`).
+    pub last_seed: Option<crate::wire::cluster::SeedProgress>,
 }
 
 impl CopyState {
@@ -71,28 +78,46 @@ impl CopyState {
             unhealthy_since_ms: None,
             disk_full: None,
             io_failed: false,
+            needs_reseed: None,
+            seeding: None,
+            last_seed: None,
         }
     }
 }
 
+/// Where a copy stops agreeing with the active's epoch history.
+#[derive(Debug, PartialEq, Eq)]
+enum Mismatch {
+    /// Every generation held agrees.
+    None,
+    /// From this generation on the copy holds what another epoch wrote: discard it.
+    From(u64),
+    /// Its first held generation already disagrees, and the active's epoch for it began before
+    /// it: the truncated generations before may disagree too, and nothing is left to compare.
+    BeforeFirstKept(u64),
+}
+
 /// The first generation `copy` holds that the active's `history` says was written in another
-/// epoch (or that no epoch of the history wrote), if any.
-fn first_mismatch(
-    copy: &LogCopy,
-    sg: &str,
-    history: &[EpochStart],
-) -> Result<Option<u64>, NodeError> {
-    for generation in 1..=copy.last_held() {
+/// epoch (or that no epoch of the history wrote), if any. Only generations held are compared
+/// (truncation deleted the others).
+fn first_mismatch(copy: &LogCopy, sg: &str, history: &[EpochStart]) -> Result<Mismatch, NodeError> {
+    let first = copy.first_kept();
+    for generation in first..=copy.last_held() {
         let expected = history
             .iter()
-            .filter(|e| e.starts.get(sg).is_some_and(|s| *s <= generation))
-            .map(|e| e.epoch)
-            .next_back();
-        if expected != Some(copy.epoch_of(generation)?) {
-            return Ok(Some(generation));
+            .rfind(|e| e.starts.get(sg).is_some_and(|s| *s <= generation));
+        if expected.map(|e| e.epoch) != Some(copy.epoch_of(generation)?) {
+            let began_before = expected
+                .and_then(|e| e.starts.get(sg))
+                .is_some_and(|s| *s < first);
+            return Ok(if generation == first && began_before {
+                Mismatch::BeforeFirstKept(generation)
+            } else {
+                Mismatch::From(generation)
+            });
         }
     }
-    Ok(None)
+    Ok(Mismatch::None)
 }
 
 /// Replays every copied generation the store has not applied (idempotent: applying a position twice
@@ -149,12 +174,21 @@ impl CopyState {
     /// Why the copy is not Healthy, as `status` shows it: the node's own suspension for a full
     /// disk, else the last failure.
     pub fn reported_error(&self) -> Option<String> {
-        self.disk_full.clone().or_else(|| self.error.clone())
+        self.needs_reseed
+            .clone()
+            .or_else(|| self.disk_full.clone())
+            .or_else(|| self.error.clone())
     }
 
     /// SummaryCopyStatus as reported now: Healthy or Synchronizing only while copy rounds reach
     /// the active node, so a copy that has stopped hearing from it never looks caught up.
     pub fn reported_status(&self) -> SummaryCopyStatus {
+        if self.seeding.is_some() {
+            return SummaryCopyStatus::Seeding;
+        }
+        if self.needs_reseed.is_some() {
+            return SummaryCopyStatus::FailedAndSuspended;
+        }
         if self.disk_full.is_some() {
             return SummaryCopyStatus::Suspended;
         }
@@ -195,9 +229,19 @@ impl MailboxNode {
     }
 
     async fn copy_sg(&self, sg: &str) -> Result<(), NodeError> {
-        let (stopped, io_failed) = self.copies().get(sg).map_or((true, false), |c| {
+        let (stopped, io_failed, report) = self.copies().get(sg).map_or((true, false, None), |c| {
             let refused = c.status == SummaryCopyStatus::Failed && !c.io_failed;
-            (c.suspended || refused || c.disk_full.is_some(), c.io_failed)
+            let stopped = c.suspended
+                || refused
+                || c.disk_full.is_some()
+                || c.needs_reseed.is_some()
+                || c.seeding.is_some();
+            // What this copy holds, for the active's log truncation: only once it follows the
+            // active's epoch (checked in an earlier round), so the report cannot be stale.
+            let report = c
+                .verified_epoch
+                .map(|epoch| (epoch, c.copy.last_copied() + 1));
+            (stopped, c.io_failed, report)
         });
         if stopped {
             return Ok(());
@@ -205,7 +249,10 @@ impl MailboxNode {
         if io_failed {
             self.replay_after_disk_error(sg)?;
         }
-        let path = format!("/api/logs/{}", encode(sg));
+        let path = match report {
+            Some((epoch, next)) => format!("/api/logs/{}?epoch={epoch}&next={next}", encode(sg)),
+            None => format!("/api/logs/{}", encode(sg)),
+        };
         let status: LogStatus = match self.client.get(self.peer.admin, &path).await {
             Ok(s) => s,
             Err(_) => {
@@ -223,12 +270,24 @@ impl MailboxNode {
             .unwrap_or(1);
         while next <= status.last_closed {
             // Checked again per generation: a suspension stops a round already under way.
-            if self.copies().get(sg).is_none_or(|c| c.suspended) {
+            if self
+                .copies()
+                .get(sg)
+                .is_none_or(|c| c.suspended || c.seeding.is_some())
+            {
                 return Ok(());
             }
             let path = format!("/api/logs/{}/{next}", encode(sg));
             let bytes = match self.client.get_bytes(self.peer.admin, &path).await {
                 Ok(b) => b,
+                Err(crate::client::ClientError::Status {
+                    status: 410,
+                    message,
+                    ..
+                }) => {
+                    self.lost_by_active(sg, next, &message);
+                    return Ok(());
+                }
                 Err(_) => {
                     self.set_status(sg, SummaryCopyStatus::ServiceDown, None);
                     return Ok(());
@@ -306,7 +365,15 @@ impl MailboxNode {
             };
             first_mismatch(&cs.copy, sg, &status.epochs)?
         };
-        if let Some(g) = mismatch {
+        if let Mismatch::BeforeFirstKept(g) = mismatch {
+            self.lost_by_active(
+                sg,
+                g,
+                "this copy's first log generation differs from the active's history, which began before it; older generations are truncated here",
+            );
+            return Ok(false);
+        }
+        if let Mismatch::From(g) = mismatch {
             let removed = self.store.discard_from(sg, g)?;
             if let Some(cs) = self.copies().get_mut(sg) {
                 cs.copy.truncate_from(g)?;
@@ -344,6 +411,18 @@ impl MailboxNode {
         }
         self.persist()?;
         Ok(true)
+    }
+
+    /// The active node no longer has generation `generation`: this copy cannot catch up by log
+    /// shipping and needs a reseed. Stops replication (FailedAndSuspended) until `copy update`.
+    fn lost_by_active(&self, sg: &str, generation: u64, why: &str) {
+        let reason = format!(
+            "needs reseed: the active node no longer keeps log generation {generation} ({why})"
+        );
+        warn!(node = %self.name, storage_group = %sg, generation, reason, "copy cannot catch up from the logs; replication stopped until a reseed");
+        if let Some(cs) = self.copies().get_mut(sg) {
+            cs.needs_reseed = Some(reason);
+        }
     }
 
     /// A copy or replay that failed on the disk: reported Failed with the path, and tried again
@@ -402,24 +481,6 @@ impl MailboxNode {
             None => false,
         }
     }
-
-    /// Full reseed of a copy: drop the storage group's data and logs, copy everything again.
-    pub fn reseed(&self, sg: &str) -> Result<bool, NodeError> {
-        let mut copies = self.copies();
-        let Some(cs) = copies.get_mut(sg) else {
-            return Ok(false);
-        };
-        self.store.clear(sg)?;
-        cs.copy.truncate_from(1)?;
-        cs.status = SummaryCopyStatus::Initializing;
-        cs.error = None;
-        cs.suspended = false;
-        cs.verified_epoch = None;
-        drop(copies);
-        self.state().copied_epoch.remove(sg);
-        self.persist()?;
-        Ok(true)
-    }
 }
 
 #[cfg(test)]
@@ -428,6 +489,66 @@ mod tests {
 
     fn copy(dir: &std::path::Path) -> CopyState {
         CopyState::new(store::txlog::LogCopy::open(dir, "SG1").expect("open copy"))
+    }
+
+    /// Builds a log of generations 1..=6 (epoch 4 for 1..=3, epoch 5 for 4..=6) as a copy.
+    fn copy_of_two_epochs(dir: &std::path::Path) -> store::txlog::LogCopy {
+        use store::txlog::{LogRecord, TxLog};
+        let mut log = TxLog::open(dir, "SG1", 4096).expect("log");
+        for g in 1..=6u64 {
+            log.begin_epoch(if g <= 3 { 4 } else { 5 }).expect("epoch");
+            log.append(&LogRecord {
+                message_id: format!("<m{g}>"),
+                recipients: vec!["alice@example.test".into()],
+                sender: "bob@example.test".into(),
+                time_ms: g,
+                body: b"x".to_vec(),
+            })
+            .expect("append");
+            log.roll().expect("roll");
+        }
+        drop(log);
+        store::txlog::LogCopy::open(dir, "SG1").expect("copy")
+    }
+
+    fn history(starts: &[(u64, u64)]) -> Vec<super::EpochStart> {
+        starts
+            .iter()
+            .map(|(epoch, start)| super::EpochStart {
+                epoch: *epoch,
+                starts: [("SG1".to_string(), *start)].into(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn divergence_is_found_among_the_generations_held_and_never_guessed_below_them() {
+        use super::{first_mismatch, Mismatch};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut copy = copy_of_two_epochs(dir.path());
+        let agree = history(&[(4, 1), (5, 4)]);
+        assert_eq!(
+            first_mismatch(&copy, "SG1", &agree).unwrap(),
+            Mismatch::None
+        );
+        // The active's epoch 6 began at 5: this copy's 5 and 6 (epoch 5) diverged.
+        let later = history(&[(4, 1), (5, 4), (6, 5)]);
+        assert_eq!(
+            first_mismatch(&copy, "SG1", &later).unwrap(),
+            Mismatch::From(5)
+        );
+        copy.truncate_before(5).expect("truncate");
+        assert_eq!(
+            first_mismatch(&copy, "SG1", &later).unwrap(),
+            Mismatch::From(5)
+        );
+        // The active's epoch 6 began at 3, below what is kept here: 3 and 4 are gone, so how far
+        // back this copy diverged cannot be told; it needs a reseed.
+        let earlier = history(&[(4, 1), (6, 3)]);
+        assert_eq!(
+            first_mismatch(&copy, "SG1", &earlier).unwrap(),
+            Mismatch::BeforeFirstKept(5)
+        );
     }
 
     #[test]

@@ -97,6 +97,10 @@ pub struct NodeState {
     /// Per storage group, the administrator's last copy command.
     #[serde(default)]
     pub copy_notes: BTreeMap<String, CopyNote>,
+    /// Storage groups whose copy is being reseeded: one still listed at start-up was cut short,
+    /// and its copy is incomplete until reseeded again.
+    #[serde(default)]
+    pub seeding: std::collections::BTreeSet<String>,
 }
 
 /// Why the state file could not be read or written.

@@ -20,6 +20,11 @@ pub enum SummaryCopyStatus {
     Failed,
     /// The active node does not answer.
     ServiceDown,
+    /// Being reseeded from a snapshot of the active node's database (`copy update`).
+    Seeding,
+    /// The active node no longer keeps the logs this copy needs (it fell further behind than
+    /// `max_log_backlog`, or its store lost them): replication stopped until `copy update`.
+    FailedAndSuspended,
 }
 
 /// One storage group's replication counters (Get-StorageGroupCopyStatus).
@@ -56,6 +61,29 @@ pub struct SgCopyStatus {
     /// mail only that hub's dumpster holds is not redelivered until it accepts (`health` FAILs).
     #[serde(default)]
     pub resubmission_errors: Vec<ResubmissionError>,
+    /// A reseed from the active's snapshot under way on this copy, with its progress.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<SeedProgress>,
+}
+
+/// How far a reseed (`copy update`) has come: a snapshot of the active's database, then its logs.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SeedProgress {
+    /// Records of the snapshot installed so far.
+    pub records: u64,
+    /// Records the snapshot holds.
+    pub records_total: u64,
+    /// Bytes of the snapshot received so far.
+    pub bytes: u64,
+    /// Milliseconds since the reseed started.
+    pub elapsed_ms: u64,
+    /// Bytes per second so far.
+    pub bytes_per_s: u64,
+    /// Seconds left at the rate so far (by records), once there is a rate.
+    pub eta_s: Option<u64>,
+    /// The snapshot is installed (the copy then copies the logs after it as usual).
+    #[serde(default)]
+    pub done: bool,
 }
 
 /// A resubmission request a hub refused, as `status` and `health` show it.

@@ -20,6 +20,7 @@
 //! ([`stamp`]), maintained by the same applies, so a copy rebuilds it by replay: what a lossy mount
 //! anchors that hub's resubmission window on.
 
+pub mod snapshot;
 pub mod stamp;
 #[cfg(test)]
 mod tests;

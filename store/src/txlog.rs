@@ -7,6 +7,10 @@
 //! closed names, so either node can open the other role's directory after a failover or switchover
 //! and carry on with the same numbering. The byte layout is documented in [`format`].
 //!
+//! Generations behind a checkpoint are deleted ([`truncate_before`]): the file `E00.base` names the
+//! first generation the directory still holds, written before anything older is removed, so a
+//! crash part-way leaves leftovers that the next listing removes, never a gap.
+//!
 //! Every file is born complete (written to `<name>.tmp`, fsynced, renamed, directory fsynced), so the
 //! only partial state a crash can leave is a torn tail at the end of the open generation, which
 //! [`TxLog::open`] cuts off. A failed write or fsync poisons a [`TxLog`]; reopening it runs that same
@@ -102,6 +106,17 @@ pub enum TxLogError {
         /// Generation asked for.
         generation: u64,
     },
+    /// The generation was truncated: every record in it is in the store behind a checkpoint, and
+    /// the log now starts later. A copy that still needs it must be reseeded.
+    #[error(
+        "log generation {generation} was truncated (the log now starts at generation {first})"
+    )]
+    Truncated {
+        /// Generation asked for.
+        generation: u64,
+        /// The first generation the log still holds (or will write).
+        first: u64,
+    },
     /// The copy still holds this generation as written while this node was active; it must be
     /// dropped with `truncate_from` (and undone in the store) before the new active's one is kept.
     #[error("log generation {generation} holds records written while active; truncate it first")]
@@ -192,9 +207,10 @@ impl TxLog {
             }
             None => {
                 let generation = last_closed + 1;
-                let epoch = match last_closed {
-                    0 => 0,
-                    g => read_header(dir, &closed_name(g), g)?.epoch,
+                // Every generation truncated: the next epoch stamps the new one anyway.
+                let epoch = match listing.closed.last() {
+                    None => 0,
+                    Some(&g) => read_header(dir, &closed_name(g), g)?.epoch,
                 };
                 let (file, len) = create_open(dir, storage_group, generation, epoch)?;
                 (file, generation, len, 0, epoch)
@@ -366,6 +382,10 @@ impl TxLog {
     }
 
     fn try_truncate(&mut self, generation: u64) -> Result<(), TxLogError> {
+        let first = read_base(&self.dir)?;
+        if generation < first {
+            return Err(TxLogError::Truncated { generation, first });
+        }
         // Highest first, so a crash part-way leaves a contiguous log that reopens cleanly.
         let open = self.open_path();
         fs::remove_file(&open).map_err(io_at(&open))?;
@@ -472,6 +492,8 @@ pub fn verify(
 pub struct LogCopy {
     dir: PathBuf,
     storage_group: String,
+    /// The first generation held (or copied next, if none is held).
+    base: u64,
     last_copied: u64,
     /// Generation of a non-empty open log left from when this node was active.
     diverged: Option<u64>,
@@ -496,6 +518,7 @@ impl LogCopy {
         Ok(LogCopy {
             dir: dir.to_owned(),
             storage_group: storage_group.to_owned(),
+            base: listing.base,
             last_copied: listing.last_closed(),
             diverged,
         })
@@ -504,6 +527,39 @@ impl LogCopy {
     /// LastLogCopied: highest generation held, 0 if none.
     pub fn last_copied(&self) -> u64 {
         self.last_copied
+    }
+
+    /// The first generation held: everything before it was truncated (it is in the store behind
+    /// its checkpoint), or was never copied here (a copy seeded from a snapshot).
+    pub fn first_kept(&self) -> u64 {
+        self.base
+    }
+
+    /// Deletes the copied generations before `generation` (see [`truncate_before`]); at most up
+    /// to the next one to copy. Returns what went.
+    pub fn truncate_before(&mut self, generation: u64) -> Result<Truncated, TxLogError> {
+        let done = truncate_before(&self.dir, generation.min(self.last_copied + 1))?;
+        self.base = read_base(&self.dir)?;
+        Ok(done)
+    }
+
+    /// Drops every generation held and makes `generation` the next one to copy: a reseed from a
+    /// snapshot that holds everything before it. Files go first (highest first), the new base
+    /// after, so a crash part-way leaves a contiguous log the next open accepts.
+    pub fn restart_at(&mut self, generation: u64) -> Result<(), TxLogError> {
+        if generation == 0 {
+            return Err(TxLogError::GenerationZero);
+        }
+        if let Some(open) = self.diverged.take() {
+            let path = self.dir.join(open_name(open));
+            fs::remove_file(&path).map_err(io_at(&path))?;
+        }
+        remove_closed_from(&self.dir, self.base, self.last_copied)?;
+        sync_dir(&self.dir)?;
+        write_atomic(&self.dir, BASE_FILE, format!("{generation}\n").as_bytes())?;
+        self.base = generation;
+        self.last_copied = generation - 1;
+        Ok(())
     }
 
     /// The generation of records this node logged while it was active and that no copy has
@@ -540,7 +596,12 @@ impl LogCopy {
     pub fn epoch_of(&self, generation: u64) -> Result<u64, TxLogError> {
         let name = if self.diverged == Some(generation) {
             open_name(generation)
-        } else if generation >= 1 && generation <= self.last_copied {
+        } else if generation < self.base {
+            return Err(TxLogError::Truncated {
+                generation,
+                first: self.base,
+            });
+        } else if generation <= self.last_copied {
             closed_name(generation)
         } else {
             return Err(TxLogError::Missing { generation });
@@ -563,6 +624,12 @@ impl LogCopy {
         if generation == 0 {
             return Err(TxLogError::GenerationZero);
         }
+        if generation < self.base {
+            return Err(TxLogError::Truncated {
+                generation,
+                first: self.base,
+            });
+        }
         if let Some(open) = self.diverged.filter(|&g| g >= generation) {
             let path = self.dir.join(open_name(open));
             fs::remove_file(&path).map_err(io_at(&path))?;
@@ -577,37 +644,49 @@ impl LogCopy {
 
 /// Generations found in a log directory, checked to be contiguous.
 struct Listing {
-    /// Closed generations, ascending, without gaps.
+    /// The first generation the directory holds or will hold (`E00.base`, 1 without the file).
+    base: u64,
+    /// Closed generations, ascending, without gaps, starting at `base`.
     closed: Vec<u64>,
     /// The open generation, if any; always `last closed + 1` when there are closed ones.
     open: Option<u64>,
 }
 
 impl Listing {
-    /// Lists `dir` (creating it), removing leftovers of interrupted atomic writes.
+    /// Lists `dir` (creating it), removing leftovers of interrupted atomic writes and of an
+    /// interrupted truncation (closed generations before the base).
     fn read(dir: &Path) -> Result<Listing, TxLogError> {
         fs::create_dir_all(dir).map_err(io_at(dir))?;
+        let base = read_base(dir)?;
         let mut closed = Vec::new();
         let mut open = Vec::new();
-        let mut removed_tmp = false;
+        let mut removed = false;
         for entry in fs::read_dir(dir).map_err(io_at(dir))? {
             let entry = entry.map_err(io_at(dir))?;
             let name = entry.file_name();
             let Some(name) = name.to_str() else { continue };
-            if name.starts_with("E00-") && name.ends_with(".tmp") {
+            let leftover = name.starts_with("E00") && name.ends_with(".tmp");
+            let truncated = parse_name(name, "log").filter(|g| *g < base).is_some();
+            if leftover || truncated {
                 fs::remove_file(entry.path()).map_err(io_at(&entry.path()))?;
-                removed_tmp = true;
+                removed = true;
             } else if let Some(g) = parse_name(name, "log") {
                 closed.push(g);
             } else if let Some(g) = parse_name(name, "open") {
                 open.push(g);
             }
         }
-        if removed_tmp {
+        if removed {
             sync_dir(dir)?;
         }
         closed.sort_unstable();
         open.sort_unstable();
+        if let Some(&first) = closed.first().filter(|g| **g != base) {
+            return Err(TxLogError::OutOfSequence {
+                expected: base,
+                found: first,
+            });
+        }
         if let Some(w) = closed.windows(2).find(|w| w[1] != w[0] + 1) {
             return Err(TxLogError::OutOfSequence {
                 expected: w[0] + 1,
@@ -616,7 +695,13 @@ impl Listing {
         }
         let open = match (open.as_slice(), closed.last()) {
             ([], _) => None,
-            ([g], None) => Some(*g),
+            ([g], None) if *g >= base => Some(*g),
+            ([g], None) => {
+                return Err(TxLogError::OutOfSequence {
+                    expected: base,
+                    found: *g,
+                })
+            }
             ([g], Some(last)) if *g == last + 1 => Some(*g),
             ([g], Some(last)) => {
                 return Err(TxLogError::OutOfSequence {
@@ -631,12 +716,90 @@ impl Listing {
                 })
             }
         };
-        Ok(Listing { closed, open })
+        Ok(Listing { base, closed, open })
     }
 
+    /// Highest closed generation; `base - 1` when every closed one was truncated.
     fn last_closed(&self) -> u64 {
-        self.closed.last().copied().unwrap_or(0)
+        self.closed.last().copied().unwrap_or(self.base - 1)
     }
+}
+
+/// Name of the file holding the first generation a log directory keeps.
+const BASE_FILE: &str = "E00.base";
+
+/// The first generation kept in `dir` (1 if nothing was ever truncated).
+fn read_base(dir: &Path) -> Result<u64, TxLogError> {
+    let path = dir.join(BASE_FILE);
+    match fs::read_to_string(&path) {
+        Ok(text) => match text.trim().parse::<u64>() {
+            Ok(g) if g >= 1 => Ok(g),
+            _ => Err(TxLogError::Corrupt {
+                generation: 0,
+                reason: format!("{} holds {:?}, not a generation", path.display(), text),
+            }),
+        },
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(1),
+        Err(e) => Err(io_at(&path)(e)),
+    }
+}
+
+/// What [`truncate_before`] removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Truncated {
+    /// Closed generations deleted.
+    pub generations: u64,
+    /// Their bytes.
+    pub bytes: u64,
+}
+
+/// Deletes the closed generations of the log in `dir` before `generation`, which becomes the first
+/// one kept. `generation` may be at most one past the last closed generation: the open generation
+/// (and a copy's next one) is never removed. The base is written (atomically, fsynced) before any
+/// file goes, so a crash part-way leaves only files the next listing removes. No-op if nothing
+/// before `generation` is left. Safe beside a writer appending to the same directory (it never
+/// touches closed files) but not beside another truncation of it.
+pub fn truncate_before(dir: &Path, generation: u64) -> Result<Truncated, TxLogError> {
+    let listing = Listing::read(dir)?;
+    if generation <= listing.base {
+        return Ok(Truncated::default());
+    }
+    let last = listing.last_closed();
+    if generation > last + 1 {
+        return Err(TxLogError::NotClosed {
+            generation: generation - 1,
+        });
+    }
+    write_atomic(dir, BASE_FILE, format!("{generation}\n").as_bytes())?;
+    let mut done = Truncated::default();
+    for g in listing.base..generation {
+        let path = dir.join(closed_name(g));
+        let size = fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        match fs::remove_file(&path) {
+            Ok(()) => {
+                done.generations += 1;
+                done.bytes += size;
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_at(&path)(e)),
+        }
+    }
+    sync_dir(dir)?;
+    Ok(done)
+}
+
+/// The first generation the log in `dir` holds (or will write next, if it holds none).
+pub fn first_kept(dir: &Path) -> Result<u64, TxLogError> {
+    read_base(dir)
+}
+
+/// Bytes of the closed generations `from..=last` in `dir` (what keeping them costs), skipping any
+/// that are gone.
+pub fn closed_bytes(dir: &Path, from: u64, last: u64) -> u64 {
+    (from.max(1)..=last)
+        .filter_map(|g| fs::metadata(dir.join(closed_name(g))).ok())
+        .map(|m| m.len())
+        .sum()
 }
 
 /// What crash recovery found in an open generation.
@@ -705,17 +868,19 @@ fn closed_records(
     if generation == 0 || generation > last_closed {
         return Err(TxLogError::Missing { generation });
     }
-    verify(
-        &read_generation(dir, generation)?,
-        storage_group,
-        generation,
-    )
+    verify(&read_closed(dir, generation)?, storage_group, generation)
 }
 
 /// Raw bytes of closed generation `generation` in log directory `dir`, for shipping by a reader that
 /// does not hold the [`TxLog`] (closed files never change; the caller knows it is closed).
 pub fn read_closed(dir: &Path, generation: u64) -> Result<Vec<u8>, TxLogError> {
-    read_generation(dir, generation)
+    match read_generation(dir, generation) {
+        Err(TxLogError::Missing { .. }) => match read_base(dir)? {
+            first if generation < first => Err(TxLogError::Truncated { generation, first }),
+            _ => Err(TxLogError::Missing { generation }),
+        },
+        other => other,
+    }
 }
 
 /// Reads just the header of generation file `name` (never the whole file).

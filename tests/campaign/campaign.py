@@ -50,6 +50,8 @@ KINDS = [
     "sigterm-active",
     "disk-full",
     "clock-step",
+    "reseed",
+    "truncate-kill",
 ]
 # Partitions: only with --netns, where every role has a network namespace of its own.
 PARTITIONS = ["cut-nodes", "oneway-nodes", "cut-hub-active", "link-down-active"]
@@ -119,6 +121,8 @@ class Site:
                 f'min_free_space = {MIN_FREE}\n'
                 f"{roles}\n[[cms]]\nname = \"cms1\"\nwitness = \"witness/cms1\"\n"
                 'log_file_size = "64KiB"\nauto_database_mount_dial = "BestAvailability"\n'
+                # Logs behind every checkpoint go within seconds: every fault meets truncation.
+                'log_tail = 2\n'
                 f"{nodes}\n[[cms.storage_group]]\nname = \"SG1\"\n"
                 'mailboxes = ["alice@example.test", "bob@example.test"]\n\n'
                 '[[cms.storage_group]]\nname = "SG2"\nmailboxes = ["carol@example.test"'
@@ -222,6 +226,8 @@ class Site:
         role = "hub" if name.startswith("hub") else "node"
         err = open(self.log(name), "ab")
         env = dict(os.environ)
+        # Truncations are logged at debug: truncate-kill waits for one.
+        env.setdefault("HUBRELAY_LOG", "info,hubrelay::node::checkpoint=debug")
         if self.faketime:
             env.update(LD_PRELOAD=self.faketime, FAKETIME_TIMESTAMP_FILE=self.clock_file(name),
                        FAKETIME_CACHE_DURATION=str(CLOCK_CACHE_S), DONT_FAKE_MONOTONIC="1")
@@ -494,6 +500,89 @@ def partition(site, kind, rng, active, passive, note):
                       f"{sorted(pending)} since had reached the active node ({site.roles()})")
 
 
+TRUNCATED_LINE = b"log generations behind the checkpoint deleted"
+
+
+def copy_state(site, node, sg):
+    """SummaryCopyStatus and error of `sg`'s copy on `node` (None if it does not answer)."""
+    st = site.node_status(node, timeout=3)
+    for g in (st or {}).get("storage_groups", []):
+        if g["name"] == sg:
+            return g.get("summary_copy_status"), g.get("error")
+    return None, None
+
+
+def update_until_healthy(site, sg, note, tries=3):
+    """Runs `copy update` of `sg` (on whichever node holds the copy) until it ends Healthy: what an
+    operator does after a reseed was cut short."""
+    for attempt in range(tries):
+        site.wait_active(60)
+        r = site.cli("copy", "update", "--cms", "cms1", "--storage-group", sg, "--json", timeout=300)
+        if r.returncode == 0:
+            seeded = json.loads(r.stdout).get("seeded") or {}
+            note(f"reseed: {sg}: {seeded.get('records')} records, {seeded.get('bytes')} bytes in "
+                 f"{seeded.get('elapsed_ms')} ms (attempt {attempt + 1})")
+            return
+        note(f"reseed: {sg} attempt {attempt + 1}: {r.stdout.decode().strip()[:200]} {r.stderr.decode().strip()[:200]}")
+        time.sleep(2)
+    raise Failure(f"copy update of {sg} did not complete in {tries} attempts")
+
+
+def reseed(site, rng, active, passive, note):
+    """`copy update` of one storage group's copy under load; a third of the time the passive, a
+    third the active, is killed -9 part-way (and started again). A reseed cut short must say so
+    and complete when run again; the active keeps taking mail throughout."""
+    sg = rng.choice(["SG1", "SG2"])
+    how = rng.choice(["plain", "kill-passive", "kill-active"])
+    if how == "plain":
+        update_until_healthy(site, sg, note, tries=1)
+        return
+    p = subprocess.Popen([site.bin, "copy", "update", "--cms", "cms1", "--storage-group", sg,
+                          "--json", "--config", site.config],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(rng.uniform(0, 1.0))
+    victim = passive if how == "kill-passive" else active
+    site.kill9(victim)
+    try:
+        p.wait(120)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        p.wait()
+    time.sleep(rng.uniform(0, 3) if victim == passive else rng.uniform(0, 8))
+    site.start(victim)
+    now_active = site.wait_active(60)
+    holder = "node2" if now_active == "node1" else "node1"
+    deadline = time.time() + 30
+    state = copy_state(site, holder, sg)
+    while state[0] not in ("Healthy", "FailedAndSuspended") and time.time() < deadline:
+        time.sleep(0.5)
+        state = copy_state(site, holder, sg)
+    note(f"reseed: {sg} with {victim} ({how[5:]}) killed part-way: {holder}'s copy {state[0]} ({state[1]})")
+    if state[0] != "Healthy":
+        update_until_healthy(site, sg, note)
+
+
+def truncate_kill(site, rng, active, passive, note):
+    """kill -9 of a node right after it deleted log generations (the active: a failover right
+    after truncation), then started again."""
+    target = rng.choice([active, passive])
+    path = site.log(target)
+    offset = os.path.getsize(path)
+    deadline = time.time() + 30
+    seen = False
+    while time.time() < deadline and not seen:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            new = f.read()
+        seen = TRUNCATED_LINE in new
+        time.sleep(0.02)
+    site.kill9(target)
+    note(f"truncate-kill: {target} ({'active' if target == active else 'passive'}) killed "
+         + ("right after a truncation" if seen else "(no truncation within 30 s)"))
+    time.sleep(rng.uniform(0, 8) if target == active else rng.uniform(0, 3))
+    site.start(target)
+
+
 def inject(site, kind, rng, note):
     """One fault of `kind`; returns when it has been carried out (the site may still be failing over)."""
     if kind == "kill-hub":
@@ -506,6 +595,10 @@ def inject(site, kind, rng, note):
     passive = "node2" if active == "node1" else "node1"
     if kind in PARTITIONS:
         partition(site, kind, rng, active, passive, note)
+    elif kind == "reseed":
+        reseed(site, rng, active, passive, note)
+    elif kind == "truncate-kill":
+        truncate_kill(site, rng, active, passive, note)
     elif kind == "kill-active":
         site.kill9(active)
         # Back before the failover timeout (it resumes its role) or after it (the passive mounts).

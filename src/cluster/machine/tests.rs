@@ -668,6 +668,49 @@ fn failover_within_dial_mounts_lossy_and_beyond_dial_stays_dismounted() {
     }
 }
 
+/// A copy being reseeded (or whose reseed was cut short) holds part of a snapshot: it never
+/// mounts by itself, however few logs its LastLogCopied says are missing, nor by preference.
+#[test]
+fn an_incomplete_copy_never_mounts_by_itself() {
+    let t = Timing::default();
+    let mut m = Machine::new(
+        "node2",
+        false,
+        Persisted {
+            epoch: 1,
+            ..Default::default()
+        },
+        t,
+        DIAL,
+        0,
+        2,
+    );
+    m.on_copied(BTreeMap::from([(SG.to_string(), 0)]));
+    m.on_incomplete(std::collections::BTreeSet::from([SG.to_string()]));
+    answer(&mut m, 0, hb("node1", Role::Active, 1, true, true, 1));
+    let now = (2 * t.peer_timeout).max(t.lease_duration) + 1;
+    assert_eq!(m.on_tick(now), vec![Action::AcquireLease(1)]);
+    let lease = LeaseView {
+        holder: "node2".into(),
+        expires_ms: now + t.lease_duration,
+        ..Default::default()
+    };
+    let acts = m.on_lease(now, Some(lease.clone()));
+    assert!(acts.is_empty(), "{acts:?}");
+    assert!(
+        matches!(m.role(), Role::Dismounted(r) if r.contains("incomplete")),
+        "{:?}",
+        m.role()
+    );
+    // Whole again: within the dial (1 generated, 0 copied), it mounts.
+    m.on_incomplete(std::collections::BTreeSet::new());
+    let acts = m.on_lease(now + 1, Some(lease));
+    assert!(
+        matches!(acts.first(), Some(Action::Mount { failover: true, .. })),
+        "{acts:?}"
+    );
+}
+
 #[test]
 fn restore_mounts_beyond_the_dial_once_and_is_refused_while_the_active_serves() {
     let t = Timing::default();

@@ -667,6 +667,7 @@ mod tests {
             behind_since: None,
             copy_command: None,
             resubmission_errors: Vec::new(),
+            seed: None,
         }
     }
 

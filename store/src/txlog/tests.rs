@@ -547,3 +547,136 @@ fn every_generation_belongs_to_one_epoch_stamped_in_its_header() {
     copy.store(1, &shipped).expect("store");
     assert_eq!(copy.epoch_of(1).expect("gen 1"), 5);
 }
+
+#[test]
+fn truncation_keeps_numbering_and_survives_reopen_and_role_changes() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut log = small_log(tmp.path());
+    for n in 1..=12 {
+        log.append(&rec(n)).expect("append");
+        log.sync().expect("sync");
+    }
+    assert_eq!((log.last_closed(), log.current_generation()), (4, 5));
+    let done = truncate_before(tmp.path(), 3).expect("truncate");
+    assert_eq!(done.generations, 2);
+    assert!(done.bytes > 0);
+    assert_eq!(first_kept(tmp.path()).expect("base"), 3);
+    assert!(matches!(
+        read_closed(tmp.path(), 2),
+        Err(TxLogError::Truncated {
+            generation: 2,
+            first: 3
+        })
+    ));
+    assert!(matches!(
+        log.records(1),
+        Err(TxLogError::Truncated { generation: 1, .. })
+    ));
+    assert_eq!(log.records(3).expect("kept"), vec![rec(7), rec(8), rec(9)]);
+    assert_eq!(
+        truncate_before(tmp.path(), 2).expect("behind the base"),
+        Truncated::default()
+    );
+    assert!(
+        matches!(
+            truncate_before(tmp.path(), 6),
+            Err(TxLogError::NotClosed { generation: 5 })
+        ),
+        "the open generation is never truncated"
+    );
+    // Everything closed goes: the log goes on at the same generation, after a reopen too.
+    truncate_before(tmp.path(), 5).expect("truncate all closed");
+    assert_eq!(names(tmp.path()), ["E00-0000000005.open", "E00.base"]);
+    drop(log);
+    let mut log = small_log(tmp.path());
+    assert_eq!((log.last_closed(), log.current_generation()), (4, 5));
+    let pos = log.append(&rec(13)).expect("append");
+    assert_eq!(pos.generation, 5);
+    log.sync().expect("sync");
+    assert_eq!(log.records(5).expect("open").last(), Some(&rec(13)));
+    log.roll().expect("roll");
+    drop(log);
+    // The same directory as a copy (a switchover): it holds 5 and copies on from 6.
+    let copy = LogCopy::open(tmp.path(), "SG1").expect("copy");
+    assert_eq!((copy.first_kept(), copy.last_copied()), (5, 5));
+    assert!(matches!(
+        copy.epoch_of(4),
+        Err(TxLogError::Truncated { generation: 4, .. })
+    ));
+    assert!(matches!(
+        copy.records(4),
+        Err(TxLogError::Truncated { generation: 4, .. })
+    ));
+}
+
+#[test]
+fn a_truncation_cut_short_leaves_leftovers_the_next_listing_removes() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut log = small_log(tmp.path());
+    for n in 1..=9 {
+        log.append(&rec(n)).expect("append");
+        log.sync().expect("sync");
+    }
+    drop(log);
+    // A crash after the base was written, before any file went (and one mid-rename of the base).
+    fs::write(tmp.path().join("E00.base"), "3\n").expect("base");
+    fs::write(tmp.path().join("E00.base.tmp"), "4").expect("torn tmp");
+    let log = small_log(tmp.path());
+    assert_eq!(log.last_closed(), 3);
+    assert_eq!(
+        names(tmp.path()),
+        ["E00-0000000003.log", "E00-0000000004.open", "E00.base"]
+    );
+    drop(log);
+    // A base that is not a number is refused, not taken for "nothing truncated".
+    fs::write(tmp.path().join("E00.base"), "x").expect("base");
+    assert!(matches!(
+        LogCopy::open(tmp.path(), "SG1"),
+        Err(TxLogError::Corrupt { .. })
+    ));
+    // A base past a gap: the generations between are missing, which is refused.
+    fs::write(tmp.path().join("E00.base"), "2").expect("base");
+    assert!(matches!(
+        LogCopy::open(tmp.path(), "SG1"),
+        Err(TxLogError::OutOfSequence {
+            expected: 2,
+            found: 3
+        })
+    ));
+}
+
+#[test]
+fn a_copy_truncates_behind_what_it_copied_and_restarts_at_a_snapshot() {
+    let active = tempfile::tempdir().expect("tempdir");
+    let passive = tempfile::tempdir().expect("tempdir");
+    let mut log = small_log(active.path());
+    for n in 1..=12 {
+        log.append(&rec(n)).expect("append");
+        log.sync().expect("sync");
+    }
+    let mut copy = LogCopy::open(passive.path(), "SG1").expect("copy");
+    for g in 1..=3 {
+        copy.store(g, &log.read_closed(g).expect("closed"))
+            .expect("store");
+    }
+    let done = copy.truncate_before(9).expect("truncate");
+    assert_eq!(done.generations, 3, "at most up to the next one to copy");
+    assert_eq!((copy.first_kept(), copy.last_copied()), (4, 3));
+    copy.store(4, &log.read_closed(4).expect("closed"))
+        .expect("copies on");
+    assert!(matches!(
+        copy.truncate_from(2),
+        Err(TxLogError::Truncated {
+            generation: 2,
+            first: 4
+        })
+    ));
+    copy.restart_at(3).expect("restart");
+    assert_eq!((copy.first_kept(), copy.last_copied()), (3, 2));
+    assert_eq!(names(passive.path()), ["E00.base"]);
+    copy.store(3, &log.read_closed(3).expect("closed"))
+        .expect("copies from the snapshot's generation");
+    drop(copy);
+    let copy = LogCopy::open(passive.path(), "SG1").expect("reopen");
+    assert_eq!((copy.first_kept(), copy.last_copied()), (3, 3));
+}
