@@ -97,9 +97,6 @@ fn default_dial() -> AutoDatabaseMountDial {
 fn default_log_file_size() -> Size {
     Size(1 << 20)
 }
-fn default_max_log_backlog() -> Size {
-    Size(1 << 30)
-}
 fn default_log_tail() -> u64 {
     8
 }
@@ -194,8 +191,8 @@ pub(super) struct RawCms {
     pub(super) witness: PathBuf,
     #[serde(default = "default_log_file_size")]
     pub(super) log_file_size: Size,
-    #[serde(default = "default_max_log_backlog")]
-    pub(super) max_log_backlog: Size,
+    #[serde(default)]
+    pub(super) max_log_backlog: Option<Size>,
     #[serde(default = "default_log_tail")]
     pub(super) log_tail: u64,
     #[serde(default)]

@@ -514,3 +514,30 @@ mod props {
         }
     }
 }
+
+#[test]
+fn log_truncation_keys_default_and_a_backlog_is_never_below_two_generations() {
+    let site = parse(GOOD).expect("good");
+    assert_eq!(
+        (site.cms[0].max_log_backlog, site.cms[0].log_tail),
+        (1 << 30, 8)
+    );
+    let unset = GOOD
+        .lines()
+        .filter(|l| !l.starts_with("max_log_backlog") && !l.starts_with("log_tail"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let site = parse(&unset).expect("defaults");
+    assert_eq!(
+        (site.cms[0].max_log_backlog, site.cms[0].log_tail),
+        (1 << 30, 8)
+    );
+    // Huge generations raise the default rather than fail on a key nobody set.
+    let big = unset.replace("log_file_size = \"1MiB\"", "log_file_size = \"1GiB\"");
+    assert_eq!(parse(&big).expect("big").cms[0].max_log_backlog, 2 << 30);
+    let small = GOOD.replace("max_log_backlog = \"1GiB\"", "max_log_backlog = \"1MiB\"");
+    assert_eq!(
+        parse(&small).expect("small").cms[0].max_log_backlog,
+        2 << 20
+    );
+}

@@ -37,13 +37,12 @@ pub(super) fn build(
         if c.log_file_size.0 < 4096 {
             return Err(at.err(&c.name.span(), "cms.log_file_size", "must be at least 4KiB"));
         }
-        if c.max_log_backlog.0 < 2 * c.log_file_size.0 {
-            return Err(at.err(
-                &c.name.span(),
-                "cms.max_log_backlog",
-                "must be at least twice log_file_size (a copy one generation behind is normal)",
-            ));
-        }
+        // Default 1 GiB, and never less than two generations: a copy one behind is normal, so a
+        // smaller bound (set, or left below a huge log_file_size) counts as two.
+        let max_log_backlog = c
+            .max_log_backlog
+            .map_or(1 << 30, |b| b.0)
+            .max(c.log_file_size.0.saturating_mul(2));
         let mut nodes = Vec::new();
         for n in c.node {
             roles.add(&n.name, c.name.get_ref())?;
@@ -88,7 +87,7 @@ pub(super) fn build(
             auto_database_mount_dial: c.auto_database_mount_dial,
             witness: c.witness,
             log_file_size: c.log_file_size.0,
-            max_log_backlog: c.max_log_backlog.0,
+            max_log_backlog,
             log_tail: c.log_tail,
             nodes,
             storage_groups,
