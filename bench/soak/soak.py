@@ -271,6 +271,10 @@ def main():
     ap.add_argument("--log-file-size", default="256KiB")
     ap.add_argument("--dumpster", default="20MB", help="max_dumpster_size_per_storage_group")
     ap.add_argument("--limit", type=int, default=3600, help="seconds the load may take at most")
+    ap.add_argument("--events", default="0.25:move,0.5:reseed,0.6:restart,0.75:move",
+                    help="what happens part-way: fraction of the messages acknowledged, then move, "
+                         "reseed (copy update of SG1) or restart (kill -9 and start of the passive); "
+                         "1.0 runs once the load is done")
     ap.add_argument("--out", default="bench/soak/out")
     ap.add_argument("--keep", action="store_true", help="keep the site directory")
     args = ap.parse_args()
@@ -284,31 +288,37 @@ def main():
         load = Load(site, args.messages, args.size, args.clients)
         started = time.time()
         load.start()
-        plan = [(0.25, "move"), (0.5, "reseed"), (0.6, "restart passive"), (0.75, "move")]
+        plan = sorted((float(f), what) for f, what in
+                      (e.split(":", 1) for e in args.events.split(",") if e))
         next_sample = 0.0
+
+        def happen(what):
+            at = load.count
+            t0 = time.time()
+            if what == "move":
+                r = site.cli("move", "--cms", "cms1", "--json")
+                detail = f"move: rc {r.returncode}"
+            elif what == "reseed":
+                r = site.cli("copy", "update", "--cms", "cms1", "--storage-group", "SG1", "--json")
+                seeded = (json.loads(r.stdout) if r.returncode == 0 else {}).get("seeded") or {}
+                detail = (f"reseed of SG1: rc {r.returncode}, {seeded.get('records')} records, "
+                          f"{seeded.get('bytes')} bytes, snapshot {seeded.get('elapsed_ms')} ms")
+            elif what == "restart":
+                passive = site.status().get("passive_node") or "node2"
+                site.kill9(passive)
+                site.start(passive)
+                detail = f"kill -9 and start of {passive}"
+            else:
+                sys.exit(f"unknown event {what!r}")
+            took = time.time() - t0
+            print(f"[{load.count}] {detail} ({took:.1f} s in all)", flush=True)
+            events.append((at, what))
+
         while not load.done():
             if time.time() - started > args.limit:
                 sys.exit(f"the load did not finish within {args.limit}s")
-            if plan and load.count >= plan[0][0] * args.messages:
-                _, what = plan.pop(0)
-                at = load.count
-                t0 = time.time()
-                if what == "move":
-                    r = site.cli("move", "--cms", "cms1", "--json")
-                    detail = f"move: rc {r.returncode}"
-                elif what == "reseed":
-                    r = site.cli("copy", "update", "--cms", "cms1", "--storage-group", "SG1", "--json")
-                    seeded = (json.loads(r.stdout) if r.returncode == 0 else {}).get("seeded") or {}
-                    detail = (f"reseed of SG1: rc {r.returncode}, {seeded.get('records')} records, "
-                              f"{seeded.get('bytes')} bytes, snapshot {seeded.get('elapsed_ms')} ms")
-                else:
-                    passive = site.status().get("passive_node") or "node2"
-                    site.kill9(passive)
-                    site.start(passive)
-                    detail = f"kill -9 and start of {passive}"
-                took = time.time() - t0
-                print(f"[{load.count}] {detail} ({took:.1f} s in all)", flush=True)
-                events.append((at, what))
+            if plan and plan[0][0] < 1.0 and load.count >= plan[0][0] * args.messages:
+                happen(plan.pop(0)[1])
             if time.time() - started >= next_sample:
                 rows.append(sample(site, load, started))
                 next_sample += args.sample
@@ -316,6 +326,9 @@ def main():
                     f"{k[:-6]} {rows[-1][k] / 2**20:.0f}M" for k in COLUMNS[3:9]), flush=True)
             time.sleep(0.2)
         site.wait_healthy(300)
+        for _, what in plan:
+            happen(what)
+            site.wait_healthy(300)
         rows.append(sample(site, load, started))
         active = site.status()["active_node"]
         missing = dup = 0

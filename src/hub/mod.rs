@@ -628,6 +628,16 @@ impl Hub {
                             Ok(Err(e)) => warn!(hub = %hub.name, error = %e, "dumpster sweep failed"),
                             Err(e) => warn!(hub = %hub.name, error = %e, "dumpster sweep task failed"),
                         }
+                        // Done resubmission requests, twice MaxDumpsterTime after they were made.
+                        let store = hub.store.clone();
+                        let keep = 2 * hub.site.max_dumpster_time.as_millis() as u64;
+                        let before = now_ms().saturating_sub(keep);
+                        match tokio::task::spawn_blocking(move || store.forget_resubmissions(before)).await {
+                            Ok(Ok(0)) => {}
+                            Ok(Ok(n)) => info!(hub = %hub.name, requests = n, "done resubmission requests forgotten"),
+                            Ok(Err(e)) => warn!(hub = %hub.name, error = %e, "forgetting resubmission requests failed"),
+                            Err(e) => warn!(hub = %hub.name, error = %e, "forgetting resubmission requests failed"),
+                        }
                     }
                     _ = shutdown.cancelled() => {
                         if let Err(e) = hub.store.flush() {

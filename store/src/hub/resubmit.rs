@@ -127,6 +127,29 @@ impl HubStore {
             .collect()
     }
 
+    /// Removes the requests that are done and were created before `before_ms`, so the table does
+    /// not grow with every failover the site ever had. Call it with a cutoff well past the time
+    /// a node keeps asking (MaxDumpsterTime on its clock): a forgotten request asked again only
+    /// resubmits what the dumpster still holds, which the nodes deduplicate. Returns how many went.
+    pub fn forget_resubmissions(&self, before_ms: Millis) -> Result<usize, HubStoreError> {
+        let trees = self.trees()?;
+        let mut forgotten = 0;
+        for item in trees.resubmit.iter() {
+            let (key, raw) = item?;
+            let request: ResubmitRequest = decode(RESUBMIT, &key, &raw)?;
+            if request.done
+                && request.created_ms < before_ms
+                && trees
+                    .resubmit
+                    .compare_and_swap(&key, Some(raw), None as Option<&[u8]>)?
+                    .is_ok()
+            {
+                forgotten += 1;
+            }
+        }
+        Ok(forgotten)
+    }
+
     fn request(&self, id: &str) -> Result<Option<ResubmitRequest>, HubStoreError> {
         match self.trees()?.resubmit.get(id.as_bytes())? {
             Some(raw) => Ok(Some(decode(RESUBMIT, id.as_bytes(), &raw)?)),

@@ -1119,3 +1119,39 @@ fn newest_delivered_is_the_latest_delivery_time_per_storage_group() {
     assert_eq!(store.newest_delivered(SG1).unwrap(), Some(9_000));
     assert_eq!(store.newest_delivered(SG2).unwrap(), Some(20_000));
 }
+
+#[test]
+fn done_resubmission_requests_are_forgotten_after_the_cutoff_and_no_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let lim = limits(1 << 20, DAY);
+    fill_two_sgs(&store, lim);
+    for (id, created) in [("old", 2_000), ("new", 5_000), ("unfinished", 1_000)] {
+        store
+            .resubmit_begin(id, SG2, (0, 10_000), &ResubmitFilter::default(), created)
+            .unwrap();
+    }
+    // Two of them run to the end; "unfinished" is never stepped.
+    for id in ["old", "new"] {
+        let (r, _) = store.resubmit_step(id, 100, 6_000, 9_000, lim).unwrap();
+        assert!(r.done, "{r:?}");
+    }
+    assert_eq!(store.forget_resubmissions(4_000).unwrap(), 1);
+    let left: Vec<String> = store
+        .resubmit_requests()
+        .unwrap()
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(left, ["new", "unfinished"]);
+    // A forgotten request asked again starts over: it resubmits only what the dumpster holds.
+    let (_, created) = store
+        .resubmit_begin("old", SG2, (0, 10_000), &ResubmitFilter::default(), 7_000)
+        .unwrap();
+    assert!(created);
+    assert_eq!(
+        store.forget_resubmissions(u64::MAX).unwrap(),
+        1,
+        "only the done one"
+    );
+}
