@@ -118,7 +118,8 @@ class Site:
             if s.get("active_node") and sgs and all(g.get("summary_copy_status") == "Healthy" for g in sgs):
                 return s["active_node"]
             time.sleep(0.5)
-        sys.exit(f"the site was not healthy within {limit}s: {self.status()}")
+        exits = {n: p.poll() for n, p in self.procs.items()}
+        sys.exit(f"the site was not healthy within {limit}s (exit codes: {exits}): {self.status()}")
 
 
 def du(path):

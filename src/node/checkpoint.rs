@@ -69,6 +69,7 @@ impl MailboxNode {
                 copy: None,
                 sizes: Vec::new(),
                 max_backlog: c.max_log_backlog,
+                verified: true,
             };
             let done = match self.writer(&sg) {
                 Some(w) => {
@@ -102,6 +103,7 @@ impl MailboxNode {
                     let i = Inputs {
                         first_kept: cs.copy.first_kept(),
                         last_closed: cs.copy.last_copied(),
+                        verified: cs.verified_epoch.is_some() && cs.seeding.is_none(),
                         ..base
                     };
                     let d = truncation::decide(&i);

@@ -3,7 +3,9 @@
 //! A generation may go once nothing can need it again: this node's store holds every record in it
 //! durably (its flushed checkpoint is past it), the copy of the other node holds it (the active
 //! only: the passive reports the next generation it needs), and it is older than the tail kept for
-//! diagnosis. A copy that is suspended, failed or far behind must not make the active's disk grow
+//! diagnosis. A passive truncates nothing until its copy has been checked against the active's
+//! epoch history: a node that was active may hold generations that diverged, and the check needs
+//! them to find where (and discards them itself). A copy that is suspended, failed or far behind must not make the active's disk grow
 //! without limit: once what is kept only for it passes `max_log_backlog`, the active stops keeping
 //! logs for it, and the copy needs a reseed.
 
@@ -37,6 +39,9 @@ pub struct Inputs {
     pub sizes: Vec<u64>,
     /// The most bytes kept only for the copy before it is given up.
     pub max_backlog: u64,
+    /// The log is known to agree with the active's history: always on the active; on a passive
+    /// once its copy was checked against the active's epoch history in this run.
+    pub verified: bool,
 }
 
 /// What to do.
@@ -51,6 +56,12 @@ pub struct Decision {
 /// Decides how far the log of one storage group may be truncated.
 pub fn decide(i: &Inputs) -> Decision {
     let first = i.first_kept.max(1);
+    if !i.verified {
+        return Decision {
+            truncate_before: first,
+            abandon_copy: false,
+        };
+    }
     let end = i.last_closed.max(first - 1) + 1;
     let own = i.checkpoint.unwrap_or(first).clamp(first, end);
     let tail = end.saturating_sub(i.tail).max(first);
@@ -102,6 +113,7 @@ mod tests {
             copy,
             sizes: vec![100; (last + 1).saturating_sub(first) as usize],
             max_backlog: 1_000,
+            verified: true,
         }
     }
 
@@ -119,6 +131,11 @@ mod tests {
         assert_eq!(decide(&inputs(1, 10, Some(11), None)).truncate_before, 9);
         // Nothing applied yet: nothing goes.
         assert_eq!(decide(&inputs(1, 10, None, None)).truncate_before, 1);
+        // A copy not yet checked against the active's history (a node that was active, back as
+        // passive) keeps what it holds: the divergence check needs it.
+        let mut unchecked = inputs(1, 10, Some(11), None);
+        unchecked.verified = false;
+        assert_eq!(decide(&unchecked).truncate_before, 1);
     }
 
     #[test]
@@ -165,10 +182,14 @@ mod tests {
             copy in need(),
             sizes in proptest::collection::vec(0u64..500, 0..25),
             max_backlog in 0u64..3_000,
+            verified in proptest::bool::ANY,
         ) {
             let last = first - 1 + span;
-            let i = Inputs { first_kept: first, last_closed: last, checkpoint, tail, copy, sizes, max_backlog };
+            let i = Inputs { first_kept: first, last_closed: last, checkpoint, tail, copy, sizes, max_backlog, verified };
             let d = decide(&i);
+            if !verified {
+                prop_assert_eq!(d, Decision { truncate_before: first, abandon_copy: false });
+            }
             prop_assert!(d.truncate_before >= first);
             prop_assert!(d.truncate_before <= last + 1, "the open generation stays");
             prop_assert!(d.truncate_before <= checkpoint.unwrap_or(first).max(first));
