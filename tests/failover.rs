@@ -5,9 +5,7 @@
 
 mod common;
 
-use std::collections::BTreeSet;
-use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{Proc, TestSite};
@@ -65,50 +63,6 @@ fn active_is(v: &Value, node: &str) -> bool {
     v["active_node"].as_str() == Some(node)
 }
 
-/// Sends `ids` to alice through `port` in one SMTP session (Python's smtplib).
-fn send_many(port: u16, ids: &[String]) {
-    let script = r#"
-import smtplib, sys
-port = int(sys.argv[1])
-with smtplib.SMTP("127.0.0.1", port, timeout=30) as s:
-    for mid in sys.stdin.read().split():
-        msg = "From: bob@example.test\r\nTo: alice@example.test\r\nSubject: load\r\nMessage-ID: %s\r\n\r\n%s\r\n" % (mid, "x" * 300)
-        s.sendmail("bob@example.test", ["alice@example.test"], msg.encode())
-"#;
-    let mut child = Command::new("python3")
-        .args(["-c", script, &port.to_string()])
-        .stdin(Stdio::piped())
-        .spawn()
-        .expect("python3");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(ids.join("\n").as_bytes())
-        .expect("write");
-    assert!(
-        child.wait().expect("python3").success(),
-        "sending through {port} failed"
-    );
-}
-
-fn ids(prefix: &str, range: std::ops::Range<usize>) -> Vec<String> {
-    range
-        .map(|i| format!("<{prefix}-{i}@client.test>"))
-        .collect()
-}
-
-/// Waits until alice's mailbox (on whichever node is active) holds exactly `want`, each once.
-fn wait_exactly(site: &TestSite, want: &[String]) {
-    let want_set: BTreeSet<&String> = want.iter().collect();
-    let got = site.wait_mailbox("alice@example.test", WAIT, |got| {
-        got.len() >= want.len() && want.iter().all(|w| got.contains(w))
-    });
-    let got_set: BTreeSet<&String> = got.iter().collect();
-    assert_eq!(got.len(), got_set.len(), "a Message-ID is listed twice");
-    assert_eq!(got_set, want_set);
-}
-
 fn outstanding(site: &TestSite) -> Vec<Value> {
     let (code, v) = site.cli_json(&["stats", "--storage-group", "SG1"]);
     assert_eq!(code, 0, "{v}");
@@ -136,19 +90,19 @@ fn kill9_of_the_active_fails_over_and_the_dumpster_fills_the_gap() {
     let site = site("GoodAvailability");
     let mut procs = start_all(&site);
     wait_status(&site, "node1 active", |v| active_is(v, "node1"));
-    let all = ids("ccr", 0..200);
-    send_many(site.ports.hub1, &all[..100]);
-    send_many(site.ports.hub2, &all[100..]);
-    wait_exactly(&site, &all);
+    let all = common::message_ids("ccr", 0..200);
+    common::send_to_alice(site.ports.hub1, &all[..100], 300);
+    common::send_to_alice(site.ports.hub2, &all[100..], 300);
+    common::wait_alice_exactly(&site, &all, WAIT);
     wait_copied_up(&site);
     // Freeze the copy, then the newest messages sit in logs node2 never gets: the kill is lossy.
     node_post(site.ports.node2_admin, "/api/copy/SG1/suspend");
-    let tail = ids("ccr-tail", 0..8);
-    send_many(site.ports.hub1, &tail[..4]);
-    send_many(site.ports.hub2, &tail[4..]);
+    let tail = common::message_ids("ccr-tail", 0..8);
+    common::send_to_alice(site.ports.hub1, &tail[..4], 300);
+    common::send_to_alice(site.ports.hub2, &tail[4..], 300);
     let mut all = all;
     all.extend(tail.iter().cloned());
-    wait_exactly(&site, &all);
+    common::wait_alice_exactly(&site, &all, WAIT);
     procs[0].take().expect("node1").kill9();
     let started = Instant::now();
     let after = wait_status(&site, "node2 active", |v| active_is(v, "node2"));
@@ -158,7 +112,7 @@ fn kill9_of_the_active_fails_over_and_the_dumpster_fills_the_gap() {
         started.elapsed()
     );
     assert_eq!(after["passive_node"], "node1", "{after:#}");
-    wait_exactly(&site, &all);
+    common::wait_alice_exactly(&site, &all, WAIT);
     wait_no_outstanding(&site);
     let log = procs[1].as_ref().expect("node2").log();
     assert!(
@@ -173,17 +127,17 @@ fn a_hub_down_during_failover_stays_outstanding_until_it_returns() {
     let site = site("GoodAvailability");
     let mut procs = start_all(&site);
     wait_status(&site, "node1 active", |v| active_is(v, "node1"));
-    let first = ids("early", 0..60);
-    send_many(site.ports.hub1, &first);
-    wait_exactly(&site, &first);
+    let first = common::message_ids("early", 0..60);
+    common::send_to_alice(site.ports.hub1, &first, 300);
+    common::wait_alice_exactly(&site, &first, WAIT);
     wait_copied_up(&site);
     node_post(site.ports.node2_admin, "/api/copy/SG1/suspend");
     // The last messages go through hub2 only and never reach node2: only hub2's dumpster has them.
-    let last = ids("late", 0..5);
-    send_many(site.ports.hub2, &last);
+    let last = common::message_ids("late", 0..5);
+    common::send_to_alice(site.ports.hub2, &last, 300);
     let mut all = first.clone();
     all.extend(last.iter().cloned());
-    wait_exactly(&site, &all);
+    common::wait_alice_exactly(&site, &all, WAIT);
     procs[3].take().expect("hub2").kill9();
     procs[0].take().expect("node1").kill9();
     wait_status(&site, "node2 active", |v| active_is(v, "node2"));
@@ -206,7 +160,7 @@ fn a_hub_down_during_failover_stays_outstanding_until_it_returns() {
         "the open log's messages were lost before hub2 returns"
     );
     let _hub2 = site.start(&["hub", "--name", "hub2"]);
-    wait_exactly(&site, &all);
+    common::wait_alice_exactly(&site, &all, WAIT);
     wait_no_outstanding(&site);
 }
 
@@ -241,9 +195,9 @@ fn a_hub_that_refuses_a_resubmission_request_fails_health_until_it_accepts() {
         Some(site.start_with(&without_sg2, &["hub", "--name", "hub2"])),
     ];
     wait_status(&site, "node1 active", |v| active_is(v, "node1"));
-    let all = ids("refused", 0..20);
-    send_many(site.ports.hub1, &all);
-    wait_exactly(&site, &all);
+    let all = common::message_ids("refused", 0..20);
+    common::send_to_alice(site.ports.hub1, &all, 300);
+    common::wait_alice_exactly(&site, &all, WAIT);
     wait_copied_up(&site);
     procs[0].take().expect("node1").kill9();
     let v = wait_status(&site, "hub2's refusal under SG2", |v| {
@@ -325,19 +279,19 @@ fn the_old_active_returns_as_passive_and_catches_up() {
     let site = site("BestAvailability");
     let mut procs = start_all(&site);
     wait_status(&site, "node1 active", |v| active_is(v, "node1"));
-    let before = ids("before", 0..40);
-    send_many(site.ports.hub1, &before);
-    wait_exactly(&site, &before);
+    let before = common::message_ids("before", 0..40);
+    common::send_to_alice(site.ports.hub1, &before, 300);
+    common::wait_alice_exactly(&site, &before, WAIT);
     // Within the dial: a kill right after a burst can leave more logs uncopied than
     // BestAvailability allows, and then node2 rightly stays dismounted.
     wait_copied_up(&site);
     procs[0].take().expect("node1").kill9();
     wait_status(&site, "node2 active", |v| active_is(v, "node2"));
-    let after = ids("after", 0..40);
-    send_many(site.ports.hub2, &after);
+    let after = common::message_ids("after", 0..40);
+    common::send_to_alice(site.ports.hub2, &after, 300);
     let mut all = before.clone();
     all.extend(after.iter().cloned());
-    wait_exactly(&site, &all);
+    common::wait_alice_exactly(&site, &all, WAIT);
     let _node1 = site.start(&["node", "--name", "node1"]);
     let v = wait_status(&site, "node1 passive and healthy", |v| {
         let sg = &v["storage_groups"][0];
@@ -363,7 +317,7 @@ fn the_old_active_returns_as_passive_and_catches_up() {
     assert_eq!(code, 0, "{out}");
     assert!(out["millis"].as_u64().expect("millis") < 5_000, "{out}");
     wait_status(&site, "node1 active again", |v| active_is(v, "node1"));
-    wait_exactly(&site, &all);
+    common::wait_alice_exactly(&site, &all, WAIT);
     assert!(
         outstanding(&site).is_empty(),
         "a scheduled move needs no resubmission"
@@ -499,9 +453,9 @@ fn corrupt_log_is_refused_a_lossier_failover_than_the_dial_does_not_mount_and_re
     let (code, out) = copy(&["restore"]);
     assert_eq!(code, 1, "{out}");
     assert!(out.to_string().contains("hubrelay move"), "{out}");
-    let msgs = ids("dial", 0..60);
-    send_many(site.ports.hub1, &msgs);
-    wait_exactly(&site, &msgs);
+    let msgs = common::message_ids("dial", 0..60);
+    common::send_to_alice(site.ports.hub1, &msgs, 300);
+    common::wait_alice_exactly(&site, &msgs, WAIT);
     // Corrupt the newest closed log on the active before node2 copies it.
     let logs = site.data().join("node1").join("logs").join("SG1");
     let mut closed: Vec<_> = std::fs::read_dir(&logs)
@@ -562,7 +516,7 @@ fn corrupt_log_is_refused_a_lossier_failover_than_the_dial_does_not_mount_and_re
         "{out}"
     );
     wait_status(&site, "node2 active", |v| active_is(v, "node2"));
-    wait_exactly(&site, &msgs);
+    common::wait_alice_exactly(&site, &msgs, WAIT);
     wait_no_outstanding(&site);
     let (_, v) = site.cli_json(&["status", "--cms", "cms1"]);
     let note = &v["storage_groups"][0]["copy_command"];
@@ -614,9 +568,9 @@ fn a_slow_disk_delays_deliveries_but_never_heartbeats() {
     let site = site("GoodAvailability");
     let _procs = start_all(&site);
     wait_status(&site, "node1 active", |v| active_is(v, "node1"));
-    let mut all = ids("before-slow", 0..5);
-    send_many(site.ports.hub1, &all);
-    wait_exactly(&site, &all);
+    let mut all = common::message_ids("before-slow", 0..5);
+    common::send_to_alice(site.ports.hub1, &all, 300);
+    common::wait_alice_exactly(&site, &all, WAIT);
     let epoch = |v: &Value, node: &str| {
         v["nodes"]
             .as_array()
@@ -626,8 +580,8 @@ fn a_slow_disk_delays_deliveries_but_never_heartbeats() {
     let before = status(&site);
     let switch = site.data().join("node1/logs/SLOW-WRITES");
     std::fs::write(&switch, b"").expect("slow-disk switch");
-    let slow = ids("slow", 0..6);
-    send_many(site.ports.hub1, &slow);
+    let slow = common::message_ids("slow", 0..6);
+    common::send_to_alice(site.ports.hub1, &slow, 300);
     // Sampled over a period on purpose: the property is that nothing happens.
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(10) {
@@ -642,7 +596,7 @@ fn a_slow_disk_delays_deliveries_but_never_heartbeats() {
     }
     std::fs::remove_file(&switch).expect("remove switch");
     all.extend(slow);
-    wait_exactly(&site, &all);
+    common::wait_alice_exactly(&site, &all, WAIT);
 }
 
 /// A bind mount for one test (root, as CI runs); unmounted when dropped.
@@ -701,10 +655,10 @@ fn a_witness_share_mounted_at_a_different_path_on_each_node_fails_over() {
         lease_at(&w1).filter(|(holder, _)| holder == "node1")
     });
     assert_eq!(lease_at(&w2).map(|(h, _)| h), Some(seen.0));
-    let before = ids("share", 0..60);
-    send_many(site.ports.hub1, &before[..30]);
-    send_many(site.ports.hub2, &before[30..]);
-    wait_exactly(&site, &before);
+    let before = common::message_ids("share", 0..60);
+    common::send_to_alice(site.ports.hub1, &before[..30], 300);
+    common::send_to_alice(site.ports.hub2, &before[30..], 300);
+    common::wait_alice_exactly(&site, &before, WAIT);
     wait_copied_up(&site);
     node1.kill9();
     let started = Instant::now();
@@ -718,9 +672,9 @@ fn a_witness_share_mounted_at_a_different_path_on_each_node_fails_over() {
     common::wait_for(WAIT, "node2's lease seen through node1's mount", || {
         lease_at(&w1).filter(|(holder, _)| holder == "node2")
     });
-    let after = ids("share-after", 0..30);
-    send_many(site.ports.hub1, &after);
+    let after = common::message_ids("share-after", 0..30);
+    common::send_to_alice(site.ports.hub1, &after, 300);
     let mut all = before;
     all.extend(after);
-    wait_exactly(&site, &all);
+    common::wait_alice_exactly(&site, &all, WAIT);
 }

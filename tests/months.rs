@@ -5,10 +5,8 @@
 
 mod common;
 
-use std::collections::BTreeSet;
-use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{Proc, TestSite};
@@ -61,50 +59,6 @@ fn wait_status(site: &TestSite, what: &str, pred: impl Fn(&Value) -> bool) -> Va
 
 fn sg1(v: &Value) -> &Value {
     &v["storage_groups"][0]
-}
-
-/// Sends `ids` to alice through `port` in one SMTP session; fails unless every one got 250.
-fn send_many(port: u16, ids: &[String]) {
-    let script = r#"
-import smtplib, sys
-port = int(sys.argv[1])
-with smtplib.SMTP("127.0.0.1", port, timeout=30) as s:
-    for mid in sys.stdin.read().split():
-        msg = "From: bob@example.test\r\nTo: alice@example.test\r\nSubject: load\r\nMessage-ID: %s\r\n\r\n%s\r\n" % (mid, "x" * 600)
-        s.sendmail("bob@example.test", ["alice@example.test"], msg.encode())
-"#;
-    let mut child = Command::new("python3")
-        .args(["-c", script, &port.to_string()])
-        .stdin(Stdio::piped())
-        .spawn()
-        .expect("python3");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(ids.join("\n").as_bytes())
-        .expect("write");
-    assert!(
-        child.wait().expect("python3").success(),
-        "sending through {port} failed"
-    );
-}
-
-fn ids(prefix: &str, range: std::ops::Range<usize>) -> Vec<String> {
-    range
-        .map(|i| format!("<{prefix}-{i}@client.test>"))
-        .collect()
-}
-
-/// Waits until alice's mailbox on the active node holds exactly `want`, each once.
-fn wait_exactly(site: &TestSite, want: &[String]) {
-    let want_set: BTreeSet<&String> = want.iter().collect();
-    let got = site.wait_mailbox("alice@example.test", WAIT, |got| {
-        got.len() >= want.len() && want.iter().all(|w| got.contains(w))
-    });
-    let got_set: BTreeSet<&String> = got.iter().collect();
-    assert_eq!(got.len(), got_set.len(), "a Message-ID is listed twice");
-    assert_eq!(got_set, want_set);
 }
 
 /// The closed generations in a node's SG1 log directory, and the first one it keeps.
@@ -172,9 +126,9 @@ fn logs_behind_every_checkpoint_go_and_a_reseed_seeds_from_a_snapshot_under_load
     wait_status(&site, "node1 active", |v| {
         v["active_node"] == "node1" && sg1(v)["summary_copy_status"] == "Healthy"
     });
-    let first = ids("first", 0..400);
-    send_many(site.ports.hub1, &first);
-    wait_exactly(&site, &first);
+    let first = common::message_ids("first", 0..400);
+    common::send_to_alice(site.ports.hub1, &first, 600);
+    common::wait_alice_exactly(&site, &first, WAIT);
     // Both nodes delete what is behind their checkpoints (and the copy's), keeping the tail.
     let start = Instant::now();
     let (active, passive) = loop {
@@ -195,11 +149,11 @@ fn logs_behind_every_checkpoint_go_and_a_reseed_seeds_from_a_snapshot_under_load
     );
 
     // A reseed of node2 from node1's snapshot while mail keeps coming through hub2.
-    let during = ids("during", 0..150);
+    let during = common::message_ids("during", 0..150);
     let sender = {
         let during = during.clone();
         let port = site.ports.hub2;
-        std::thread::spawn(move || send_many(port, &during))
+        std::thread::spawn(move || common::send_to_alice(port, &during, 600))
     };
     let (code, out) = site.cli_json(&["copy", "update", "--cms", "cms1", "--storage-group", "SG1"]);
     assert_eq!(code, 0, "{out}");
@@ -214,7 +168,7 @@ fn logs_behind_every_checkpoint_go_and_a_reseed_seeds_from_a_snapshot_under_load
     sender.join().expect("sender");
     let mut all = first.clone();
     all.extend(during.iter().cloned());
-    wait_exactly(&site, &all);
+    common::wait_alice_exactly(&site, &all, WAIT);
     wait_status(&site, "node2 caught up", |v| {
         sg1(v)["summary_copy_status"] == "Healthy"
             && sg1(v)["copy_queue_length"].as_u64().is_some_and(|q| q <= 1)
@@ -223,7 +177,7 @@ fn logs_behind_every_checkpoint_go_and_a_reseed_seeds_from_a_snapshot_under_load
     let (code, out) = site.cli_json(&["move", "--cms", "cms1", "--target", "node2"]);
     assert_eq!(code, 0, "{out}");
     wait_status(&site, "node2 active", |v| v["active_node"] == "node2");
-    wait_exactly(&site, &all);
+    common::wait_alice_exactly(&site, &all, WAIT);
     let (_, stats) = site.cli_json(&["stats", "--storage-group", "SG1"]);
     assert_eq!(
         stats["outstanding_dumpster_requests"]
@@ -243,9 +197,9 @@ fn a_copy_further_behind_than_max_log_backlog_needs_a_reseed_and_health_says_how
         v["active_node"] == "node1" && sg1(v)["summary_copy_status"] == "Healthy"
     });
     node_post(site.ports.node2_admin, "/api/copy/SG1/suspend");
-    let msgs = ids("behind", 0..200);
-    send_many(site.ports.hub1, &msgs);
-    wait_exactly(&site, &msgs);
+    let msgs = common::message_ids("behind", 0..200);
+    common::send_to_alice(site.ports.hub1, &msgs, 600);
+    common::wait_alice_exactly(&site, &msgs, WAIT);
     // node1 stops keeping logs for the suspended copy once they pass the bound: its log
     // directory comes back near the bound (the tail, the open generation, 16 KiB for the copy).
     let dir = site.data().join("node1").join("logs").join("SG1");
@@ -290,5 +244,5 @@ fn a_copy_further_behind_than_max_log_backlog_needs_a_reseed_and_health_says_how
     let (code, out) = site.cli_json(&["move", "--cms", "cms1", "--target", "node2"]);
     assert_eq!(code, 0, "{out}");
     wait_status(&site, "node2 active", |v| v["active_node"] == "node2");
-    wait_exactly(&site, &msgs);
+    common::wait_alice_exactly(&site, &msgs, WAIT);
 }

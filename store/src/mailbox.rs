@@ -446,40 +446,28 @@ impl MailboxStore {
         };
         let mut entry = seq.to_be_bytes().to_vec();
         entry.extend_from_slice(&rec.time_ms.to_be_bytes());
-        let mut copies = Vec::with_capacity(rec.recipients.len());
-        for address in &rec.recipients {
-            let addr = address_key(address)?;
-            let copy = encode(&Copy {
-                sg: sg.to_owned(),
-                message: StoredMessage {
-                    address: address.clone(),
-                    message_id: rec.message_id.clone(),
-                    size,
-                    delivered_ms: rec.time_ms,
-                    position: pos,
-                },
-            });
-            copies.push((
-                address,
-                id_key(&addr, &rec.message_id, &digest),
-                message_key(&addr, seq),
-                copy,
-            ));
-        }
+        let template = StoredMessage {
+            address: String::new(),
+            message_id: rec.message_id.clone(),
+            size,
+            delivered_ms: rec.time_ms,
+            position: pos,
+        };
+        let copies = copy_keys(sg, &rec.recipients, &template, &digest, seq)?;
         let trees = (&t.messages, &t.ids, &t.applied, &t.bodies, &t.anchors);
         let result = trees.transaction(|(messages, ids, applied, bodies, anchors)| {
             if applied.get(&key)?.is_some() {
                 return Ok(0);
             }
             let mut added = Vec::new();
-            for (address, id, message, copy) in &copies {
+            for (address, (id, message, copy)) in rec.recipients.iter().zip(&copies) {
                 // Sees this transaction's own inserts, so a recipient listed twice gets one copy.
                 if ids.get(id)?.is_some_and(|v| self.counts(&v, rec.time_ms)) {
                     continue;
                 }
                 ids.insert(id.as_slice(), entry.as_slice())?;
                 messages.insert(message.as_slice(), copy.as_slice())?;
-                added.push((*address).clone());
+                added.push(address.clone());
             }
             if !added.is_empty() {
                 crate::pieces::insert(bodies, &key, &rec.body)?;
@@ -707,6 +695,38 @@ impl MailboxStore {
         t.db.flush()?;
         Ok(())
     }
+}
+
+/// What storing one mailbox's copy writes: its dedup key, its mailbox key and its mailbox entry.
+type CopyKeys = (Vec<u8>, Vec<u8>, Vec<u8>);
+
+/// For each of `addresses`, the dedup key, the mailbox key and the mailbox entry of its copy of the
+/// message `template` describes (its address left out), under sequence number `seq`.
+fn copy_keys(
+    sg: &str,
+    addresses: &[String],
+    template: &StoredMessage,
+    digest: &[u8],
+    seq: u64,
+) -> Result<Vec<CopyKeys>, MailboxError> {
+    addresses
+        .iter()
+        .map(|address| {
+            let addr = address_key(address)?;
+            let copy = encode(&Copy {
+                sg: sg.to_owned(),
+                message: StoredMessage {
+                    address: address.clone(),
+                    ..template.clone()
+                },
+            });
+            Ok((
+                id_key(&addr, &template.message_id, digest),
+                message_key(&addr, seq),
+                copy,
+            ))
+        })
+        .collect()
 }
 
 /// `len u16 ++ name`: the length prefix keeps one name's keys from being a prefix of another's.

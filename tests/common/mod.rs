@@ -653,3 +653,49 @@ pub fn metric(admin_port: u16, name: &str) -> u64 {
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("no sample {name} in:\n{text}"))
 }
+
+/// Sends `ids` to alice through `port` in one SMTP session (Python's smtplib), each with a body of
+/// `body_bytes` bytes; panics unless every message got its 250.
+pub fn send_to_alice(port: u16, ids: &[String], body_bytes: usize) {
+    let script = r#"
+import smtplib, sys
+port, size = int(sys.argv[1]), int(sys.argv[2])
+with smtplib.SMTP("127.0.0.1", port, timeout=30) as s:
+    for mid in sys.stdin.read().split():
+        msg = "From: bob@example.test\r\nTo: alice@example.test\r\nSubject: load\r\nMessage-ID: %s\r\n\r\n%s\r\n" % (mid, "x" * size)
+        s.sendmail("bob@example.test", ["alice@example.test"], msg.encode())
+"#;
+    let mut child = Command::new("python3")
+        .args(["-c", script, &port.to_string(), &body_bytes.to_string()])
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(ids.join("\n").as_bytes())
+        .expect("write");
+    assert!(
+        child.wait().expect("python3").success(),
+        "sending through {port} failed"
+    );
+}
+
+/// Message-IDs `<prefix-N@client.test>` for N in `range`.
+pub fn message_ids(prefix: &str, range: std::ops::Range<usize>) -> Vec<String> {
+    range
+        .map(|i| format!("<{prefix}-{i}@client.test>"))
+        .collect()
+}
+
+/// Waits until alice's mailbox (on whichever node is active) holds exactly `want`, each once.
+pub fn wait_alice_exactly(site: &TestSite, want: &[String], limit: Duration) {
+    let want_set: std::collections::BTreeSet<&String> = want.iter().collect();
+    let got = site.wait_mailbox("alice@example.test", limit, |got| {
+        got.len() >= want.len() && want.iter().all(|w| got.contains(w))
+    });
+    let got_set: std::collections::BTreeSet<&String> = got.iter().collect();
+    assert_eq!(got.len(), got_set.len(), "a Message-ID is listed twice");
+    assert_eq!(got_set, want_set);
+}

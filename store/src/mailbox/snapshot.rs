@@ -21,8 +21,8 @@ use sled::transaction::ConflictableTransactionError;
 use sled::Transactional;
 
 use super::{
-    address_key, anchor_key, decode, encode, from_tx, hex, id_key, message_key, record_key, sg_key,
-    stamp, Anchor, Applied, ContentDigest, Copy, MailboxError, MailboxStore, StoredMessage, Trees,
+    anchor_key, copy_keys, decode, encode, from_tx, hex, record_key, sg_key, stamp, Anchor,
+    Applied, ContentDigest, MailboxError, MailboxStore, StoredMessage, Trees,
 };
 use crate::txlog::{LogPosition, Millis};
 
@@ -320,25 +320,14 @@ impl MailboxStore {
         };
         let mut entry = seq.to_be_bytes().to_vec();
         entry.extend_from_slice(&rec.time_ms.to_be_bytes());
-        let mut copies = Vec::with_capacity(rec.added.len());
-        for address in &rec.added {
-            let addr = address_key(address)?;
-            let copy = encode(&Copy {
-                sg: sg.to_owned(),
-                message: StoredMessage {
-                    address: address.clone(),
-                    message_id: rec.message_id.clone(),
-                    size,
-                    delivered_ms: rec.time_ms,
-                    position: rec.position,
-                },
-            });
-            copies.push((
-                id_key(&addr, &rec.message_id, &digest),
-                message_key(&addr, seq),
-                copy,
-            ));
-        }
+        let template = StoredMessage {
+            address: String::new(),
+            message_id: rec.message_id.clone(),
+            size,
+            delivered_ms: rec.time_ms,
+            position: rec.position,
+        };
+        let copies = copy_keys(sg, &rec.added, &template, &digest, seq)?;
         let applied = encode(&Applied {
             position: rec.position,
             message_id: rec.message_id.clone(),

@@ -777,6 +777,8 @@ fn a_store_that_failed_on_a_full_disk_opens_again_once_there_is_room() {
     let store = open(tmp.path());
     let mut stored = Vec::new();
     for round in 0..4u64 {
+        // Where a replay would start from before anything of this round reopens the store.
+        let before = store.replay_from();
         let full = fill(tmp.path());
         // Writes fail (sled keeps failing after its first I/O error) ...
         let failed = (0..50u32).any(|i| {
@@ -795,18 +797,19 @@ fn a_store_that_failed_on_a_full_disk_opens_again_once_there_is_room() {
             }
         });
         assert!(failed, "round {round}: the full disk took every write");
-        // ... and so does opening it again while the disk is full: each try leaves an
-        // unfinished snapshot behind (sled writes one on open).
+        // ... and opening it again while the disk is full mostly fails too, each try leaving an
+        // unfinished snapshot behind (sled writes one on open); one may find room in what sled
+        // already holds, which is fine as long as nothing flushed is lost.
         for _ in 0..3 {
-            assert!(
-                store.recover().is_err(),
-                "round {round}: recovered on a full disk"
-            );
+            let _ = store.recover();
         }
         std::fs::remove_file(full).expect("free the disk");
-        let before = store.replay_from();
-        assert_eq!(store.recover().expect("room again"), Recovery::Reopened);
+        assert!(store.recover().is_ok(), "round {round}: room again");
         assert_eq!(store.recover().expect("healthy"), Recovery::Healthy);
+        assert!(
+            store.replay_from() > before,
+            "round {round}: the store was opened again"
+        );
         // Opened again, it takes no new record until the log is replayed into it: one applied
         // first would put the checkpoint past what the failure lost.
         let next = rec(&format!("<next-{round}>"), &[ALICE], 10);
