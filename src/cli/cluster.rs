@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use super::{print_json, Failure};
 use crate::client::cms::cms_status;
 use crate::client::AdminClient;
-use crate::config::{exposure, sanity, Cms, Site};
+use crate::config::{exposure, sanity, Cms, Site, WitnessConfig};
 use crate::space::Reading;
 use crate::wire::cluster::{MoveBody, MoveResult, SgCopyStatus};
 use crate::wire::hub::HubDumpsterStats;
@@ -30,8 +30,10 @@ fn selected<'a>(site: &'a Site, cms: Option<&str>) -> Result<Vec<&'a Cms>, Failu
 pub async fn status(site: &Site, cms: Option<&str>, json: bool) -> Result<(), Failure> {
     let mut all = Vec::new();
     let client = admin_client(site)?;
+    let mut kinds = Vec::new();
     for c in selected(site, cms)? {
         all.push(cms_status(&client, c).await);
+        kinds.push(c.witness.kind());
     }
     if json {
         return match (cms, all.as_slice()) {
@@ -39,7 +41,7 @@ pub async fn status(site: &Site, cms: Option<&str>, json: bool) -> Result<(), Fa
             _ => print_json(&all),
         };
     }
-    for s in &all {
+    for (s, kind) in all.iter().zip(kinds) {
         println!("ClusteredMailboxServer: {}", s.cms);
         println!(
             "  ActiveNode: {}",
@@ -49,7 +51,7 @@ pub async fn status(site: &Site, cms: Option<&str>, json: bool) -> Result<(), Fa
             "  PassiveNode: {}",
             s.passive_node.as_deref().unwrap_or("(none)")
         );
-        println!("  Quorum: {}   FileShareWitness: {}", s.quorum, s.witness);
+        println!("  Quorum: {}   {kind}: {}", s.quorum, s.witness);
         if let Some(r) = &s.dismounted_reason {
             println!("  Dismounted: {r}");
         }
@@ -143,20 +145,19 @@ pub async fn health(site: &Site, json: bool) -> Result<(), Failure> {
             (Some(a), "Healthy") => check("Quorum", "PASS", format!("{name}: {a} active, both nodes in contact")),
             (Some(a), q) => check("Quorum", "WARN", format!("{name}: {a} active by the witness vote only ({q}); the other node is not in contact")),
         });
-        checks.push(if s.witness == "Online" {
-            check(
-                "FileShareWitness",
-                "PASS",
-                format!("{name}: witness reachable"),
-            )
+        let (result, detail) = if s.witness == "Online" {
+            ("PASS", format!("{name}: witness reachable"))
         } else {
-            check(
-                "FileShareWitness",
+            (
                 "WARN",
                 format!(
                     "{name}: witness unavailable to a node; a second failure would stop the CMS"
                 ),
             )
+        };
+        checks.push(match c.witness {
+            WitnessConfig::Share(_) => check("FileShareWitness", result, detail),
+            WitnessConfig::Etcd(_) => check("EtcdWitness", result, detail),
         });
         checks.push(if s.unreachable.is_empty() {
             check("NodeState", "PASS", format!("{name}: both nodes answer"))

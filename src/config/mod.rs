@@ -146,8 +146,8 @@ pub struct Cms {
     pub name: String,
     /// How lossy an automatic mount may be.
     pub auto_database_mount_dial: AutoDatabaseMountDial,
-    /// The file share witness directory (absolute, or relative to the data directory).
-    pub witness: PathBuf,
+    /// Its witness: a file share directory or an etcd cluster.
+    pub witness: WitnessConfig,
     /// Size at which a transaction log generation is closed.
     pub log_file_size: u64,
     /// Bytes of log the active keeps for a copy that is behind before it gives the copy up (the
@@ -159,6 +159,43 @@ pub struct Cms {
     pub nodes: Vec<Node>,
     /// The storage groups it hosts.
     pub storage_groups: Vec<StorageGroup>,
+}
+
+/// Where a CMS's witness lives (the `witness` key).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WitnessConfig {
+    /// A file share directory (absolute, or relative to the data directory).
+    Share(PathBuf),
+    /// An etcd cluster: `etcd://host:port[,host:port…]/prefix` (`etcds://` for TLS).
+    Etcd(EtcdConfig),
+}
+
+impl WitnessConfig {
+    /// What `status` and `health` call it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            WitnessConfig::Share(_) => "FileShareWitness",
+            WitnessConfig::Etcd(_) => "EtcdWitness",
+        }
+    }
+}
+
+/// How a node reaches the etcd witness.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EtcdConfig {
+    /// Base URLs of the endpoints (`http://host:port` or `https://…`), tried in turn.
+    pub endpoints: Vec<String>,
+    /// Key prefix of this CMS's witness (`/hubrelay/cms1`): one etcd cluster can serve many.
+    pub prefix: String,
+    /// CA that signed the etcd servers' certificates (`witness_tls_ca`), for `etcds://`.
+    pub tls_ca: Option<PathBuf>,
+    /// Client certificate and key (`witness_tls_certificate`/`witness_tls_private_key`), for etcd
+    /// clusters that require them.
+    pub tls_client: Option<TlsFiles>,
+    /// etcd user (`witness_user`), for clusters with authentication on.
+    pub user: Option<String>,
+    /// File holding that user's password (`witness_password_file`).
+    pub password_file: Option<PathBuf>,
 }
 
 /// One node of a CMS.

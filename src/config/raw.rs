@@ -188,7 +188,12 @@ pub(super) struct RawCms {
     pub(super) name: Spanned<String>,
     #[serde(default = "default_dial")]
     pub(super) auto_database_mount_dial: AutoDatabaseMountDial,
-    pub(super) witness: PathBuf,
+    pub(super) witness: Spanned<String>,
+    pub(super) witness_tls_ca: Option<Spanned<PathBuf>>,
+    pub(super) witness_tls_certificate: Option<Spanned<PathBuf>>,
+    pub(super) witness_tls_private_key: Option<Spanned<PathBuf>>,
+    pub(super) witness_user: Option<Spanned<String>>,
+    pub(super) witness_password_file: Option<Spanned<PathBuf>>,
     #[serde(default = "default_log_file_size")]
     pub(super) log_file_size: Size,
     #[serde(default)]

@@ -268,13 +268,9 @@ impl MailboxNode {
 
     /// Gives the witness lease up (the machine forgets it once the witness has it).
     async fn release_lease(&self) {
-        let w = self.witness.clone();
-        match tokio::task::spawn_blocking(move || w.release(&mono_ms)).await {
-            Ok(Ok(())) => self.machine().on_released(),
-            Ok(Err(e)) => {
-                warn!(node = %self.name, error = %e, "could not release the witness lease")
-            }
-            Err(e) => warn!(node = %self.name, error = %e, "witness task failed"),
+        match self.witness.release().await {
+            Ok(()) => self.machine().on_released(),
+            Err(e) => warn!(node = %self.name, error = %e, "could not release the witness lease"),
         }
     }
 
@@ -282,21 +278,15 @@ impl MailboxNode {
     /// other node was mid-update (try again next tick).
     async fn acquire(&self, epoch: u64) -> Option<Option<LeaseView>> {
         let note = (*self.machine().role() == Role::Active).then(|| self.generated());
-        let w = self.witness.clone();
-        let duration = self.timing.lease_duration;
-        let result = tokio::task::spawn_blocking(move || {
-            w.acquire(&mono_ms, duration, epoch, note.as_ref())
-        })
-        .await;
-        match result {
-            Ok(Ok(seen)) => Some(Some(lease_view(seen))),
-            Ok(Err(WitnessError::Busy)) => None,
-            Ok(Err(e)) => {
-                self.witness_failed(e);
-                Some(None)
-            }
+        match self
+            .witness
+            .acquire(self.timing.lease_duration, epoch, note)
+            .await
+        {
+            Ok(seen) => Some(Some(lease_view(seen))),
+            Err(WitnessError::Busy) => None,
             Err(e) => {
-                warn!(node = %self.name, error = %e, "witness task failed");
+                self.witness_failed(e);
                 Some(None)
             }
         }
@@ -305,17 +295,11 @@ impl MailboxNode {
     /// Reads the lease without writing, so that the other node's last renewal is timed from when it
     /// happened (within a tick), not from when this node next needs the lease.
     async fn observe(&self) -> Observed {
-        let w = self.witness.clone();
-        let duration = self.timing.lease_duration;
-        match tokio::task::spawn_blocking(move || w.observe(&mono_ms, duration)).await {
-            Ok(Ok(Some(seen))) => Observed::Lease(lease_view(seen)),
-            Ok(Ok(None)) => Observed::Nothing,
-            Ok(Err(e)) => {
-                self.witness_failed(e);
-                Observed::Unreachable
-            }
+        match self.witness.observe(self.timing.lease_duration).await {
+            Ok(Some(seen)) => Observed::Lease(lease_view(seen)),
+            Ok(None) => Observed::Nothing,
             Err(e) => {
-                warn!(node = %self.name, error = %e, "witness task failed");
+                self.witness_failed(e);
                 Observed::Unreachable
             }
         }

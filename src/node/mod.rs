@@ -37,8 +37,8 @@ use tracing::{info, warn};
 use crate::client::AdminClient;
 use crate::clock::{mono_ms, now_ms};
 use crate::cluster::machine::{Machine, Timing};
-use crate::cluster::witness::Witness;
-use crate::config::{Node, Site};
+use crate::cluster::witness::{EtcdWitness, ShareWitness, Witness};
+use crate::config::{Node, Site, WitnessConfig};
 use crate::space::Space;
 use metrics::NodeMetrics;
 use replication::CopyState;
@@ -60,11 +60,11 @@ pub enum NodeError {
     /// The admin client (heartbeats, log shipping, resubmission requests) cannot be set up.
     #[error(transparent)]
     AdminClient(#[from] crate::client::ClientError),
-    /// The witness directory could not be prepared.
-    #[error("witness directory {path}: {reason}")]
+    /// The witness could not be prepared (its directory, or the etcd client's files).
+    #[error("witness {at}: {reason}")]
     Witness {
-        /// The directory.
-        path: PathBuf,
+        /// The directory or the etcd endpoints.
+        at: String,
         /// What went wrong.
         reason: String,
     },
@@ -136,16 +136,27 @@ impl MailboxNode {
         )?);
         let c = &site.cms[cms];
         let state = NodeState::load(dir)?;
-        let witness_dir = match dir.parent() {
-            Some(data) if c.witness.is_relative() => data.join(&c.witness),
-            _ => c.witness.clone(),
+        let witness = match &c.witness {
+            WitnessConfig::Share(path) => {
+                let witness_dir = match dir.parent() {
+                    Some(data) if path.is_relative() => data.join(path),
+                    _ => path.clone(),
+                };
+                // Provisioning the share is part of setting the CMS up; once running, a missing
+                // directory means the witness is unavailable and is reported as such.
+                std::fs::create_dir_all(&witness_dir).map_err(|e| NodeError::Witness {
+                    at: witness_dir.display().to_string(),
+                    reason: e.to_string(),
+                })?;
+                Witness::Share(ShareWitness::new(&witness_dir, name))
+            }
+            WitnessConfig::Etcd(etcd) => Witness::Etcd(EtcdWitness::new(etcd, name).map_err(
+                |e| NodeError::Witness {
+                    at: etcd.endpoints.join(","),
+                    reason: e.to_string(),
+                },
+            )?),
         };
-        // Provisioning the share is part of setting the CMS up; once running, a missing directory
-        // means the witness is unavailable and is reported as such.
-        std::fs::create_dir_all(&witness_dir).map_err(|e| NodeError::Witness {
-            path: witness_dir.clone(),
-            reason: e.to_string(),
-        })?;
         let first = c.nodes.first().is_some_and(|n| n.name == name);
         let peer = c
             .nodes
@@ -170,7 +181,7 @@ impl MailboxNode {
             cms,
             store,
             peer,
-            witness: Witness::new(&witness_dir, name),
+            witness,
             timing,
             client: AdminClient::new(&site)?,
             metrics: NodeMetrics::new(

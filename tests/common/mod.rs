@@ -14,6 +14,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod cluster;
+pub mod etcd;
+
 /// The admin token of every test site.
 pub const TOKEN: &str = "test-token";
 

@@ -43,6 +43,7 @@ pub(super) fn build(
             .max_log_backlog
             .map_or(1 << 30, |b| b.0)
             .max(c.log_file_size.0.saturating_mul(2));
+        let witness = super::witness::build(at, &c)?;
         let mut nodes = Vec::new();
         for n in c.node {
             roles.add(&n.name, c.name.get_ref())?;
@@ -85,7 +86,7 @@ pub(super) fn build(
         cms_list.push(Cms {
             name: c.name.into_inner(),
             auto_database_mount_dial: c.auto_database_mount_dial,
-            witness: c.witness,
+            witness,
             log_file_size: c.log_file_size.0,
             max_log_backlog,
             log_tail: c.log_tail,

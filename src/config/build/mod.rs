@@ -12,6 +12,7 @@ use super::{ConfigError, Site};
 mod cms;
 mod hub;
 mod site;
+mod witness;
 
 /// Checks a parsed site file and turns it into the [`Site`] every role runs from.
 pub(super) fn build(at: &Locator, raw: RawConfig) -> Result<Site, ConfigError> {

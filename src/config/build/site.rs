@@ -182,7 +182,7 @@ pub(super) fn build(at: &Locator, site: RawSite) -> Result<(Site, RoleTls), Conf
 }
 
 /// A relative path in the config is relative to the config file, not to the working directory.
-fn beside_config(at: &Locator, path: &Path) -> PathBuf {
+pub(super) fn beside_config(at: &Locator, path: &Path) -> PathBuf {
     match at.file.parent() {
         Some(dir) if path.is_relative() => dir.join(path),
         _ => path.to_path_buf(),

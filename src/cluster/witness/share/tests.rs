@@ -34,7 +34,7 @@ fn write_lock(dir: &Path, node: &str) -> Result<(), io::Error> {
 #[test]
 fn acquire_free_gives_us_the_lease_and_leaves_only_the_lease_file() -> TestResult {
     let dir = share()?;
-    let a = Witness::new(dir.path(), A);
+    let a = ShareWitness::new(dir.path(), A);
     assert_eq!(a.read()?, None);
     let seen = a.acquire(&|| 1_000, 500, 3, None)?;
     let ours = Lease {
@@ -57,8 +57,8 @@ fn acquire_free_gives_us_the_lease_and_leaves_only_the_lease_file() -> TestResul
 #[test]
 fn other_node_takes_only_after_a_full_duration_of_its_own_clock() -> TestResult {
     let dir = share()?;
-    let a = Witness::new(dir.path(), A);
-    let b = Witness::new(dir.path(), B);
+    let a = ShareWitness::new(dir.path(), A);
+    let b = ShareWitness::new(dir.path(), B);
     let a_lease = a.acquire(&|| 1_000, 500, 1, None)?.lease;
 
     let seen = b.acquire(&|| HOUR, 500, 2, None)?;
@@ -85,8 +85,8 @@ fn other_node_takes_only_after_a_full_duration_of_its_own_clock() -> TestResult 
 #[test]
 fn every_renewal_restarts_the_other_nodes_wait() -> TestResult {
     let dir = share()?;
-    let a = Witness::new(dir.path(), A);
-    let b = Witness::new(dir.path(), B);
+    let a = ShareWitness::new(dir.path(), A);
+    let b = ShareWitness::new(dir.path(), B);
     a.acquire(&|| 1_000, 500, 1, None)?;
     assert_eq!(
         b.observe(&|| 50_000, 500)?.map(|s| s.until_ms),
@@ -104,8 +104,8 @@ fn every_renewal_restarts_the_other_nodes_wait() -> TestResult {
 #[test]
 fn the_longer_of_both_durations_is_waited_out() -> TestResult {
     let dir = share()?;
-    let a = Witness::new(dir.path(), A);
-    let b = Witness::new(dir.path(), B);
+    let a = ShareWitness::new(dir.path(), A);
+    let b = ShareWitness::new(dir.path(), B);
     a.acquire(&|| 0, 2_000, 1, None)?;
     assert_eq!(b.acquire(&|| 10_000, 500, 2, None)?.until_ms, 12_000);
     assert_eq!(b.acquire(&|| 11_999, 500, 2, None)?.lease.holder, A);
@@ -123,8 +123,8 @@ fn the_longer_of_both_durations_is_waited_out() -> TestResult {
 #[test]
 fn release_lets_the_other_node_take_it_at_once() -> TestResult {
     let dir = share()?;
-    let a = Witness::new(dir.path(), A);
-    let b = Witness::new(dir.path(), B);
+    let a = ShareWitness::new(dir.path(), A);
+    let b = ShareWitness::new(dir.path(), B);
     a.acquire(&|| 1_000, 500, 1, None)?;
     b.release(&|| 1_050)?;
     assert_eq!(
@@ -148,7 +148,7 @@ fn release_lets_the_other_node_take_it_at_once() -> TestResult {
 #[test]
 fn epoch_is_recorded() -> TestResult {
     let dir = share()?;
-    let a = Witness::new(dir.path(), A);
+    let a = ShareWitness::new(dir.path(), A);
     a.acquire(&|| 1_000, 500, 7, None)?;
     assert_eq!(a.read()?.map(|l| l.epoch), Some(7));
     a.acquire(&|| 1_100, 500, 8, None)?;
@@ -160,7 +160,7 @@ fn epoch_is_recorded() -> TestResult {
 fn missing_directory_is_unavailable_and_is_not_created() -> TestResult {
     let root = share()?;
     let dir = root.path().join("share");
-    let a = Witness::new(&dir, A);
+    let a = ShareWitness::new(&dir, A);
     assert!(matches!(a.read(), Err(WitnessError::Unavailable { .. })));
     assert!(matches!(
         a.observe(&|| 1_000, 500),
@@ -182,7 +182,7 @@ fn missing_directory_is_unavailable_and_is_not_created() -> TestResult {
 #[test]
 fn a_lock_seen_unchanged_for_stale_lock_ms_is_broken() -> TestResult {
     let dir = share()?;
-    let a = Witness::new(dir.path(), A);
+    let a = ShareWitness::new(dir.path(), A);
     write_lock(dir.path(), B)?;
     assert!(matches!(
         a.acquire(&|| 5_000, 500, 1, None),
@@ -203,7 +203,7 @@ fn a_lock_seen_unchanged_for_stale_lock_ms_is_broken() -> TestResult {
 #[test]
 fn a_lock_that_changes_is_never_broken_and_an_empty_one_ages_too() -> TestResult {
     let dir = share()?;
-    let a = Witness::new(dir.path(), A);
+    let a = ShareWitness::new(dir.path(), A);
     fs::write(dir.path().join(LOCK_FILE), b"")?;
     assert!(matches!(
         a.acquire(&|| 0, 500, 1, None),
@@ -233,8 +233,8 @@ fn a_lock_that_changes_is_never_broken_and_an_empty_one_ages_too() -> TestResult
 #[test]
 fn corrupt_lease_is_reported_then_overwritten_by_acquire() -> TestResult {
     let dir = share()?;
-    let a = Witness::new(dir.path(), A);
-    let b = Witness::new(dir.path(), B);
+    let a = ShareWitness::new(dir.path(), A);
+    let b = ShareWitness::new(dir.path(), B);
     fs::write(
         dir.path().join(LEASE_FILE),
         b"{\"holder\": \"node-b\", \"epo",
@@ -280,7 +280,7 @@ fn two_nodes_hammering_never_both_hold_whatever_their_clocks_read() -> TestResul
     let tick = || time.fetch_add(1, Ordering::SeqCst);
 
     let run = |node: &str, offset: u64| -> Result<Vec<(u64, u64)>, WitnessError> {
-        let witness = Witness::new(dir.path(), node).with_stale_lock_ms(u64::MAX / 4);
+        let witness = ShareWitness::new(dir.path(), node).with_stale_lock_ms(u64::MAX / 4);
         let clock = || tick() + offset;
         let mut spans: Vec<(u64, u64)> = Vec::new();
         let mut failure = None;
@@ -335,8 +335,8 @@ fn two_nodes_hammering_never_both_hold_whatever_their_clocks_read() -> TestResul
 #[test]
 fn highest_epoch_and_its_note_survive_a_takeover_without_a_mount() -> TestResult {
     let dir = tempfile::tempdir()?;
-    let a = Witness::new(dir.path(), A);
-    let b = Witness::new(dir.path(), B);
+    let a = ShareWitness::new(dir.path(), A);
+    let b = ShareWitness::new(dir.path(), B);
     let note = BTreeMap::from([("SG1".to_string(), 42)]);
     a.acquire(&|| 1_000, 500, 7, Some(&note))?;
     // B takes the lease once a stopped renewing, as a candidate (its own epoch is lower, no note of
