@@ -13,7 +13,7 @@
 //! 3  admin       the HTTP surface (axum) over a hub or a node, and the site dashboard
 //! 2  hub  node   the roles: queue, delivery, dumpster, resubmission | log, store, replication, failover
 //! 1  client      calling a role's admin API (CLI, dashboard, a node asking hubs to resubmit)
-//!    cluster     the failover state machine (no I/O) and the witness lease
+//!    cluster     the failover state machine (no I/O) and the witness lease (file share, etcd)
 //!    config      the site file, validated with file/line/key errors
 //!    telemetry   metrics exposition and log format
 //!    smtp        the inbound SMTP server and its TLS
@@ -23,8 +23,9 @@
 //! ```
 //!
 //! Within a row, modules may use each other in one direction only (config names smtp's
-//! `BareNewline`; client reads config). Persistence (queue, dumpster, mailbox store, transaction
-//! logs) is the `store` crate, on sled, below all of them.
+//! `BareNewline`; client and cluster read config; cluster reads certificates through smtp).
+//! Persistence (queue, dumpster, mailbox store, transaction logs) is the `store` crate, on sled,
+//! below all of them.
 
 pub mod admin;
 pub mod cli;

@@ -14,17 +14,12 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::cluster::one_at_a_time;
 use common::{api_json, message, Proc, Smtplib, TestSite};
 
 /// How long anything may take to settle.
 const WAIT: Duration = Duration::from_secs(60);
 
-/// Two sites at once on a 2-core machine starve each other's heartbeats into failovers nobody
-/// asked for, so the tests of this file take turns.
-fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
-    static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    TURN.lock().unwrap_or_else(|p| p.into_inner())
-}
 /// From `kill -9` of the active to the passive mounted: peer timeout (1.5 s) and a lease duration
 /// (3 s) of the passive's own clock, with room for ticks and a loaded machine. Before leases were
 /// timed on monotonic clocks this took an hour after a one-hour step.

@@ -13,7 +13,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{smtplib_send, Proc, TestSite, TOKEN};
+use common::cluster::{one_at_a_time, start_all};
+use common::{smtplib_send, TestSite, TOKEN};
 
 /// How long the page may take to show a change (each look is a whole browser run).
 const WAIT: Duration = Duration::from_secs(90);
@@ -199,22 +200,6 @@ fn wait_active(site: &TestSite, node: &str) {
     );
 }
 
-/// Each browser test runs four processes whose heartbeats have sub-second deadlines, and
-/// Chromium beside them: on a 2-core machine they take turns.
-fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
-    static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    TURN.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-fn start_all(site: &TestSite) -> Vec<Proc> {
-    vec![
-        site.start(&["node", "--name", "node1"]),
-        site.start(&["node", "--name", "node2"]),
-        site.start(&["hub", "--name", "hub1"]),
-        site.start(&["hub", "--name", "hub2"]),
-    ]
-}
-
 #[test]
 fn the_dashboard_shows_the_site_live() {
     let _turn = one_at_a_time();
@@ -281,7 +266,7 @@ fn the_dashboard_shows_the_site_live() {
     );
     browser.screenshot(p.hub1_admin, "after-mail");
 
-    procs.remove(0).kill9();
+    procs[0].take().expect("node1").kill9();
     // Read from node2's own admin address: every role serves the page.
     let after_kill = browser.wait(p.node2_admin, "node2 active after node1's kill", |dom| {
         all(&[

@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use common::cluster::one_at_a_time;
 use common::{api, wait_for, Proc, Raw, Smtplib, TestSite};
 use serde_json::Value;
 
@@ -27,12 +28,6 @@ const RESERVE_BYTES: u64 = 16 << 20;
 const TMPFS_SIZE: &str = "64m";
 /// How long a role may take to accept again once space is back (the bar).
 const BACK_WITHIN: Duration = Duration::from_secs(10);
-
-/// Four processes per test with sub-second heartbeat deadlines: on two cores the tests take turns.
-fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
-    static TURN: Mutex<()> = Mutex::new(());
-    TURN.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 /// A tmpfs mounted on a role's data directory for one test; unmounted when dropped.
 struct Tmpfs {

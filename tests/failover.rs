@@ -8,59 +8,15 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::cluster::{active_is, cms_site, one_at_a_time, start_all, status, wait_status};
 use common::{Proc, TestSite};
 use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(30);
 
-/// Each test runs four processes whose heartbeats have sub-second deadlines; on a 2-core machine
-/// several such sites at once starve each other into failovers nobody asked for, so the tests of
-/// this file take turns.
-fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
-    static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    TURN.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// A site whose CMS closes logs at 4 KiB (a few messages each), so logs ship during a test.
+/// A site whose CMS closes logs at 4 KiB (logs ship during a test) with the given mount dial.
 fn site(dial: &str) -> TestSite {
-    let site = TestSite::new("", &[]);
-    let text = std::fs::read_to_string(site.config()).expect("config");
-    let text = text.replace(
-        "witness = \"witness/cms1\"",
-        &format!("witness = \"witness/cms1\"\nlog_file_size = \"4KiB\"\nauto_database_mount_dial = \"{dial}\""),
-    );
-    std::fs::write(site.config(), text).expect("write config");
-    site
-}
-
-fn start_all(site: &TestSite) -> [Option<Proc>; 4] {
-    let n1 = site.start(&["node", "--name", "node1"]);
-    let n2 = site.start(&["node", "--name", "node2"]);
-    let h1 = site.start(&["hub", "--name", "hub1"]);
-    let h2 = site.start(&["hub", "--name", "hub2"]);
-    [Some(n1), Some(n2), Some(h1), Some(h2)]
-}
-
-fn status(site: &TestSite) -> Value {
-    let (_, v) = site.cli_json(&["status", "--cms", "cms1"]);
-    v
-}
-
-/// Polls `hubrelay status` until `pred` holds.
-fn wait_status(site: &TestSite, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-    let start = Instant::now();
-    loop {
-        let v = status(site);
-        if pred(&v) {
-            return v;
-        }
-        assert!(start.elapsed() < WAIT, "status never showed {what}: {v:#}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn active_is(v: &Value, node: &str) -> bool {
-    v["active_node"].as_str() == Some(node)
+    cms_site(&format!("auto_database_mount_dial = \"{dial}\""))
 }
 
 fn outstanding(site: &TestSite) -> Vec<Value> {
@@ -89,7 +45,7 @@ fn kill9_of_the_active_fails_over_and_the_dumpster_fills_the_gap() {
     let _turn = one_at_a_time();
     let site = site("GoodAvailability");
     let mut procs = start_all(&site);
-    wait_status(&site, "node1 active", |v| active_is(v, "node1"));
+    wait_status(&site, WAIT, "node1 active", |v| active_is(v, "node1"));
     let all = common::message_ids("ccr", 0..200);
     common::send_to_alice(site.ports.hub1, &all[..100], 300);
     common::send_to_alice(site.ports.hub2, &all[100..], 300);
@@ -105,7 +61,7 @@ fn kill9_of_the_active_fails_over_and_the_dumpster_fills_the_gap() {
     common::wait_alice_exactly(&site, &all, WAIT);
     procs[0].take().expect("node1").kill9();
     let started = Instant::now();
-    let after = wait_status(&site, "node2 active", |v| active_is(v, "node2"));
+    let after = wait_status(&site, WAIT, "node2 active", |v| active_is(v, "node2"));
     assert!(
         started.elapsed() < Duration::from_secs(10),
         "failover took {:?}",
@@ -126,7 +82,7 @@ fn a_hub_down_during_failover_stays_outstanding_until_it_returns() {
     let _turn = one_at_a_time();
     let site = site("GoodAvailability");
     let mut procs = start_all(&site);
-    wait_status(&site, "node1 active", |v| active_is(v, "node1"));
+    wait_status(&site, WAIT, "node1 active", |v| active_is(v, "node1"));
     let first = common::message_ids("early", 0..60);
     common::send_to_alice(site.ports.hub1, &first, 300);
     common::wait_alice_exactly(&site, &first, WAIT);
@@ -140,7 +96,7 @@ fn a_hub_down_during_failover_stays_outstanding_until_it_returns() {
     common::wait_alice_exactly(&site, &all, WAIT);
     procs[3].take().expect("hub2").kill9();
     procs[0].take().expect("node1").kill9();
-    wait_status(&site, "node2 active", |v| active_is(v, "node2"));
+    wait_status(&site, WAIT, "node2 active", |v| active_is(v, "node2"));
     let start = Instant::now();
     loop {
         let out = outstanding(&site);
@@ -194,13 +150,13 @@ fn a_hub_that_refuses_a_resubmission_request_fails_health_until_it_accepts() {
         Some(site.start(&["hub", "--name", "hub1"])),
         Some(site.start_with(&without_sg2, &["hub", "--name", "hub2"])),
     ];
-    wait_status(&site, "node1 active", |v| active_is(v, "node1"));
+    wait_status(&site, WAIT, "node1 active", |v| active_is(v, "node1"));
     let all = common::message_ids("refused", 0..20);
     common::send_to_alice(site.ports.hub1, &all, 300);
     common::wait_alice_exactly(&site, &all, WAIT);
     wait_copied_up(&site);
     procs[0].take().expect("node1").kill9();
-    let v = wait_status(&site, "hub2's refusal under SG2", |v| {
+    let v = wait_status(&site, WAIT, "hub2's refusal under SG2", |v| {
         sg2(&v["storage_groups"])["resubmission_errors"]
             .as_array()
             .is_some_and(|e| e.iter().any(|e| e["hub"] == "hub2"))
@@ -249,7 +205,7 @@ fn a_hub_that_refuses_a_resubmission_request_fails_health_until_it_accepts() {
     procs[3].take().expect("hub2").kill9();
     procs[3] = Some(site.start(&["hub", "--name", "hub2"]));
     wait_no_outstanding(&site);
-    let v = wait_status(&site, "the refusal cleared", |v| {
+    let v = wait_status(&site, WAIT, "the refusal cleared", |v| {
         sg2(&v["storage_groups"])["resubmission_errors"]
             .as_array()
             .is_some_and(Vec::is_empty)
@@ -278,7 +234,7 @@ fn the_old_active_returns_as_passive_and_catches_up() {
     let _turn = one_at_a_time();
     let site = site("BestAvailability");
     let mut procs = start_all(&site);
-    wait_status(&site, "node1 active", |v| active_is(v, "node1"));
+    wait_status(&site, WAIT, "node1 active", |v| active_is(v, "node1"));
     let before = common::message_ids("before", 0..40);
     common::send_to_alice(site.ports.hub1, &before, 300);
     common::wait_alice_exactly(&site, &before, WAIT);
@@ -286,14 +242,14 @@ fn the_old_active_returns_as_passive_and_catches_up() {
     // BestAvailability allows, and then node2 rightly stays dismounted.
     wait_copied_up(&site);
     procs[0].take().expect("node1").kill9();
-    wait_status(&site, "node2 active", |v| active_is(v, "node2"));
+    wait_status(&site, WAIT, "node2 active", |v| active_is(v, "node2"));
     let after = common::message_ids("after", 0..40);
     common::send_to_alice(site.ports.hub2, &after, 300);
     let mut all = before.clone();
     all.extend(after.iter().cloned());
     common::wait_alice_exactly(&site, &all, WAIT);
     let _node1 = site.start(&["node", "--name", "node1"]);
-    let v = wait_status(&site, "node1 passive and healthy", |v| {
+    let v = wait_status(&site, WAIT, "node1 passive and healthy", |v| {
         let sg = &v["storage_groups"][0];
         active_is(v, "node2")
             && v["passive_node"] == "node1"
@@ -316,7 +272,7 @@ fn the_old_active_returns_as_passive_and_catches_up() {
     let (code, out) = site.cli_json(&["move", "--cms", "cms1", "--target", "node1"]);
     assert_eq!(code, 0, "{out}");
     assert!(out["millis"].as_u64().expect("millis") < 5_000, "{out}");
-    wait_status(&site, "node1 active again", |v| active_is(v, "node1"));
+    wait_status(&site, WAIT, "node1 active again", |v| active_is(v, "node1"));
     common::wait_alice_exactly(&site, &all, WAIT);
     assert!(
         outstanding(&site).is_empty(),
@@ -343,7 +299,7 @@ fn node_post(port: u16, path: &str) {
 
 /// Waits until node2 has copied every closed log (so a later suspension freezes a known point).
 fn wait_copied_up(site: &TestSite) {
-    wait_status(site, "node2 caught up", |v| {
+    wait_status(site, WAIT, "node2 caught up", |v| {
         let sg = &v["storage_groups"][0];
         sg["summary_copy_status"] == "Healthy"
             && sg["copy_queue_length"].as_u64().is_some_and(|q| q <= 1)
@@ -364,7 +320,7 @@ fn cut_off_nodes_never_make_two_actives_and_a_lost_witness_only_warns() {
     let _turn = one_at_a_time();
     let site = site("GoodAvailability");
     let procs = start_all(&site);
-    wait_status(&site, "node1 active", |v| active_is(v, "node1"));
+    wait_status(&site, WAIT, "node1 active", |v| active_is(v, "node1"));
     let node1 = procs[0].as_ref().expect("node1");
     let node2 = procs[1].as_ref().expect("node2");
 
@@ -374,7 +330,7 @@ fn cut_off_nodes_never_make_two_actives_and_a_lost_witness_only_warns() {
     let v = status(&site);
     assert!(active_is(&v, "node1"), "{v:#}");
     signal(node2, "-CONT");
-    wait_status(&site, "node2 passive again", |v| {
+    wait_status(&site, WAIT, "node2 passive again", |v| {
         active_is(v, "node1")
             && v["nodes"].as_array().is_some_and(|n| n.len() == 2)
             && v["quorum"] == "Healthy"
@@ -382,9 +338,9 @@ fn cut_off_nodes_never_make_two_actives_and_a_lost_witness_only_warns() {
 
     // node1 frozen: node2 takes over; node1, resumed, must not serve.
     signal(node1, "-STOP");
-    wait_status(&site, "node2 active", |v| active_is(v, "node2"));
+    wait_status(&site, WAIT, "node2 active", |v| active_is(v, "node2"));
     signal(node1, "-CONT");
-    let v = wait_status(&site, "both answering", |v| {
+    let v = wait_status(&site, WAIT, "both answering", |v| {
         v["nodes"].as_array().is_some_and(|n| n.len() == 2)
     });
     let mounted: Vec<&Value> = v["nodes"]
@@ -400,7 +356,7 @@ fn cut_off_nodes_never_make_two_actives_and_a_lost_witness_only_warns() {
     let witness = site.data().join("witness");
     let moved = site.data().join("witness-away");
     std::fs::rename(&witness, &moved).expect("take the witness away");
-    let v = wait_status(&site, "witness unavailable", |v| {
+    let v = wait_status(&site, WAIT, "witness unavailable", |v| {
         v["witness"] == "Unavailable"
     });
     assert!(active_is(&v, "node2"), "{v:#}");
@@ -424,7 +380,7 @@ fn corrupt_log_is_refused_a_lossier_failover_than_the_dial_does_not_mount_and_re
     let _turn = one_at_a_time();
     let site = site("Lossless");
     let mut procs = start_all(&site);
-    wait_status(&site, "node1 active", |v| active_is(v, "node1"));
+    wait_status(&site, WAIT, "node1 active", |v| active_is(v, "node1"));
     let copy = |args: &[&str]| {
         let mut all = vec!["copy"];
         all.extend(args);
@@ -471,7 +427,7 @@ fn corrupt_log_is_refused_a_lossier_failover_than_the_dial_does_not_mount_and_re
     std::fs::write(&victim, bytes).expect("corrupt");
     let (code, out) = copy(&["resume"]);
     assert_eq!(code, 0, "{out}");
-    let v = wait_status(&site, "copy failed", |v| {
+    let v = wait_status(&site, WAIT, "copy failed", |v| {
         v["storage_groups"][0]["summary_copy_status"] == "Failed"
     });
     let err = v["storage_groups"][0]["error"].as_str().unwrap_or("");
@@ -484,7 +440,7 @@ fn corrupt_log_is_refused_a_lossier_failover_than_the_dial_does_not_mount_and_re
 
     // Lossless dial with logs missing: node2 must not mount, and says why.
     procs[0].take().expect("node1").kill9();
-    let v = wait_status(&site, "node2 dismounted", |v| {
+    let v = wait_status(&site, WAIT, "node2 dismounted", |v| {
         v["dismounted_reason"]
             .as_str()
             .is_some_and(|r| r.contains("lost"))
@@ -515,7 +471,7 @@ fn corrupt_log_is_refused_a_lossier_failover_than_the_dial_does_not_mount_and_re
         (Some("node2"), Some("Active")),
         "{out}"
     );
-    wait_status(&site, "node2 active", |v| active_is(v, "node2"));
+    wait_status(&site, WAIT, "node2 active", |v| active_is(v, "node2"));
     common::wait_alice_exactly(&site, &msgs, WAIT);
     wait_no_outstanding(&site);
     let (_, v) = site.cli_json(&["status", "--cms", "cms1"]);
@@ -567,7 +523,7 @@ fn a_slow_disk_delays_deliveries_but_never_heartbeats() {
     let _turn = one_at_a_time();
     let site = site("GoodAvailability");
     let _procs = start_all(&site);
-    wait_status(&site, "node1 active", |v| active_is(v, "node1"));
+    wait_status(&site, WAIT, "node1 active", |v| active_is(v, "node1"));
     let mut all = common::message_ids("before-slow", 0..5);
     common::send_to_alice(site.ports.hub1, &all, 300);
     common::wait_alice_exactly(&site, &all, WAIT);
@@ -648,7 +604,7 @@ fn a_witness_share_mounted_at_a_different_path_on_each_node_fails_over() {
     let _node2 = Proc::start(&site.config(), &root2, &["node", "--name", "node2"]);
     let _h1 = site.start(&["hub", "--name", "hub1"]);
     let _h2 = site.start(&["hub", "--name", "hub2"]);
-    wait_status(&site, "node1 active", |v| active_is(v, "node1"));
+    wait_status(&site, WAIT, "node1 active", |v| active_is(v, "node1"));
     // One lease, seen the same through both mount points.
     let (w1, w2) = (root1.join("witness"), root2.join("witness"));
     let seen = common::wait_for(WAIT, "node1's lease on the share", || {
@@ -662,7 +618,7 @@ fn a_witness_share_mounted_at_a_different_path_on_each_node_fails_over() {
     wait_copied_up(&site);
     node1.kill9();
     let started = Instant::now();
-    wait_status(&site, "node2 active", |v| active_is(v, "node2"));
+    wait_status(&site, WAIT, "node2 active", |v| active_is(v, "node2"));
     assert!(
         started.elapsed() < Duration::from_secs(10),
         "failover took {:?}",

@@ -9,52 +9,17 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{Proc, TestSite};
+use common::cluster::{cms_site, one_at_a_time, start_all, wait_status};
+use common::TestSite;
 use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(60);
 
-/// Four processes with sub-second heartbeats each: the tests of this file take turns.
-fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
-    static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    TURN.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 /// A site whose logs close at 4 KiB (a handful of messages each) with `cms_extra` lines.
 fn site(cms_extra: &str) -> TestSite {
-    let site = TestSite::new("", &[]);
-    let text = std::fs::read_to_string(site.config()).expect("config");
-    let text = text.replace(
-        "witness = \"witness/cms1\"",
-        &format!("witness = \"witness/cms1\"\nlog_file_size = \"4KiB\"\nauto_database_mount_dial = \"BestAvailability\"\n{cms_extra}"),
-    );
-    std::fs::write(site.config(), text).expect("write config");
-    site
-}
-
-fn start_all(site: &TestSite) -> Vec<Proc> {
-    vec![
-        site.start(&["node", "--name", "node1"]),
-        site.start(&["node", "--name", "node2"]),
-        site.start(&["hub", "--name", "hub1"]),
-        site.start(&["hub", "--name", "hub2"]),
-    ]
-}
-
-fn status(site: &TestSite) -> Value {
-    site.cli_json(&["status", "--cms", "cms1"]).1
-}
-
-fn wait_status(site: &TestSite, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-    let start = Instant::now();
-    loop {
-        let v = status(site);
-        if pred(&v) {
-            return v;
-        }
-        assert!(start.elapsed() < WAIT, "status never showed {what}: {v:#}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    cms_site(&format!(
+        "auto_database_mount_dial = \"BestAvailability\"\n{cms_extra}"
+    ))
 }
 
 fn sg1(v: &Value) -> &Value {
@@ -123,7 +88,7 @@ fn logs_behind_every_checkpoint_go_and_a_reseed_seeds_from_a_snapshot_under_load
     let _turn = one_at_a_time();
     let site = site("log_tail = 2");
     let _procs = start_all(&site);
-    wait_status(&site, "node1 active", |v| {
+    wait_status(&site, WAIT, "node1 active", |v| {
         v["active_node"] == "node1" && sg1(v)["summary_copy_status"] == "Healthy"
     });
     let first = common::message_ids("first", 0..400);
@@ -169,14 +134,14 @@ fn logs_behind_every_checkpoint_go_and_a_reseed_seeds_from_a_snapshot_under_load
     let mut all = first.clone();
     all.extend(during.iter().cloned());
     common::wait_alice_exactly(&site, &all, WAIT);
-    wait_status(&site, "node2 caught up", |v| {
+    wait_status(&site, WAIT, "node2 caught up", |v| {
         sg1(v)["summary_copy_status"] == "Healthy"
             && sg1(v)["copy_queue_length"].as_u64().is_some_and(|q| q <= 1)
     });
     // The reseeded copy holds exactly what node1 holds: move to it and list from it.
     let (code, out) = site.cli_json(&["move", "--cms", "cms1", "--target", "node2"]);
     assert_eq!(code, 0, "{out}");
-    wait_status(&site, "node2 active", |v| v["active_node"] == "node2");
+    wait_status(&site, WAIT, "node2 active", |v| v["active_node"] == "node2");
     common::wait_alice_exactly(&site, &all, WAIT);
     let (_, stats) = site.cli_json(&["stats", "--storage-group", "SG1"]);
     assert_eq!(
@@ -193,7 +158,7 @@ fn a_copy_further_behind_than_max_log_backlog_needs_a_reseed_and_health_says_how
     let _turn = one_at_a_time();
     let site = site("log_tail = 1\nmax_log_backlog = \"16KiB\"");
     let _procs = start_all(&site);
-    wait_status(&site, "node1 active, node2 healthy", |v| {
+    wait_status(&site, WAIT, "node1 active, node2 healthy", |v| {
         v["active_node"] == "node1" && sg1(v)["summary_copy_status"] == "Healthy"
     });
     node_post(site.ports.node2_admin, "/api/copy/SG1/suspend");
@@ -214,7 +179,7 @@ fn a_copy_further_behind_than_max_log_backlog_needs_a_reseed_and_health_says_how
         std::thread::sleep(Duration::from_millis(300));
     }
     node_post(site.ports.node2_admin, "/api/copy/SG1/resume");
-    let v = wait_status(&site, "node2 FailedAndSuspended", |v| {
+    let v = wait_status(&site, WAIT, "node2 FailedAndSuspended", |v| {
         sg1(v)["summary_copy_status"] == "FailedAndSuspended"
     });
     assert!(
@@ -243,6 +208,6 @@ fn a_copy_further_behind_than_max_log_backlog_needs_a_reseed_and_health_says_how
     );
     let (code, out) = site.cli_json(&["move", "--cms", "cms1", "--target", "node2"]);
     assert_eq!(code, 0, "{out}");
-    wait_status(&site, "node2 active", |v| v["active_node"] == "node2");
+    wait_status(&site, WAIT, "node2 active", |v| v["active_node"] == "node2");
     common::wait_alice_exactly(&site, &msgs, WAIT);
 }

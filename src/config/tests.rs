@@ -541,3 +541,81 @@ fn log_truncation_keys_default_and_a_backlog_is_never_below_two_generations() {
         2 << 20
     );
 }
+
+/// The example site with its `witness` line replaced by `lines`.
+fn with_witness(lines: &str) -> String {
+    let at = GOOD
+        .find("witness = ")
+        .expect("the example names a witness");
+    let end = at + GOOD[at..].find('\n').expect("line end");
+    format!("{}{lines}{}", &GOOD[..at], &GOOD[end..])
+}
+
+#[test]
+fn an_etcd_witness_names_its_endpoints_prefix_and_files() {
+    let site = parse(&with_witness(
+        "witness = \"etcds://etcd1.example.net:2379, etcd2.example.net:2379/hubrelay/cms1/\"\nwitness_tls_ca = \"ca.pem\"\nwitness_tls_certificate = \"node.pem\"\nwitness_tls_private_key = \"node.key\"\nwitness_user = \"hubrelay\"\nwitness_password_file = \"etcd.pass\"",
+    ))
+    .expect("valid");
+    let WitnessConfig::Etcd(e) = &site.cms[0].witness else {
+        panic!("an etcd witness: {:?}", site.cms[0].witness);
+    };
+    assert_eq!(
+        e.endpoints,
+        [
+            "https://etcd1.example.net:2379",
+            "https://etcd2.example.net:2379"
+        ]
+    );
+    assert_eq!(e.prefix, "/hubrelay/cms1");
+    assert_eq!(e.tls_ca.as_deref(), Some(Path::new("ca.pem")));
+    assert_eq!(
+        e.tls_client.as_ref().map(|t| t.private_key.clone()),
+        Some(PathBuf::from("node.key"))
+    );
+    assert_eq!(e.user.as_deref(), Some("hubrelay"));
+    assert_eq!(site.cms[0].witness.kind(), "EtcdWitness");
+    let plain = parse(&with_witness("witness = \"etcd://[::1]:2379/w\"")).expect("valid");
+    assert!(
+        matches!(&plain.cms[0].witness, WitnessConfig::Etcd(e) if e.endpoints == ["http://[::1]:2379"])
+    );
+    let share = parse(&with_witness("witness = \"/mnt/witness/cms1\"")).expect("valid");
+    assert_eq!(
+        share.cms[0].witness,
+        WitnessConfig::Share(PathBuf::from("/mnt/witness/cms1"))
+    );
+}
+
+#[test]
+fn a_wrong_etcd_witness_is_refused_naming_the_key() {
+    for (lines, key, says) in [
+        ("witness = \"etcd://etcd1:2379\"", "cms.witness", "names no key prefix"),
+        ("witness = \"etcd://etcd1/w\"", "cms.witness", "is not host:port"),
+        ("witness = \"etcd://a:1,,b:2/w\"", "cms.witness", "is not host:port"),
+        ("witness = \"http://etcd1:2379/w\"", "cms.witness", "a witness is a directory"),
+        ("witness = \"etcds://etcd1:2379/w\"", "cms.witness_tls_ca", "missing"),
+        (
+            "witness = \"etcd://etcd1:2379/w\"\nwitness_tls_ca = \"ca.pem\"",
+            "cms.witness",
+            "need an etcds:// witness",
+        ),
+        (
+            "witness = \"etcds://etcd1:2379/w\"\nwitness_tls_ca = \"ca.pem\"\nwitness_tls_certificate = \"c.pem\"",
+            "cms.witness_tls_private_key",
+            "missing",
+        ),
+        (
+            "witness = \"etcd://etcd1:2379/w\"\nwitness_user = \"u\"",
+            "cms.witness_password_file",
+            "missing",
+        ),
+        (
+            "witness = \"witness/cms1\"\nwitness_user = \"u\"",
+            "cms.witness",
+            "for an etcd witness only",
+        ),
+    ] {
+        let e = err(&with_witness(lines));
+        assert!(e.contains(key) && e.contains(says), "{lines}: {e}");
+    }
+}

@@ -18,6 +18,7 @@ Exit status 0 only if all of that holds. See tests/campaign/README.md for the co
 """
 
 import argparse
+import atexit
 import datetime
 import json
 import os
@@ -55,6 +56,21 @@ KINDS = [
 ]
 # Partitions: only with --netns, where every role has a network namespace of its own.
 PARTITIONS = ["cut-nodes", "oneway-nodes", "cut-hub-active", "link-down-active"]
+# Faults of the network or the witness that need more than the default site: what each needs
+# ("netns": --netns, "etcd": --witness etcd). Requested where they cannot be, they are skipped
+# with a note, as clock-step is without libfaketime.
+NEEDS = {
+    "cut-active-witness": ("netns", "etcd"),
+    "cut-passive-witness": ("netns", "etcd"),
+    "isolate-active": ("netns", "etcd"),
+    "flap-nodes": ("netns",),
+    "kill-witness": ("etcd",),
+}
+WITNESS_KINDS = list(NEEDS)
+# Faults followed by the after-heal measurement (an active node, a probe through each hub).
+HEALED = PARTITIONS + WITNESS_KINDS
+# The etcd witness's key prefix (the holder key and the note board live under it).
+ETCD_PREFIX = "hubrelay/cms1"
 # Set in the process that runs inside the clients' namespace: the network's state (netns.Net).
 NETNS_ENV = "HUBRELAY_CAMPAIGN_NETNS"
 # A mailbox only the probes after a heal go to: small to list while the load fills the others.
@@ -86,8 +102,78 @@ def free_ports(rng, n):
     return ports
 
 
+def etcd_binary():
+    """Debian's etcd server (etcd-server), installed by tests/install-package.sh where missing, as
+    the etcd witness tests do; None if it cannot be had."""
+    if not os.path.exists("/usr/bin/etcd"):
+        script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "install-package.sh")
+        subprocess.run(["bash", script, "etcd-server"], capture_output=True)
+    return "/usr/bin/etcd" if os.path.exists("/usr/bin/etcd") else None
+
+
+class Etcd:
+    """A one-member etcd cluster for the etcd witness: with a network, alone in the `witness`
+    namespace (so a cut between it and a node is like any other); without, on free 127.0.0.1
+    ports. Its data and its log (etcd.log) are in the site directory; killed when the site stops,
+    and at exit."""
+
+    def __init__(self, site_dir, net):
+        self.bin = etcd_binary()
+        self.net = net
+        self.data = os.path.join(site_dir, "etcd-data")
+        self.log = os.path.join(site_dir, "etcd.log")
+        if net:
+            self.host, (self.port, self.peer_port) = net.ip["witness"], (2379, 2380)
+        else:
+            # Not the campaign's seeded generator: the fault schedule is the same for either witness.
+            self.host, (self.port, self.peer_port) = "127.0.0.1", free_ports(random.Random(), 2)
+        self.proc = None
+        atexit.register(self.kill9)
+
+    def witness(self):
+        return f"etcd://{self.host}:{self.port}/{ETCD_PREFIX}"
+
+    def start(self, limit=30):
+        """Starts it (on the same data as before, if any) and waits until it serves."""
+        client, peer = f"http://{self.host}:{self.port}", f"http://{self.host}:{self.peer_port}"
+        argv = [self.bin, "--name", "witness", "--data-dir", self.data,
+                "--listen-client-urls", client, "--advertise-client-urls", client,
+                "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
+                "--initial-cluster", f"witness={peer}"]
+        with open(self.log, "ab") as err:
+            err.write(f"--- campaign: etcd started at {time.time():.3f}\n".encode())
+            err.flush()
+            self.proc = subprocess.Popen(self.net.wrap("witness", argv) if self.net else argv,
+                                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                         stderr=err, start_new_session=True)
+        deadline = time.time() + limit
+        while not self.serves():
+            if self.proc.poll() is not None:
+                raise Failure(f"etcd exited with {self.proc.returncode}; see {self.log}")
+            if time.time() > deadline:
+                raise Failure(f"etcd did not serve within {limit}s; see {self.log}")
+            time.sleep(0.05)
+
+    def serves(self):
+        """Whether it answers a linearizable read (it has a leader), through the JSON gateway the
+        witness uses."""
+        req = urllib.request.Request(f"http://{self.host}:{self.port}/v3/kv/range",
+                                     data=b'{"key":"AA=="}')
+        try:
+            with urllib.request.urlopen(req, timeout=1) as r:
+                return r.status == 200
+        except Exception:
+            return False
+
+    def kill9(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
+
+
 class Site:
-    def __init__(self, binary, rng, keep, net=None):
+    def __init__(self, binary, rng, keep, net=None, witness="share"):
         self.bin = os.path.abspath(binary)
         self.dir = tempfile.mkdtemp(prefix="hubrelay-campaign-")
         self.keep = keep
@@ -101,7 +187,10 @@ class Site:
             self.host = {n: "127.0.0.1" for n in names}
             p = free_ports(rng, 8)
             self.addr = {n: (p[2 * i], p[2 * i + 1]) for i, n in enumerate(names)}
-        self.mailboxes = MAILBOXES + ([PROBE_BOX] if net else [])
+        self.etcd = Etcd(self.dir, net) if witness == "etcd" else None
+        # The probes after a heal (partitions, the etcd witness's faults) have a mailbox of their own.
+        probes = bool(net or self.etcd)
+        self.mailboxes = MAILBOXES + ([PROBE_BOX] if probes else [])
         # Partitions healed: (kind, what, start, healed, s to an active node, s to a probe delivered).
         self.recoveries = []
         self.load = None
@@ -119,14 +208,14 @@ class Site:
                 '[site]\nname = "campaign"\naccepted_domains = ["example.test"]\n'
                 f'admin_token = "{TOKEN}"\nretry_min = "200ms"\nretry_max = "1s"\n'
                 f'min_free_space = {MIN_FREE}\n'
-                f"{roles}\n[[cms]]\nname = \"cms1\"\nwitness = \"witness/cms1\"\n"
+                f"{roles}\n[[cms]]\nname = \"cms1\"\nwitness = \"{self.etcd.witness() if self.etcd else 'witness/cms1'}\"\n"
                 'log_file_size = "64KiB"\nauto_database_mount_dial = "BestAvailability"\n'
                 # Logs behind every checkpoint go within seconds: every fault meets truncation.
                 'log_tail = 2\n'
                 f"{nodes}\n[[cms.storage_group]]\nname = \"SG1\"\n"
                 'mailboxes = ["alice@example.test", "bob@example.test"]\n\n'
                 '[[cms.storage_group]]\nname = "SG2"\nmailboxes = ["carol@example.test"'
-                + (f', "{PROBE_BOX}"' if net else "") + "]\n"
+                + (f', "{PROBE_BOX}"' if probes else "") + "]\n"
             )
         self.procs = {}
         self.paused = set()
@@ -294,6 +383,8 @@ class Site:
         for name in list(self.procs):
             self.resume(name)
             self.kill9(name)
+        if self.etcd:
+            self.etcd.kill9()
         for path in self.mounts:
             if self.keep:
                 # Keep the logs for inspection: copy them off the filesystem before it goes.

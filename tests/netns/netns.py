@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """A site network made of Linux network namespaces, for partition tests (stdlib only, needs root).
 
-One "switch" namespace holds a bridge; every role (hub1, hub2, node1, node2, clients) has a namespace
+One "switch" namespace holds a bridge; every role (hub1, hub2, node1, node2, clients, and witness
+for an etcd witness server) has a namespace
 of its own, joined to the bridge by a veth pair, with an address in a private /24 and loopback up.
 Nothing is created in, or routed to, the namespace the test runs in: the veth pairs are made inside
 the switch namespace, and no namespace has a default route, so no packet can leave the site.
@@ -27,7 +28,8 @@ import subprocess
 import sys
 import time
 
-ROLES = ("hub1", "hub2", "node1", "node2", "clients")
+# New roles go at the end: a role's address is its index in this list.
+ROLES = ("hub1", "hub2", "node1", "node2", "clients", "witness")
 TABLE = "hrfault"
 
 
@@ -116,6 +118,19 @@ class Net:
         """Every packet between `a` and `b` dropped, both ways, in both namespaces."""
         self.drop_one_way(a, b)
         self.drop_one_way(b, a)
+
+    def isolate(self, role, others):
+        """Every packet between `role` and each of `others` dropped, both ways. `role`'s own rules go
+        in as one nftables transaction (so the isolation begins at one instant), the others' mirror
+        rules after; returns the time (time.time()) just after `role`'s rules were in place."""
+        rules = []
+        for o in others:
+            rules += [f"output ip daddr {self.ip[o]}", f"input ip saddr {self.ip[o]}"]
+        self._nft(role, *rules)
+        at = time.time()
+        for o in others:
+            self._nft(o, f"output ip daddr {self.ip[role]}", f"input ip saddr {self.ip[role]}")
+        return at
 
     def drop_one_way(self, src, dst):
         """Packets from `src` to `dst` dropped (replies the other way still pass)."""
@@ -209,6 +224,8 @@ def selftest():
             ("healed", net.heal, "connected"),
             ("one way node2->node1", lambda: net.drop_one_way("node2", "node1"), "timeout"),
             ("one way node1->node2", lambda: (net.heal(), net.drop_one_way("node1", "node2")), "timeout"),
+            ("healed", net.heal, "connected"),
+            ("node1 isolated", lambda: net.isolate("node1", ["node2", "witness"]), "timeout"),
             ("healed", net.heal, "connected"),
             ("node1 link down", lambda: net.link_down("node1"), "timeout"),
             ("node1 link up", lambda: net.link_up("node1"), "connected"),
