@@ -8,7 +8,9 @@ Nothing is created in, or routed to, the namespace the test runs in: the veth pa
 the switch namespace, and no namespace has a default route, so no packet can leave the site.
 
 Faults are silent, as a real partition is: nftables `drop` rules in the roles' own namespaces (a
-peer sees timeouts, never a refusal), and a link taken down at the switch (a pulled cable).
+peer sees timeouts, never a refusal), and a link taken down at the switch (a pulled cable). A lossy
+link drops a share of packets at random (nftables `numgen`); a slow one runs new connections through
+a delaying proxy (delay.py), since this kernel has no netem.
 
     net = Net(); net.setup()
     try:
@@ -31,6 +33,11 @@ import time
 # New roles go at the end: a role's address is its index in this list.
 ROLES = ("hub1", "hub2", "node1", "node2", "clients", "witness")
 TABLE = "hrfault"
+# The redirect of delayed links to delay.py, and the mark its own connections carry past it.
+NAT = "hrdelay"
+MARK = 0x4852
+DELAY_PORT = 39999
+DELAY_PY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "delay.py")
 
 
 def sh(*argv, input=None, check=True):
@@ -52,6 +59,7 @@ class Net:
         self.switch = f"{self.tag}-sw"
         self.ip = {r: f"{self.subnet}.{10 + i}" for i, r in enumerate(self.roles)}
         self.down = set()
+        self.proxies = []  # delay.py processes, stopped by heal()
         self.made = []  # namespaces created, for teardown
 
     # State for a process that re-executes inside a namespace and drives the same network.
@@ -137,6 +145,34 @@ class Net:
         self._nft(src, f"output ip daddr {self.ip[dst]}")
         self._nft(dst, f"input ip saddr {self.ip[src]}")
 
+    def lossy(self, a, b, percent):
+        """About `percent` % of the packets between `a` and `b` dropped at random, each way
+        (nftables `numgen random`: real loss, which TCP answers with retransmissions)."""
+        share = "" if percent >= 100 else f" numgen random mod 100 < {percent}"
+        self._nft(a, f"output ip daddr {self.ip[b]}{share}")
+        self._nft(b, f"output ip daddr {self.ip[a]}{share}")
+
+    def delay(self, a, b, ms):
+        """Every new TCP connection between `a` and `b` (either way) delayed by `ms` each way,
+        through delay.py in the connecting role's namespace. Connections open before stall (their
+        packets are dropped), as on a link that became slow, so the roles reconnect through it."""
+        for src, dst in ((a, b), (b, a)):
+            proxy = self.popen(src, [sys.executable, DELAY_PY, "--port", str(DELAY_PORT),
+                                     "--delay-ms", str(ms), "--mark", hex(MARK)],
+                               stdout=subprocess.PIPE, text=True)
+            self.proxies.append(proxy)
+            if proxy.stdout.readline().strip() != "up":
+                raise RuntimeError(f"delay.py did not start in {src}'s namespace")
+            sh("ip", "netns", "exec", self.ns(src), "nft", "-f", "-", input=(
+                f"add table ip {NAT}\n"
+                f"add chain ip {NAT} output {{ type nat hook output priority -100; policy accept; }}\n"
+                f"add rule ip {NAT} output meta mark != {MARK} ip daddr {self.ip[dst]} tcp dport 1-65535 "
+                f"dnat to 127.0.0.1:{DELAY_PORT}\n"
+                # Connections opened before, not through the proxy: stalled (only the direction that
+                # opened them, so the other role's connections through its own proxy are answered).
+                f"add rule inet {TABLE} output ip daddr {self.ip[dst]} meta mark != {MARK} "
+                "ct direction original drop\n"))
+
     def link_down(self, role):
         """`role`'s cable pulled: its switch port goes down (its own interface loses carrier)."""
         sh("ip", "-n", self.switch, "link", "set", role, "down")
@@ -157,6 +193,11 @@ class Net:
         for role in self.roles:
             sh("ip", "netns", "exec", self.ns(role), "nft", "-f", "-",
                input=f"flush chain inet {TABLE} input\nflush chain inet {TABLE} output\n")
+            sh("ip", "netns", "exec", self.ns(role), "nft", "delete", "table", "ip", NAT, check=False)
+        for proxy in self.proxies:
+            proxy.kill()
+            proxy.wait()
+        self.proxies = []
         for role in list(self.down):
             self.link_up(role)
 
@@ -218,6 +259,18 @@ def selftest():
                 capture_output=True, text=True, timeout=20)
             return r.stdout.strip()
 
+        def slow():
+            """Connect and read to the listener's close: 'slow' if that took a delayed round trip."""
+            r = net.run("node2", [sys.executable, "-c", (
+                "import socket,time\n"
+                "t=time.monotonic()\n"
+                "try:\n"
+                f"    c=socket.create_connection(('{net.ip['node1']}', 7000), timeout=5); c.settimeout(5); c.recv(1)\n"
+                "    print('slow' if time.monotonic()-t >= 0.6 else 'fast')\n"
+                "except OSError as e: print(type(e).__name__)\n")],
+                capture_output=True, text=True, timeout=20)
+            return r.stdout.strip()
+
         steps = [
             ("open", lambda: None, "connected"),
             ("cut", lambda: net.cut("node1", "node2"), "timeout"),
@@ -229,10 +282,15 @@ def selftest():
             ("healed", net.heal, "connected"),
             ("node1 link down", lambda: net.link_down("node1"), "timeout"),
             ("node1 link up", lambda: net.link_up("node1"), "connected"),
+            ("all packets lost", lambda: net.lossy("node1", "node2", 100), "timeout"),
+            ("healed", net.heal, "connected"),
+            ("not delayed", lambda: None, "fast"),
+            ("delayed 300 ms", lambda: net.delay("node1", "node2", 300), "slow"),
+            ("healed", net.heal, "fast"),
         ]
         for name, act, want in steps:
             act()
-            got = connect()
+            got = slow() if want in ("fast", "slow") else connect()
             ok &= got == want
             print(f"{name:24} {got:10} {'ok' if got == want else 'FAIL: want ' + want}")
         listener.kill()
