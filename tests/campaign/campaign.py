@@ -80,6 +80,7 @@ PROBE_BOX = "probe@example.test"
 CLOCK_CACHE_S = 1
 # The site's min_free_space (bytes): a disk-full fault leaves half of it free, or nothing.
 MIN_FREE = 64 << 20
+MOUNT_LINE = re.compile(r"^(\S+)\s+(?:INFO|WARN)\s.*\bdatabases mounted\b.*\bnode=(\S+).*\bepoch=(\d+)")
 ACK_LINE = re.compile(r"^(\S+)\s+INFO\s.*\backnowledged\b.*\bnode=(\S+).*\bepoch=(\d+)")
 
 
@@ -191,8 +192,10 @@ class Site:
         # The probes after a heal (partitions, the etcd witness's faults) have a mailbox of their own.
         probes = bool(net or self.etcd)
         self.mailboxes = MAILBOXES + ([PROBE_BOX] if probes else [])
-        # Partitions healed: (kind, what, start, healed, s to an active node, s to a probe delivered).
+        # Faults healed, as partition() measured them (a dict each: kind, what, started, healed, ...
         self.recoveries = []
+        # Expectations a fault broke without stopping the run (they fail it at the end).
+        self.problems = []
         self.load = None
         self.config = os.path.join(self.dir, "site.toml")
         roles = "".join(
@@ -516,11 +519,75 @@ def probe(site, hub, mid):
     return True
 
 
+def log_time(stamp):
+    """A log line's timestamp (RFC 3339, UTC) as seconds since the epoch."""
+    return datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+
+
+def log_size(site, name):
+    try:
+        return os.path.getsize(site.log(name))
+    except FileNotFoundError:
+        return 0
+
+
+def acks_since(site, node, offset, since, line=ACK_LINE):
+    """`node`'s own `acknowledged` log lines (or `line`'s) written after byte `offset` of its log
+    and at or after `since` (real time, s): a list of (time, epoch)."""
+    out = []
+    try:
+        with open(site.log(node), "rb") as f:
+            f.seek(offset)
+            text = f.read().decode(errors="replace")
+    except FileNotFoundError:
+        return out
+    for text_line in text.splitlines():
+        m = line.match(text_line)
+        if m and m.group(2) == node:
+            ts = site.real_time(node, log_time(m.group(1)))
+            if ts >= since:
+                out.append((ts, int(m.group(3))))
+    return out
+
+
+def failovers(site, offsets, active, since):
+    """From the nodes' `databases mounted` log lines since `since`: how many times the other node
+    than the one active before became active (failovers), and how many times the same node
+    mounted again in a new epoch (remounts)."""
+    mounts = sorted((t, n) for n in ("node1", "node2")
+                    for t, _ in acks_since(site, n, offsets[n], since, MOUNT_LINE))
+    moved = again = 0
+    for _, n in mounts:
+        if n == active:
+            again += 1
+        else:
+            moved += 1
+            active = n
+    return moved, again
+
+
+def max_epoch(site):
+    """The highest epoch either node reports (None if neither answers)."""
+    epochs = [s["epoch"] for s in site.roles(timeout=3).values() if s]
+    return max(epochs) if epochs else None
+
+
+# An active cut off from its peer and the witness must stop acknowledging within the lease time
+# (3 s, of which it counts on 2) of its last renewal; the bound allows for the log line's delay.
+STOP_ACK_BOUND_S = 3.5
+
+
 def partition(site, kind, rng, active, passive, note):
-    """A silent partition for 3-8 s, then healed; the site must then serve again by itself: an
-    active node, and a message through each hub delivered to it, each within a bound."""
+    """A silent partition (or the etcd witness killed) for a few seconds, then healed; the site
+    must then serve again by itself: an active node, and a message through each hub delivered to
+    it, each within a bound. Some kinds check more: see the README's table."""
     net, seconds = site.net, rng.uniform(3, 8)
     ahead = None
+    epoch0 = max_epoch(site)
+    offsets = {n: log_size(site, n) for n in ("node1", "node2")}
+    failures = []
+    takeover = stop_ack = back_passive = None
+    started = time.time()
     if kind == "cut-nodes":
         if site.faketime and rng.random() < 0.5:
             # The passive's wall clock an hour ahead while the nodes lose each other (sequence 2
@@ -529,6 +596,7 @@ def partition(site, kind, rng, active, passive, note):
             ahead = passive
             site.step_clock(passive, "+1h")
             time.sleep(CLOCK_CACHE_S + 0.5)
+        started = time.time()
         net.cut("node1", "node2")
         what = "node1 <-> node2" + (f", {passive}'s clock 1 h ahead" if ahead else "")
     elif kind == "oneway-nodes":
@@ -539,12 +607,52 @@ def partition(site, kind, rng, active, passive, note):
         hub = rng.choice(["hub1", "hub2"])
         net.cut(hub, active)
         what = f"{hub} <-> {active} (active)"
-    else:
+    elif kind == "link-down-active":
         net.link_down(active)
         what = f"{active} (active) link down"
-    started = time.time()
-    time.sleep(seconds)
-    net.heal()
+    elif kind in ("cut-active-witness", "cut-passive-witness"):
+        node = active if kind == "cut-active-witness" else passive
+        net.cut(node, "witness")
+        what = f"{node} ({'active' if node == active else 'passive'}) <-> witness"
+    elif kind == "isolate-active":
+        seconds = rng.uniform(6, 10)
+        started = net.isolate(active, [passive, "witness"])
+        what = f"{active} (active) <-> {passive} and witness (hubs still reach it)"
+    elif kind == "flap-nodes":
+        seconds = 8
+        what = "node1 <-> node2 cut and healed"
+    elif kind == "kill-witness":
+        site.etcd.kill9()
+        what = "etcd kill -9, restarted on its data"
+    else:
+        raise ValueError(kind)
+    end = started + seconds
+    passive_state = None
+    if kind == "isolate-active":
+        # The failover: when the passive says it holds the databases (its admin API, from the
+        # clients' namespace, which no cut here touches).
+        while time.time() < end:
+            st = site.node_status(passive, timeout=1)
+            if st and st.get("mounted"):
+                takeover = time.time() - started
+                break
+            passive_state = st and (st.get("role"), st.get("reason"))
+            time.sleep(0.1)
+    elif kind == "flap-nodes":
+        flaps = 0
+        while time.time() < end:
+            net.cut("node1", "node2")
+            time.sleep(rng.uniform(0.2, 1.5))
+            net.heal()
+            flaps += 1
+            time.sleep(min(rng.uniform(0.2, 1.5), max(0, end - time.time())))
+        what += f" {flaps} times"
+    time.sleep(max(0, end - time.time()))
+    if kind == "kill-witness":
+        site.etcd.start()
+        what += f" after {time.time() - started:.1f}s"
+    else:
+        net.heal()
     healed = time.time()
     # Polled with a long timeout: the time until a node answers that it is active, not a guess
     # from requests given up on while a node just back on the network is busy.
@@ -581,11 +689,69 @@ def partition(site, kind, rng, active, passive, note):
     to_served = time.time() - healed
     if ahead:
         site.step_clock(ahead, "+0")
+    extra = ""
+    if kind == "isolate-active" and takeover is not None:
+        # The old active must come back by itself as the passive of the new one: following it
+        # (sees it), its copies Healthy again (a diverged tail discarded, copying on).
+        while time.time() < healed + 60:
+            st = site.node_status(active, timeout=3)
+            if (st and st.get("role") == "Passive" and st.get("sees_peer")
+                    and all(g.get("summary_copy_status") == "Healthy" for g in st["storage_groups"])):
+                back_passive = time.time() - healed
+                break
+            time.sleep(0.2)
+        # From the isolated node's own log lines of acknowledged deliveries (written after its
+        # last authority check, just before the 250 goes out).
+    if kind == "isolate-active":
+        # Until the heal: after it, the old active may rightly serve again (no failover happened).
+        mine = [a for a in acks_since(site, active, offsets[active], started) if a[0] <= healed]
+        theirs = acks_since(site, passive, offsets[passive], started)
+        stop_ack = max((t for t, _ in mine), default=started) - started
+        first_new = min((t for t, _ in theirs), default=None)
+        extra = (f"; {active} acknowledged {len(mine)} deliveries after the cut, the last "
+                 f"{stop_ack:.2f}s after it; {passive} mounted "
+                 + (f"{takeover:.1f}s after the cut" if takeover is not None
+                    else f"never during the cut (it was {passive_state})")
+                 + (f", first acknowledged {first_new - started:.1f}s after it" if first_new else "")
+                 + ("" if takeover is None else f"; {active} passive again {back_passive:.1f}s after the heal"
+                    if back_passive is not None else f"; {active} NOT passive 60 s after the heal"))
+        if stop_ack > STOP_ACK_BOUND_S:
+            failures.append(f"{active}, cut off from its peer and the witness, acknowledged "
+                            f"{stop_ack:.2f}s after the cut (bound {STOP_ACK_BOUND_S}s)")
+        if takeover is None and "AutoDatabaseMountDial" not in str(passive_state):
+            # Staying dismounted because more logs than the dial allows were not copied yet is
+            # the dial doing its job (the note says so); anything else is not.
+            failures.append(f"{passive} did not take the databases over in the {seconds:.1f}s "
+                            f"{active} was cut off: {passive_state}")
+        if takeover is not None and back_passive is None:
+            failures.append(f"{active} was not a Healthy passive 60 s after the heal: "
+                            f"{site.node_status(active, timeout=3)}")
+    epoch1 = max_epoch(site)
+    moved, again = failovers(site, offsets, active, started)
+    if kind in ("cut-active-witness", "cut-passive-witness", "kill-witness"):
+        # The nodes see each other throughout: quorum without the witness; mail flows on.
+        acked = [t for t, _ in acks_since(site, active, offsets[active], started) if t <= healed]
+        late = [t for t in acked if t >= healed - 1]
+        extra = f"; {active} acknowledged {len(acked)} deliveries during it ({len(late)} in its last second)"
+        if site.active() != active or moved or again:
+            failures.append(f"the active changed ({active} -> {site.active()}, epoch {epoch0} -> "
+                            f"{epoch1}) although the nodes saw each other")
+        if not late:
+            failures.append(f"{active} acknowledged nothing in the last second before the heal")
     utc = lambda t: datetime.datetime.fromtimestamp(t, datetime.timezone.utc).strftime("%H:%M:%S.%f")[:-3]
-    note(f"{kind}: {what} from {utc(started)} to {utc(healed)} UTC ({seconds:.1f}s); after the heal "
-         f"an active node in {to_active:.1f}s, a message through each hub delivered in {to_served:.1f}s "
+    note(f"{kind}: {what} from {utc(started)} to {utc(healed)} UTC ({healed - started:.1f}s); "
+         f"{moved} failover(s), {again} remount(s) (epoch {epoch0} -> {epoch1}){extra}; after the heal an active "
+         f"node in {to_active:.1f}s, a message through each hub delivered in {to_served:.1f}s "
          f"(queued at the hubs then: {backlog})")
-    site.recoveries.append((kind, what, started, healed, to_active, to_served))
+    site.recoveries.append({"kind": kind, "what": what, "started": started, "healed": healed,
+                            "to_active": to_active, "to_served": to_served,
+                            "failovers": moved, "remounts": again, "takeover": takeover, "stop_ack": stop_ack,
+                            "back_passive": back_passive})
+    for f in failures:
+        # A broken expectation fails the run but does not end it: the remaining faults still say
+        # how often it happens (and the final checks still run).
+        site.problems.append(f"{kind} ({what}) at {utc(started)} UTC: {f}")
+        print(f"  problem: {site.problems[-1]}", file=sys.stderr, flush=True)
     if pending:
         raise Failure(f"{kind} ({what}): 60 s after the heal, nothing sent through "
                       f"{sorted(pending)} since had reached the active node ({site.roles()})")
@@ -684,7 +850,7 @@ def inject(site, kind, rng, note):
         return
     active = site.wait_active()
     passive = "node2" if active == "node1" else "node1"
-    if kind in PARTITIONS:
+    if kind in HEALED:
         partition(site, kind, rng, active, passive, note)
     elif kind == "reseed":
         reseed(site, rng, active, passive, note)
@@ -905,28 +1071,49 @@ def check(site, load):
 
 
 def recovery(site, load):
-    """Per partition kind: how soon after the heals the site served again, and the p99 of the
-    hubs' 250s given from the cut until then."""
+    """Per kind measured after a heal: how soon after the heals the site served again, the p99 of
+    the hubs' 250s given from the cut until then, the failovers (epochs begun) it caused, and for
+    isolate-active the longest times to the passive's takeover, to the isolated node's last
+    acknowledgement (from the cut) and to it being passive again (from the heal)."""
     out = {}
-    for kind in PARTITIONS:
-        done = [r for r in site.recoveries if r[0] == kind]
+    for kind in HEALED:
+        done = [r for r in site.recoveries if r["kind"] == kind]
         if not done:
             continue
         lat = sorted(l for start, l in load.latencies
-                     if any(r[2] <= start <= r[3] + r[5] for r in done))
-        out[kind] = {"n": len(done), "to_active_max": max(r[4] for r in done),
-                     "to_served_max": max(r[5] for r in done), "acks": len(lat),
-                     "ack_p99_ms": round(1000 * lat[int(0.99 * (len(lat) - 1))]) if lat else None}
+                     if any(r["started"] <= start <= r["healed"] + r["to_served"] for r in done))
+        most = lambda key: max((r[key] for r in done if r[key] is not None), default=None)
+        out[kind] = {"n": len(done), "to_active_max": most("to_active"),
+                     "to_served_max": most("to_served"), "acks": len(lat),
+                     "ack_p99_ms": round(1000 * lat[int(0.99 * (len(lat) - 1))]) if lat else None,
+                     "failovers": sum(r["failovers"] or 0 for r in done),
+                     "with_failover": sum(1 for r in done if r["failovers"]),
+                     "remounts": sum(r["remounts"] for r in done),
+                     "takeover_max": most("takeover"), "stop_ack_max": most("stop_ack"),
+                     "back_passive_max": most("back_passive")}
     return out
+
+
+def unmet(kind, args):
+    """Why `kind` cannot run with these options (None if it can)."""
+    need = NEEDS.get(kind, ())
+    missing = [flag for want, flag, have in (("netns", "--netns", args.netns),
+                                             ("etcd", "--witness etcd", args.witness == "etcd"))
+               if want in need and not have]
+    return f"needs {' '.join(missing)}" if missing else None
 
 
 def run(args, kinds, seed, net=None):
     rng = random.Random(seed)
-    site = Site(args.bin, rng, args.keep, net)
+    notes = []
+    for k in kinds:
+        if unmet(k, args):
+            notes.append(f"{k} skipped: {unmet(k, args)}")
+    kinds = [k for k in kinds if not unmet(k, args)]
+    site = Site(args.bin, rng, args.keep, net, args.witness)
     if net:
         net.heal()  # nothing left over from a previous site of this run
-    notes = []
-    row = {"fault": ",".join(kinds) if len(kinds) > 1 else kinds[0], "faults": 0,
+    row = {"fault": ",".join(kinds) if len(kinds) > 1 else (kinds or ["-"])[0], "faults": 0,
            "acknowledged": 0, "missing": 0, "duplicated": 0, "ok": False, "dir": site.dir}
     load = None
     try:
@@ -938,6 +1125,11 @@ def run(args, kinds, seed, net=None):
             why = site.use_faketime()
             if why:
                 notes.append(f"clock-step skipped: {why}")
+        if site.etcd:
+            if not site.etcd.bin:
+                raise Failure("--witness etcd: no etcd server (/usr/bin/etcd; tests/install-package.sh "
+                              "etcd-server could not install it)")
+            site.etcd.start()
         for n in ("node1", "node2", "hub1", "hub2"):
             site.start(n)
         site.wait_active()
@@ -977,6 +1169,7 @@ def run(args, kinds, seed, net=None):
         row["acknowledged"] = len(load.acked) if load else 0
         row["sent"] = load.sent if load else 0
         row["recovery"] = recovery(site, load) if load else {}
+    result["problems"] = site.problems + result["problems"]
     row["missing"] = len(result["missing"]) + len(result["missing_after_move"])
     row["duplicated"] = len(result["duplicated"])
     row["problems"] = result["problems"]
@@ -1033,6 +1226,9 @@ def main():
                     "the first table, or with --netns the partitions)")
     ap.add_argument("--netns", action="store_true",
                     help="every role in a network namespace of its own (root); enables partitions")
+    ap.add_argument("--witness", choices=["share", "etcd"], default="share",
+                    help="the CMS's witness: a file share directory, or a real etcd server the "
+                    "campaign starts (with --netns in a namespace of its own)")
     ap.add_argument("--faults-per-kind", type=int, default=3)
     ap.add_argument("--per-kind", action="store_true", help="a fresh site per fault kind, one row each")
     ap.add_argument("--short", action="store_true", help="CI size: every kind once, one site")
@@ -1042,10 +1238,11 @@ def main():
     ap.add_argument("--keep", action="store_true", help="keep the site directory")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
-    kinds = [k for k in (args.faults or ",".join(PARTITIONS if args.netns else KINDS)).split(",") if k]
-    unknown = [k for k in kinds if k not in KINDS + PARTITIONS]
+    default = [k for k in (PARTITIONS if args.netns else KINDS) + WITNESS_KINDS if not unmet(k, args)]
+    kinds = [k for k in (args.faults or ",".join(default)).split(",") if k]
+    unknown = [k for k in kinds if k not in KINDS + HEALED]
     if unknown:
-        ap.error(f"unknown fault kinds {unknown}; known: {', '.join(KINDS + PARTITIONS)}")
+        ap.error(f"unknown fault kinds {unknown}; known: {', '.join(KINDS + HEALED)}")
     if not args.netns and set(kinds) & set(PARTITIONS):
         ap.error(f"{', '.join(PARTITIONS)} need --netns")
     if args.netns and "disk-full" in kinds:
@@ -1054,8 +1251,9 @@ def main():
     if args.netns and NETNS_ENV not in os.environ:
         sys.exit(in_namespaces())
     net = netns.Net.from_state(os.environ[NETNS_ENV]) if args.netns else None
-    if net:
-        netns.on_signals_exit()  # the outer process may end this one with SIGTERM
+    # The outer process may end this one with SIGTERM; without namespaces, SIGTERM and SIGHUP too
+    # stop the roles and etcd (through run's handler and atexit) instead of leaving them behind.
+    netns.on_signals_exit()
     if args.short:
         args.faults_per_kind = 1
     runs = [[k] for k in kinds] if args.per_kind else [kinds]
@@ -1072,12 +1270,18 @@ def main():
           f"{'ok' if all(r['ok'] for r in rows) else 'FAIL'} |")
     rec = [(k, v) for r in rows for k, v in r["recovery"].items()]
     if rec:
-        print("\n| partition | healed | active node after heal (max) | delivered through both hubs "
-              "after heal (max) | hub 250 p99 from cut to delivered |")
-        print("|---|---|---|---|---|")
+        secs = lambda x: "-" if x is None else f"{x:.1f} s"
+        print("\n| fault | healed | failovers (faults with one) | remounts | passive took over "
+              "(max) | isolated active's last ack after cut (max) | active node after heal (max) | "
+              "delivered through both hubs after heal (max) | old active Healthy passive after heal "
+              "(max) | hub 250 p99 from cut to delivered |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
         for k, v in rec:
             p99 = "-" if v["ack_p99_ms"] is None else f"{v['ack_p99_ms']} ms ({v['acks']} acks)"
-            print(f"| {k} | {v['n']} | {v['to_active_max']:.1f} s | {v['to_served_max']:.1f} s | {p99} |")
+            stop = "-" if v["stop_ack_max"] is None else f"{v['stop_ack_max']:.2f} s"
+            print(f"| {k} | {v['n']} | {v['failovers']} ({v['with_failover']}) | {v['remounts']} | "
+                  f"{secs(v['takeover_max'])} | {stop} | {secs(v['to_active_max'])} | "
+                  f"{secs(v['to_served_max'])} | {secs(v['back_passive_max'])} | {p99} |")
     print(f"{sum(r['ok'] for r in rows)} passed, {sum(not r['ok'] for r in rows)} failed")
     sys.exit(0 if all(r["ok"] for r in rows) else 1)
 
