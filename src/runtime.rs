@@ -14,7 +14,7 @@ use crate::admin;
 use crate::config::Site;
 use crate::hub::{inbound::HubInbound, Hub, HubError};
 use crate::node::{inbound::NodeInbound, MailboxNode, NodeError};
-use crate::smtp::{self, ServerTls, SmtpConfig, TlsError, TlsFiles};
+use crate::smtp::{self, DeliveryAuth, DeliverySecret, ServerTls, SmtpConfig, TlsError, TlsFiles};
 
 /// Why a role could not start.
 #[derive(Debug, thiserror::Error)]
@@ -191,6 +191,51 @@ fn start_tls(
     Ok(Some(tls))
 }
 
+/// Reads `delivery_secret_file` again on every SIGHUP until shutdown and puts it in force, so a
+/// hub with a wrong secret delivers once the file is fixed, without a restart. A site without the
+/// file (the secret derived from `admin_token`) has nothing to reload.
+fn reload_secret_on_sighup(
+    role: &str,
+    site: &Arc<Site>,
+    secret: DeliverySecret,
+    shutdown: &CancellationToken,
+    tasks: &mut JoinSet<()>,
+) -> Result<(), StartError> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Some(file) = site.delivery_secret_file.clone() else {
+        return Ok(());
+    };
+    let mut hangup = signal(SignalKind::hangup()).map_err(|source| StartError::Signal {
+        role: role.to_string(),
+        source,
+    })?;
+    let (site, role, stop) = (site.clone(), role.to_string(), shutdown.clone());
+    tasks.spawn(async move {
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => break,
+                got = hangup.recv() => {
+                    if got.is_none() {
+                        break;
+                    }
+                    match site.reread_delivery_secret() {
+                        Some(Ok(bytes)) => {
+                            secret.replace(bytes);
+                            info!(role = %role, file = %file.display(), "delivery secret reloaded");
+                        }
+                        Some(Err(e)) => error!(
+                            role = %role, error = %e,
+                            "delivery_secret_file reload failed; keeping the secret in use"
+                        ),
+                        None => {}
+                    }
+                }
+            }
+        }
+    });
+    Ok(())
+}
+
 /// Opens hub `name` under `data/<name>` and starts its SMTP and admin listeners in `tasks`.
 pub async fn start_hub(
     site: &Arc<Site>,
@@ -216,6 +261,7 @@ pub async fn start_hub(
         Arc::new(HubInbound(hub.clone())),
         smtp_config(site, &hub.hostname, Listener::Hub, tls, cfg.require_tls),
     );
+    reload_secret_on_sighup(name, site, hub.delivery_secret.clone(), shutdown, tasks)?;
     let admin = (admin_l, admin::hub_router(hub.clone()));
     spawn_listeners(tasks, name, smtp, admin, site, shutdown);
     hub.spawn_housekeeping(shutdown.clone());
@@ -241,11 +287,15 @@ pub async fn start_node(
             source,
         }
     })?;
-    let smtp = (
-        smtp_l,
-        Arc::new(NodeInbound(node.clone())),
-        smtp_config(site, &node.hostname, Listener::Node, tls, cfg.require_tls),
-    );
+    // Deliveries come from the site's hubs only, proven with the site's delivery secret.
+    let secret = DeliverySecret::new(site.delivery_secret.clone());
+    reload_secret_on_sighup(name, site, secret.clone(), shutdown, tasks)?;
+    let mut smtp_cfg = smtp_config(site, &node.hostname, Listener::Node, tls, cfg.require_tls);
+    smtp_cfg.auth = Some(DeliveryAuth {
+        secret,
+        users: site.hubs.iter().map(|h| h.name.clone()).collect(),
+    });
+    let smtp = (smtp_l, Arc::new(NodeInbound(node.clone())), smtp_cfg);
     let admin = (admin_l, admin::node_router(node.clone()));
     spawn_listeners(tasks, name, smtp, admin, site, shutdown);
     crate::node::driver::spawn(node.clone(), shutdown.clone());

@@ -111,6 +111,11 @@ pub struct Site {
     pub dedup_retention: Duration,
     /// The bearer token every admin call must carry.
     pub admin_token: String,
+    /// What hubs prove themselves to nodes with (SMTP AUTH, `crate::smtp::DeliverySecret`): the
+    /// content of `delivery_secret_file`, or derived from `admin_token` without one.
+    pub delivery_secret: Vec<u8>,
+    /// `delivery_secret_file`, read again on SIGHUP.
+    pub delivery_secret_file: Option<PathBuf>,
     /// CA certificates (PEM) hubs verify mailbox nodes against when `delivery_tls` is `required`.
     pub tls_ca: Option<PathBuf>,
     /// Whether hubs deliver to nodes over STARTTLS.
@@ -233,7 +238,25 @@ pub struct Route {
     pub storage_group: String,
 }
 
+/// Reads a delivery secret file: its bytes less trailing line ends, never empty.
+pub fn read_secret_file(path: &Path) -> Result<Vec<u8>, String> {
+    let mut bytes =
+        std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    while bytes.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+        bytes.pop();
+    }
+    if bytes.is_empty() {
+        return Err(format!("{} is empty", path.display()));
+    }
+    Ok(bytes)
+}
+
 impl Site {
+    /// `delivery_secret_file` read again (SIGHUP): `None` when the site has no such file.
+    pub fn reread_delivery_secret(&self) -> Option<Result<Vec<u8>, String>> {
+        self.delivery_secret_file.as_deref().map(read_secret_file)
+    }
+
     /// Reads and validates a site file.
     pub fn load(path: &Path) -> Result<Site, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {

@@ -150,6 +150,7 @@ pub(super) struct RawSite {
     pub(super) dedup_retention: Spanned<Dur>,
     pub(super) admin_token: Option<Spanned<String>>,
     pub(super) admin_token_file: Option<Spanned<PathBuf>>,
+    pub(super) delivery_secret_file: Option<Spanned<PathBuf>>,
     pub(super) tls_certificate: Option<Spanned<PathBuf>>,
     pub(super) tls_private_key: Option<Spanned<PathBuf>>,
     #[serde(default = "default_require_tls")]

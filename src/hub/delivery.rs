@@ -4,7 +4,9 @@
 //! must not fail the others, so this drives lettre's connection command by command (MAIL, each RCPT,
 //! DATA) and classifies every reply exactly once into an [`Outcome`]. Connections are kept per node and
 //! reused. A passive node answers 4xx at MAIL; the hub then tries the other node and remembers which
-//! one answered as active. Each new connection is secured as `delivery_tls` says ([`super::node_tls`]).
+//! one answered as active. Each new connection is secured as `delivery_tls` says ([`super::node_tls`])
+//! and then authenticated with the site's delivery secret (AUTH CRAM-SHA256, [`crate::smtp::DeliveryAuth`]):
+//! nodes take mail from the site's hubs only.
 //!
 //! Getting a connection and its answer to MAIL (the *opening*) must come within
 //! `node_connect_timeout`; what each node made of its openings ([`Reach`]) decides which nodes an
@@ -25,6 +27,7 @@ use tracing::{debug, warn};
 use super::node_tls::{ForNode, NodeTls, NodeTlsError};
 use super::reach::{attempt_order, LeftAlone, Reach};
 use crate::config::Cms;
+use crate::smtp::{DeliverySecret, MECHANISM};
 
 /// How long one SMTP step after MAIL may take before the attempt counts as a temporary failure:
 /// DATA waits for the node's fsync, which a loaded disk can stretch far beyond an opening.
@@ -57,6 +60,8 @@ pub struct CmsLink {
     client_id: ClientId,
     /// `node_connect_timeout`: how long an opening may take.
     connect_timeout: Duration,
+    /// This hub's name (the AUTH user) and the site's delivery secret.
+    auth: (String, DeliverySecret),
 }
 
 struct NodeLink {
@@ -121,6 +126,7 @@ impl CmsLink {
         hostname: &str,
         tls: &NodeTls,
         connect_timeout: Duration,
+        auth: (String, DeliverySecret),
     ) -> Result<CmsLink, NodeTlsError> {
         let nodes = cms
             .nodes
@@ -141,6 +147,7 @@ impl CmsLink {
             preferred: AtomicUsize::new(0),
             client_id: ClientId::Domain(hostname.to_string()),
             connect_timeout,
+            auth,
         })
     }
 
@@ -307,7 +314,37 @@ impl CmsLink {
                 .await
                 .map_err(|e| e.to_string())?;
         node.tls.secure(&mut conn, &self.client_id).await?;
+        self.authenticate(&mut conn).await?;
         Ok(conn)
+    }
+
+    /// AUTH CRAM-SHA256 as this hub. A node that does not offer it (one of an older release, or
+    /// another MTA in its place) answers 5xx and gets the mail without; a refused answer (a wrong
+    /// secret) fails the connection, so the mail stays queued and is retried.
+    ///
+    /// lettre's AUTH mechanisms (PLAIN, LOGIN, XOAUTH2) send the secret itself, and its EHLO
+    /// parser keeps only those, so the exchange is sent as plain command lines.
+    async fn authenticate(&self, conn: &mut AsyncSmtpConnection) -> Result<(), String> {
+        let (user, secret) = &self.auth;
+        let challenge = match conn.command(Line(format!("AUTH {MECHANISM}"))).await {
+            Ok(r) if r.has_code(334) => r.first_line().unwrap_or_default().to_string(),
+            Ok(_) => return Ok(()),
+            Err(e) if e.is_permanent() => {
+                debug!(error = %e, "the node does not take AUTH; delivering without");
+                return Ok(());
+            }
+            Err(e) => return Err(e.to_string()),
+        };
+        let answer = secret
+            .respond(user, &challenge)
+            .map_err(|e| e.to_string())?;
+        match conn.command(Line(answer)).await {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                warn!(error = %e, "the node refused this hub's AUTH: is delivery_secret_file the same on every role?");
+                Err(format!("AUTH refused: {e}"))
+            }
+        }
     }
 
     fn release(&self, node: &NodeLink, conn: AsyncSmtpConnection) {
@@ -315,6 +352,15 @@ impl CmsLink {
         if idle.len() < MAX_IDLE_PER_NODE {
             idle.push(conn);
         }
+    }
+}
+
+/// A command line of our own (lettre's command types cover only the commands it knows).
+struct Line(String);
+
+impl std::fmt::Display for Line {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}\r\n", self.0)
     }
 }
 
@@ -330,6 +376,12 @@ enum Fail {
 
 impl From<SmtpError> for Fail {
     fn from(e: SmtpError) -> Fail {
+        // 530: the node wants what this hub did not give (AUTH it did not offer when the hub
+        // connected, or STARTTLS): a fault of the site's configuration, never of the message, so
+        // the mail waits for it to be fixed instead of bouncing.
+        if e.status().map(u16::from) == Some(530) {
+            return Fail::Transient(format!("the node refused this hub: {e}"));
+        }
         if e.is_permanent() {
             Fail::Permanent(Outcome::Permanent {
                 code: e.status().map(u16::from).unwrap_or(550),

@@ -39,6 +39,7 @@ use tracing::{error, info, info_span, warn, Instrument};
 
 use crate::clock::now_ms;
 use crate::config::Site;
+use crate::smtp::DeliverySecret;
 use crate::space::Space;
 use commit::GroupCommit;
 use delivery::{CmsLink, Outcome};
@@ -98,6 +99,8 @@ pub struct Hub {
     pub metrics: HubMetrics,
     /// Free space where the store is, against `min_free_space`: below it new mail gets 452.
     pub space: Space,
+    /// What this hub proves itself to nodes with; replaced on SIGHUP from `delivery_secret_file`.
+    pub delivery_secret: DeliverySecret,
     commit: GroupCommit,
     writer: writer::Writer,
     links: Vec<CmsLink>,
@@ -124,10 +127,14 @@ impl Hub {
         let flusher = store.clone();
         let commit = GroupCommit::start(move || flusher.flush().map_err(|e| e.to_string()));
         let hostname = site.hub_hostname(name);
+        let delivery_secret = DeliverySecret::new(site.delivery_secret.clone());
         let links = site
             .cms
             .iter()
-            .map(|c| CmsLink::new(c, &hostname, &node_tls, site.node_connect_timeout))
+            .map(|c| {
+                let auth = (name.to_string(), delivery_secret.clone());
+                CmsLink::new(c, &hostname, &node_tls, site.node_connect_timeout, auth)
+            })
             .collect::<Result<_, _>>()?;
         let (scheduler, due) = Scheduler::new();
         let in_flow = InFlow::new(IN_FLOW_BACKLOG, site.in_flow_delay);
@@ -139,6 +146,7 @@ impl Hub {
             store,
             metrics: HubMetrics::new(name),
             space,
+            delivery_secret,
             commit,
             writer,
             links,

@@ -54,6 +54,10 @@ impl Backend for NodeInbound {
         }
     }
 
+    fn auth_refused(&self, reason: &'static str) {
+        self.0.metrics.auth_refused(reason);
+    }
+
     async fn deliver(&self, msg: Incoming) -> Reply {
         let node = &self.0;
         if !node.is_active() {

@@ -52,6 +52,13 @@ pub struct FailoverLabels {
     pub kind: &'static str,
 }
 
+/// Labels of the AUTH refusal counter.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct AuthLabels {
+    /// `missing` (MAIL without AUTH) or `invalid` (a wrong answer).
+    pub reason: &'static str,
+}
+
 /// The per-storage-group counters of the delivery path.
 #[derive(Debug, Clone)]
 struct SgCounters {
@@ -68,6 +75,8 @@ pub struct NodeMetrics {
     lossy: Counter,
     lossless: Counter,
     moves: Counter,
+    auth_missing: Counter,
+    auth_invalid: Counter,
     active: Gauge,
     epoch: Gauge,
     last_generated: Family<SgLabels, Gauge>,
@@ -90,6 +99,7 @@ impl NodeMetrics {
         let duplicates: Family<SgLabels, Counter> = Family::default();
         let truncated: Family<SgLabels, Counter> = Family::default();
         let failovers: Family<FailoverLabels, Counter> = Family::default();
+        let auth_refused: Family<AuthLabels, Counter> = Family::default();
         let per_sg = storage_groups
             .iter()
             .map(|sg| {
@@ -108,6 +118,8 @@ impl NodeMetrics {
             lossy: failovers.get_or_create_owned(&FailoverLabels { kind: "lossy" }),
             lossless: failovers.get_or_create_owned(&FailoverLabels { kind: "lossless" }),
             moves: Counter::default(),
+            auth_missing: auth_refused.get_or_create_owned(&AuthLabels { reason: "missing" }),
+            auth_invalid: auth_refused.get_or_create_owned(&AuthLabels { reason: "invalid" }),
             active: Gauge::default(),
             epoch: Gauge::default(),
             last_generated: Family::default(),
@@ -147,6 +159,11 @@ impl NodeMetrics {
             "moves",
             "Scheduled moves (and handovers at shutdown) away from this node",
             m.moves.clone(),
+        );
+        r.register(
+            "smtp_auth_refused",
+            "SMTP clients refused by this node before MAIL: without AUTH (reason missing: not one of the site's hubs) or with a wrong answer (reason invalid: a wrong delivery secret)",
+            auth_refused,
         );
         r.register(
             "node_active",
@@ -223,6 +240,14 @@ impl NodeMetrics {
         } else {
             self.lossless.inc();
         }
+    }
+
+    /// An SMTP client was refused for want of AUTH (`missing`) or a wrong answer (`invalid`).
+    pub fn auth_refused(&self, reason: &str) {
+        match reason {
+            "missing" => self.auth_missing.inc(),
+            _ => self.auth_invalid.inc(),
+        };
     }
 
     /// A scheduled move away from this node completed.

@@ -8,9 +8,11 @@ use smtp_proto::{
     RCPT_NOTIFY_SUCCESS,
 };
 
+use super::auth::{DeliveryAuth, MECHANISM};
 use super::dsn::{self, Dsn};
 use super::path::{self, PathKind};
 use super::{Backend, BareNewline, Reply, SmtpConfig};
+use tracing::{info, warn};
 
 /// Verbs we recognise but do not offer; RFC 5321 §4.2.4 wants 502 for them, not 500.
 const NOT_IMPLEMENTED: &[&str] = &[
@@ -71,6 +73,18 @@ impl Step {
     }
 }
 
+/// Where the AUTH exchange of a listener that requires it stands.
+#[derive(Debug, Default)]
+enum Auth {
+    /// Not authenticated.
+    #[default]
+    No,
+    /// `334` sent with this challenge: the next line is the client's answer.
+    Challenged(String),
+    /// Authenticated: MAIL is allowed.
+    Yes,
+}
+
 /// Per-connection protocol state.
 #[derive(Debug, Default)]
 pub(crate) struct Commands {
@@ -79,6 +93,7 @@ pub(crate) struct Commands {
     errors: usize,
     /// The connection is encrypted: STARTTLS is no longer offered, and `require_tls` is met.
     tls: bool,
+    auth: Auth,
 }
 
 impl Commands {
@@ -98,10 +113,20 @@ impl Commands {
         backend: &B,
         config: &SmtpConfig,
     ) -> Step {
+        if let Auth::Challenged(challenge) = &self.auth {
+            let challenge = challenge.clone();
+            self.auth = Auth::No;
+            return self.auth_answer(&challenge, line, backend, config);
+        }
         let verb = line
             .split(|&b| b == b' ' || b == b'\r' || b == b'\n')
             .next()
             .unwrap_or_default();
+        if verb.eq_ignore_ascii_case(b"AUTH") {
+            if let Some(auth) = &config.auth {
+                return self.auth(&line[verb.len()..], auth, config);
+            }
+        }
         if NOT_IMPLEMENTED
             .iter()
             .any(|v| verb.eq_ignore_ascii_case(v.as_bytes()))
@@ -187,6 +212,9 @@ impl Commands {
                 if config.tls.is_some() && !self.tls {
                     text.push_str("\nSTARTTLS");
                 }
+                if config.auth.is_some() && (self.tls || !config.require_tls) {
+                    text.push_str(&format!("\nAUTH {MECHANISM}"));
+                }
                 Step::reply(Reply::new(250, "", text))
             }
             Request::Helo { host } => {
@@ -253,6 +281,91 @@ impl Commands {
         }
     }
 
+    /// `AUTH CRAM-SHA256` on a listener that requires it ([`super::auth`]): the challenge.
+    fn auth(&mut self, params: &[u8], _auth: &DeliveryAuth, config: &SmtpConfig) -> Step {
+        if self.helo.is_none() {
+            return self.error(Reply::new(503, "5.5.1", "send EHLO first"), config);
+        }
+        if config.require_tls && !self.tls {
+            return self.error(
+                Reply::new(530, "5.7.0", "Must issue a STARTTLS command first"),
+                config,
+            );
+        }
+        if matches!(self.auth, Auth::Yes) {
+            return self.error(Reply::new(503, "5.5.1", "already authenticated"), config);
+        }
+        if self.envelope.is_some() {
+            return self.error(
+                Reply::new(
+                    503,
+                    "5.5.1",
+                    "AUTH is not allowed during a mail transaction",
+                ),
+                config,
+            );
+        }
+        let text = String::from_utf8_lossy(params);
+        let mut words = text.split_ascii_whitespace();
+        match (words.next(), words.next()) {
+            (Some(m), None) if m.eq_ignore_ascii_case(MECHANISM) => {
+                let challenge = DeliveryAuth::challenge(&config.hostname);
+                self.auth = Auth::Challenged(challenge.clone());
+                Step::reply(Reply::new(334, "", challenge))
+            }
+            (Some(m), Some(_)) if m.eq_ignore_ascii_case(MECHANISM) => self.error(
+                Reply::new(
+                    501,
+                    "5.5.2",
+                    format!("{MECHANISM} takes no initial response"),
+                ),
+                config,
+            ),
+            (None, _) => self.error(Reply::new(501, "5.5.4", "syntax: AUTH mechanism"), config),
+            (Some(_), _) => self.error(
+                Reply::new(
+                    504,
+                    "5.5.4",
+                    format!("unrecognized authentication type; use {MECHANISM}"),
+                ),
+                config,
+            ),
+        }
+    }
+
+    /// The client's answer to our challenge.
+    fn auth_answer<B: Backend>(
+        &mut self,
+        challenge: &str,
+        line: &[u8],
+        backend: &B,
+        config: &SmtpConfig,
+    ) -> Step {
+        let answer = String::from_utf8_lossy(line);
+        let answer = answer.trim_end_matches(['\r', '\n']);
+        if answer == "*" {
+            return self.error(Reply::new(501, "5.7.0", "authentication cancelled"), config);
+        }
+        let Some(auth) = &config.auth else {
+            return self.error(Reply::new(503, "5.5.1", "no AUTH in progress"), config);
+        };
+        match auth.verify(challenge, answer) {
+            Ok(user) => {
+                info!(%user, "hub authenticated");
+                self.auth = Auth::Yes;
+                Step::reply(Reply::new(235, "2.7.0", "Authentication successful"))
+            }
+            Err(error) => {
+                warn!(%error, "AUTH refused");
+                backend.auth_refused("invalid");
+                self.error(
+                    Reply::new(535, "5.7.8", "Authentication credentials invalid"),
+                    config,
+                )
+            }
+        }
+    }
+
     /// EHLO and HELO start over, like RSET (RFC 5321 §4.1.4).
     fn greet(&mut self, name: String, esmtp: bool) {
         self.helo = Some(Helo { name, esmtp });
@@ -272,6 +385,18 @@ impl Commands {
         if config.require_tls && !self.tls {
             return self.error(
                 Reply::new(530, "5.7.0", "Must issue a STARTTLS command first"),
+                config,
+            );
+        }
+        if config.auth.is_some() && !matches!(self.auth, Auth::Yes) {
+            info!(sender = %from.address, "MAIL without AUTH refused: deliveries come from the site's hubs only");
+            backend.auth_refused("missing");
+            return self.error(
+                Reply::new(
+                    530,
+                    "5.7.0",
+                    "Authentication required: this node takes mail from the site's hubs only",
+                ),
                 config,
             );
         }

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
+use super::auth::DeliveryAuth;
 use super::tls::ServerTls;
 use super::BareNewline;
 
@@ -54,6 +55,9 @@ pub struct SmtpConfig {
     /// Refuse MAIL with `530 5.7.0` until the client has done STARTTLS, for a listener that
     /// must never carry mail in clear text. Only meaningful with `tls`. Default false.
     pub require_tls: bool,
+    /// Require SMTP AUTH with the site's delivery secret before MAIL (`530 5.7.0` otherwise): a
+    /// mailbox node takes mail from the site's hubs only. Default none (hubs take mail from anyone).
+    pub auth: Option<DeliveryAuth>,
 }
 
 impl SmtpConfig {
@@ -75,6 +79,7 @@ impl SmtpConfig {
             shutdown_grace: Duration::from_secs(30),
             tls: None,
             require_tls: false,
+            auth: None,
         }
     }
 

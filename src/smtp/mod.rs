@@ -15,10 +15,12 @@
 //! - `data.rs`: the DATA receiver: terminator, dot-unstuffing, bare line ends, size and line
 //!   limits.
 //! - `stamp.rs`: the `Received:` and `Message-ID:` headers.
+//! - `auth.rs`: AUTH CRAM-SHA256 with the site's delivery secret, which nodes require of hubs.
 //! - `dsn.rs`: the DSN parameters of MAIL and RCPT (RFC 3461), for backends that offer DSN.
 //! - `tls.rs`: the reloadable certificate; `stream.rs`: the connection STARTTLS upgrades.
 //! - `reply.rs`, `config.rs`: [`Reply`] and [`SmtpConfig`].
 
+mod auth;
 mod certs;
 mod clients;
 mod command;
@@ -38,6 +40,7 @@ mod tls;
 use std::future::Future;
 use std::net::SocketAddr;
 
+pub use auth::{AuthError, DeliveryAuth, DeliverySecret, MECHANISM};
 pub use certs::SelfSigned;
 pub use config::SmtpConfig;
 pub use data::BareNewline;
@@ -85,4 +88,7 @@ pub trait Backend: Send + Sync + 'static {
     fn offers_dsn(&self) -> bool {
         false
     }
+    /// A client was refused for want of AUTH (`"missing"`) or with a wrong answer (`"invalid"`),
+    /// on a listener with [`SmtpConfig::auth`]: counted by a node's metrics.
+    fn auth_refused(&self, _reason: &'static str) {}
 }

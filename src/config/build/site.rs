@@ -74,6 +74,15 @@ impl RoleTls {
 /// checked against.
 pub(super) fn build(at: &Locator, site: RawSite) -> Result<(Site, RoleTls), ConfigError> {
     let admin_token = admin_token(at, &site)?;
+    let (delivery_secret, delivery_secret_file) = match &site.delivery_secret_file {
+        Some(f) => {
+            let path = beside_config(at, f.get_ref());
+            let secret = crate::config::read_secret_file(&path)
+                .map_err(|e| at.err(&f.span(), "site.delivery_secret_file", e))?;
+            (secret, Some(path))
+        }
+        None => (crate::smtp::DeliverySecret::derive(&admin_token), None),
+    };
     let accepted_domains = site
         .accepted_domains
         .iter()
@@ -166,6 +175,8 @@ pub(super) fn build(at: &Locator, site: RawSite) -> Result<(Site, RoleTls), Conf
         resubmit_rate,
         dedup_retention,
         admin_token,
+        delivery_secret,
+        delivery_secret_file,
         tls_ca,
         delivery_tls,
         admin_tls,

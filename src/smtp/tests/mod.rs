@@ -1,6 +1,7 @@
 //! Session and server tests: a recording backend, a line-oriented client and a harness that
 //! runs one session over `tokio::io::duplex`.
 
+mod auth;
 mod dialog;
 mod dsn;
 mod limits;
@@ -43,6 +44,8 @@ struct TestBackend {
     passive: bool,
     dsn: bool,
     delivered: Mutex<Vec<Incoming>>,
+    /// Reasons of AUTH refusals, in order.
+    refused: Mutex<Vec<&'static str>>,
 }
 
 impl TestBackend {
@@ -88,6 +91,13 @@ impl Backend for TestBackend {
 
     fn offers_dsn(&self) -> bool {
         self.dsn
+    }
+
+    fn auth_refused(&self, reason: &'static str) {
+        self.refused
+            .lock()
+            .expect("no test thread panics holding the lock")
+            .push(reason);
     }
 }
 
