@@ -55,7 +55,8 @@ KINDS = [
     "truncate-kill",
 ]
 # Partitions: only with --netns, where every role has a network namespace of its own.
-PARTITIONS = ["cut-nodes", "oneway-nodes", "cut-hub-active", "link-down-active"]
+PARTITIONS = ["cut-nodes", "oneway-nodes", "cut-hub-active", "link-down-active", "lossy-nodes",
+              "lossy-hub-active", "slow-hub-active"]
 # Faults of the network or the witness that need more than the default site: what each needs
 # ("netns": --netns, "etcd": --witness etcd). Requested where they cannot be, they are skipped
 # with a note, as clock-step is without libfaketime.
@@ -610,6 +611,18 @@ def partition(site, kind, rng, active, passive, note):
     elif kind == "link-down-active":
         net.link_down(active)
         what = f"{active} (active) link down"
+    elif kind == "lossy-nodes":
+        percent = rng.randint(20, 60)
+        net.lossy("node1", "node2", percent)
+        what = f"node1 <-> node2 losing {percent}% of packets"
+    elif kind == "lossy-hub-active":
+        hub, percent = rng.choice(["hub1", "hub2"]), rng.randint(10, 40)
+        net.lossy(hub, active, percent)
+        what = f"{hub} <-> {active} (active) losing {percent}% of packets"
+    elif kind == "slow-hub-active":
+        hub, ms = rng.choice(["hub1", "hub2"]), rng.randint(100, 400)
+        net.delay(hub, active, ms)
+        what = f"{hub} <-> {active} (active) delayed {ms} ms each way"
     elif kind in ("cut-active-witness", "cut-passive-witness"):
         node = active if kind == "cut-active-witness" else passive
         net.cut(node, "witness")
