@@ -120,7 +120,7 @@ impl MailboxNode {
             return;
         }
         self.metrics.log_truncated(sg, done.bytes);
-        let first = txlog::first_kept(&self.log_dir(sg)).unwrap_or(0);
+        let first = done.first_kept;
         if done.generations > 16 {
             info!(node = %self.name, storage_group = %sg, generations = done.generations, bytes = done.bytes, first_kept = first, "log generations behind the checkpoint deleted");
         } else {

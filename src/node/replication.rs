@@ -65,6 +65,14 @@ pub struct CopyState {
 }
 
 impl CopyState {
+    /// Whether `seeding` is this copy's reseed under way (a newer one, a mount or a demotion
+    /// replaces it, and the older must then leave the copy alone).
+    pub fn seeding_is(&self, seeding: &std::sync::Arc<super::seed::Seeding>) -> bool {
+        self.seeding
+            .as_ref()
+            .is_some_and(|s| std::sync::Arc::ptr_eq(s, seeding))
+    }
+
     /// A copy not yet in contact with the active node.
     pub fn new(copy: LogCopy) -> CopyState {
         CopyState {

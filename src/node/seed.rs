@@ -141,11 +141,7 @@ impl MailboxNode {
         tokio::spawn(async move {
             let result = node.seed(&sg, &seeding).await;
             let mut copies = node.copies();
-            let ours = copies.get_mut(&sg).filter(|cs| {
-                cs.seeding
-                    .as_ref()
-                    .is_some_and(|s| Arc::ptr_eq(s, &seeding))
-            });
+            let ours = copies.get_mut(&sg).filter(|cs| cs.seeding_is(&seeding));
             match (result, ours) {
                 (Ok(()), _) => {
                     let p = seeding.progress();
@@ -168,8 +164,7 @@ impl MailboxNode {
     fn still_seeding(&self, sg: &str, seeding: &Arc<Seeding>) -> bool {
         self.copies()
             .get(sg)
-            .and_then(|cs| cs.seeding.as_ref())
-            .is_some_and(|s| Arc::ptr_eq(s, seeding))
+            .is_some_and(|cs| cs.seeding_is(seeding))
     }
 
     async fn seed(self: &Arc<Self>, sg: &str, seeding: &Arc<Seeding>) -> Result<(), SeedError> {
@@ -224,10 +219,7 @@ impl MailboxNode {
             .map_err(NodeError::from)?;
         {
             let mut copies = self.copies();
-            let Some(cs) = copies
-                .get_mut(sg)
-                .filter(|cs| cs.seeding.as_ref().is_some_and(|s| Arc::ptr_eq(s, seeding)))
-            else {
+            let Some(cs) = copies.get_mut(sg).filter(|cs| cs.seeding_is(seeding)) else {
                 return Err(SeedError::Overtaken);
             };
             cs.copy

@@ -751,6 +751,8 @@ pub struct Truncated {
     pub generations: u64,
     /// Their bytes.
     pub bytes: u64,
+    /// The first generation kept now (0 when nothing was deleted).
+    pub first_kept: u64,
 }
 
 /// Deletes the closed generations of the log in `dir` before `generation`, which becomes the first
@@ -771,7 +773,10 @@ pub fn truncate_before(dir: &Path, generation: u64) -> Result<Truncated, TxLogEr
         });
     }
     write_atomic(dir, BASE_FILE, format!("{generation}\n").as_bytes())?;
-    let mut done = Truncated::default();
+    let mut done = Truncated {
+        first_kept: generation,
+        ..Truncated::default()
+    };
     for g in listing.base..generation {
         let path = dir.join(closed_name(g));
         let size = fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
