@@ -915,9 +915,13 @@ def inject(site, kind, rng, note):
         # Any role, the active most often: its wall clock an hour off for a few seconds (NTP, an
         # operator's `date -s`, a restored VM), then right again.
         target = rng.choice([active, active, passive, "hub1", "hub2"])
-        site.step_clock(target, rng.choice(["+1h", "-1h"]))
-        time.sleep(rng.uniform(2, 5))
+        step = rng.choice(["+1h", "-1h"])
+        site.step_clock(target, step)
+        held = rng.uniform(2, 5)
+        time.sleep(held)
         site.step_clock(target, "+0")
+        role = "active" if target == active else "passive" if target == passive else "hub"
+        note(f"clock-step: {target} ({role}) {step} for {held:.1f}s")
         if target == active and rng.random() < 0.5:
             # Then the active crashes: the passive must take over within the lease time, not
             # after the hour the stepped clock wrote (sequence 1 of the issue about real hosts).
