@@ -837,3 +837,123 @@ fn targeted_resubmission_filters_and_test_only_sends_nothing() {
         assert!(out.to_string().contains(why), "{args:?}: {out}");
     }
 }
+
+/// The old active node of a failover, played by a fake: it holds its `250` to the first message
+/// until released and then names epoch 1; anything later it acknowledges at once in epoch 2 (as
+/// the new active would). Records the Message-ID of every message it acknowledged.
+struct HeldNode {
+    release: std::sync::mpsc::Sender<()>,
+    holding: std::sync::mpsc::Receiver<()>,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl HeldNode {
+    fn start(port: u16) -> HeldNode {
+        use std::io::{BufRead, BufReader, Write};
+        use std::sync::{mpsc, Arc, Mutex};
+        let listener = std::net::TcpListener::bind(("127.0.0.1", port)).expect("bind");
+        let (release, released) = mpsc::channel::<()>();
+        let (held, holding) = mpsc::channel::<()>();
+        let released = Arc::new(Mutex::new(released));
+        let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+        let record = seen.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().take(50) {
+                let Ok(stream) = stream else { continue };
+                let (released, held, record) = (released.clone(), held.clone(), record.clone());
+                std::thread::spawn(move || {
+                    let mut out = stream.try_clone().expect("clone");
+                    let mut lines = BufReader::new(stream);
+                    let _ = out.write_all(b"220 old-active.test ESMTP\r\n");
+                    let (mut in_data, mut message_id) = (false, String::new());
+                    let mut line = String::new();
+                    while lines.read_line(&mut line).unwrap_or(0) > 0 {
+                        let answer: Vec<u8> = if in_data {
+                            if let Some(id) = line.strip_prefix("Message-ID: ") {
+                                message_id = id.trim().to_string();
+                            }
+                            if line != ".\r\n" {
+                                line.clear();
+                                continue;
+                            }
+                            in_data = false;
+                            let mut seen = record.lock().expect("lock");
+                            let epoch = if seen.is_empty() {
+                                let _ = held.send(());
+                                let _ = released.lock().expect("lock").recv();
+                                1
+                            } else {
+                                2
+                            };
+                            seen.push(std::mem::take(&mut message_id));
+                            format!("250 2.0.0 stored (epoch {epoch})\r\n").into_bytes()
+                        } else {
+                            match line.get(..4).unwrap_or("").to_ascii_uppercase().as_str() {
+                                "EHLO" => b"250-old-active.test\r\n250 8BITMIME\r\n".to_vec(),
+                                "AUTH" => b"502 5.5.1 not here\r\n".to_vec(),
+                                "DATA" => {
+                                    in_data = true;
+                                    b"354 go ahead\r\n".to_vec()
+                                }
+                                "QUIT" => return,
+                                _ => b"250 ok\r\n".to_vec(),
+                            }
+                        };
+                        if out.write_all(&answer).is_err() {
+                            return;
+                        }
+                        line.clear();
+                    }
+                });
+            }
+        });
+        HeldNode {
+            release,
+            holding,
+            seen,
+        }
+    }
+}
+
+#[test]
+fn an_acknowledgement_from_an_epoch_a_resubmission_request_superseded_is_delivered_again() {
+    let site = TestSite::new("", &[]);
+    let node = HeldNode::start(site.ports.node1);
+    let _hub = site.start(&["hub", "--name", "hub1"]);
+    let mut client = Smtplib::start();
+    send(
+        &mut client,
+        site.ports.hub1,
+        &["alice@example.test"],
+        &sized("<late@client.test>", &[ALICE], 300),
+    );
+    node.holding
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the hub delivers to the old active");
+    // The new active (epoch 2) asks for everything: the dumpster does not hold the message yet.
+    let (status, body) = api(
+        site.ports.hub1_admin,
+        "POST",
+        "/api/resubmit",
+        Some(TOKEN),
+        Some(
+            &json!({"id": "cms1-epoch2-SG1", "storage_group": "SG1",
+                    "low": "1970-01-01T00:00:00Z", "epoch": 2})
+            .to_string(),
+        ),
+    );
+    assert_eq!(status, 200, "{body}");
+    node.release.send(()).expect("release the held 250");
+    let seen = wait_for(
+        Duration::from_secs(20),
+        "the message delivered again",
+        || {
+            let seen = node.seen.lock().expect("lock").clone();
+            (seen.len() >= 2).then_some(seen)
+        },
+    );
+    assert_eq!(seen, ["<late@client.test>", "<late@client.test>"]);
+    // Once more would be a loop: the copy acknowledged in epoch 2 is the end of it.
+    wait_queue_empty(site.ports.hub1_admin);
+    assert_eq!(node.seen.lock().expect("lock").len(), 2);
+}

@@ -634,3 +634,47 @@ fn a_witness_share_mounted_at_a_different_path_on_each_node_fails_over() {
     all.extend(after);
     common::wait_alice_exactly(&site, &all, WAIT);
 }
+
+/// A 250 held up past a failover (the active paused between its last authority check and the
+/// reply, here by the fault-injection switch `HOLD-ACKS` and SIGSTOP) names an epoch the hub has
+/// meanwhile seen superseded by the new active's resubmission request: the hub delivers the
+/// message again, so it is not left in the old active's discarded history alone.
+#[cfg(feature = "fault-injection")]
+#[test]
+fn a_late_acknowledgement_from_a_superseded_epoch_is_delivered_again() {
+    let _turn = one_at_a_time();
+    let site = site("BestAvailability");
+    let procs = start_all(&site);
+    wait_status(&site, WAIT, "node1 active", |v| active_is(v, "node1"));
+    let before = common::message_ids("before-hold", 0..20);
+    common::send_to_alice(site.ports.hub1, &before, 200);
+    common::wait_alice_exactly(&site, &before, WAIT);
+    wait_copied_up(&site);
+    // node2's copy stops, so the held message is in no log node2 gets.
+    node_post(site.ports.node2_admin, "/api/copy/SG1/suspend");
+    let hold = site.data().join("node1").join("logs").join("HOLD-ACKS");
+    std::fs::write(&hold, b"").expect("the switch");
+    let held = common::message_ids("held", 0..1);
+    common::send_to_alice(site.ports.hub1, &held, 200);
+    let node1 = procs[0].as_ref().expect("node1");
+    common::wait_for(WAIT, "node1 holding its 250", || {
+        node1
+            .log()
+            .contains("holding the acknowledgement")
+            .then_some(())
+    });
+    signal(node1, "-STOP");
+    wait_status(&site, WAIT, "node2 active", |v| active_is(v, "node2"));
+    wait_no_outstanding(&site);
+    std::fs::remove_file(&hold).expect("switch off");
+    signal(node1, "-CONT");
+    let mut all = before;
+    all.extend(held);
+    common::wait_alice_exactly(&site, &all, WAIT);
+    let hub1 = procs[2].as_ref().expect("hub1");
+    common::wait_for(WAIT, "hub1 to say it delivered the late one again", || {
+        hub1.log()
+            .contains("acknowledged in an epoch a newer one had superseded")
+            .then_some(())
+    });
+}

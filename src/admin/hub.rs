@@ -131,6 +131,11 @@ async fn resubmit(
     if b.message_id.as_deref().is_some_and(|m| m.trim().is_empty()) {
         return Err(ApiError::bad_request("`message_id` is empty"));
     }
+    // Noted before the dumpster is read: a late 250 of an older epoch is either in what the
+    // request reads or judged late when it arrives ([`Hub::note_epoch`]).
+    if let Some(epoch) = b.epoch {
+        hub.note_epoch(&b.storage_group, epoch);
+    }
     let filter = ResubmitFilter {
         recipient: b.recipient,
         sender: b.sender,

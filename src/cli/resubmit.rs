@@ -151,6 +151,7 @@ pub async fn run(site: &Site, args: &ResubmitArgs, json: bool) -> Result<(), Fai
         sender: args.sender.clone(),
         message_id: args.message_id.clone(),
         test_only: args.test_only,
+        epoch: None,
     };
     let client = super::cluster::admin_client(site)?;
     let bar = (!json && std::io::stderr().is_terminal()).then(|| {

@@ -13,7 +13,7 @@
 //! attempt tries, and tells intake whether a CMS answers ([`CmsLink::answering`]).
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -62,6 +62,19 @@ pub struct CmsLink {
     connect_timeout: Duration,
     /// This hub's name (the AUTH user) and the site's delivery secret.
     auth: (String, DeliverySecret),
+    /// The newest epoch of this CMS that asked this hub to resubmit: an acknowledgement from an
+    /// older epoch that arrives later is not trusted ([`CmsLink::superseded`]).
+    newest_epoch: AtomicU64,
+}
+
+/// The node that took a delivery, and the epoch its `250` named (nodes of an earlier release
+/// name none).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Taken {
+    /// The node's name.
+    pub node: String,
+    /// Its epoch when it acknowledged.
+    pub epoch: Option<u64>,
 }
 
 struct NodeLink {
@@ -148,12 +161,26 @@ impl CmsLink {
             client_id: ClientId::Domain(hostname.to_string()),
             connect_timeout,
             auth,
+            newest_epoch: AtomicU64::new(0),
         })
     }
 
     /// The CMS this link serves.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// A node of this CMS mounted at `epoch` asked for a resubmission: from now on a `250` of an
+    /// older epoch is late (its node lost the role between its last check and the reply, a pause
+    /// say), and what it acknowledged must be delivered again.
+    pub fn note_epoch(&self, epoch: u64) {
+        self.newest_epoch.fetch_max(epoch, Ordering::SeqCst);
+    }
+
+    /// The newer epoch, if a `250` named `acked` and a newer epoch of this CMS has asked for a
+    /// resubmission meanwhile.
+    pub fn superseded(&self, acked: Option<u64>) -> Option<u64> {
+        superseded_by(self.newest_epoch.load(Ordering::SeqCst), acked)
     }
 
     /// Whether the node an attempt would try first answers ([`Reach::answering`]): if not, a new
@@ -189,7 +216,7 @@ impl CmsLink {
         sender: &str,
         recipients: &[String],
         body: &[u8],
-    ) -> (Vec<Outcome>, Option<String>) {
+    ) -> (Vec<Outcome>, Option<Taken>) {
         let from = if sender.is_empty() {
             None
         } else {
@@ -213,9 +240,13 @@ impl CmsLink {
         for idx in self.order() {
             let node = &self.nodes[idx];
             match self.try_node(node, &mail, recipients, body).await {
-                Ok(outcomes) => {
+                Ok((outcomes, epoch)) => {
                     self.preferred.store(idx, Ordering::Relaxed);
-                    return (outcomes, Some(node.name.clone()));
+                    let taken = Taken {
+                        node: node.name.clone(),
+                        epoch,
+                    };
+                    return (outcomes, Some(taken));
                 }
                 Err(NodeFailure::Unavailable(e)) => {
                     debug!(node = %node.name, error = %e, "node unavailable, trying the other");
@@ -241,7 +272,7 @@ impl CmsLink {
         mail: &Mail,
         recipients: &[String],
         body: &[u8],
-    ) -> Result<Vec<Outcome>, NodeFailure> {
+    ) -> Result<(Vec<Outcome>, Option<u64>), NodeFailure> {
         let opening = Opening::start(&node.reach)
             .map_err(|why| NodeFailure::Unavailable(format!("not tried: {why}")))?;
         let open = async {
@@ -271,7 +302,7 @@ impl CmsLink {
                 if !conn.has_broken() {
                     self.release(node, conn);
                 }
-                return Ok(vec![o; recipients.len()]);
+                return Ok((vec![o; recipients.len()], None));
             }
             Err(Fail::Transient(e)) => {
                 opening.answered();
@@ -402,12 +433,13 @@ async fn step<T>(f: impl std::future::Future<Output = Result<T, SmtpError>>) -> 
     }
 }
 
-/// Runs the rest of a transaction (RCPT, DATA) on a connection whose MAIL was accepted.
+/// Runs the rest of a transaction (RCPT, DATA) on a connection whose MAIL was accepted; the
+/// outcomes, and the epoch the node's `250` to the message named.
 async fn transaction(
     conn: &mut AsyncSmtpConnection,
     recipients: &[String],
     body: &[u8],
-) -> Result<Vec<Outcome>, NodeFailure> {
+) -> Result<(Vec<Outcome>, Option<u64>), NodeFailure> {
     let mut outcomes = Vec::with_capacity(recipients.len());
     let mut accepted = Vec::new();
     for (i, rcpt) in recipients.iter().enumerate() {
@@ -433,13 +465,18 @@ async fn transaction(
     }
     if accepted.is_empty() {
         reset(conn).await;
-        return Ok(outcomes);
+        return Ok((outcomes, None));
     }
     let data = async {
         step(conn.command(Data)).await?;
         step(conn.message(strip_final_crlf(body))).await
     };
-    if let Err(fail) = data.await {
+    let reply = data.await;
+    let epoch = reply
+        .as_ref()
+        .ok()
+        .and_then(|r| r.message().find_map(ack_epoch));
+    if let Err(fail) = reply {
         let o = match fail {
             Fail::Permanent(o) => o,
             Fail::Transient(e) | Fail::Broken(e) => {
@@ -451,7 +488,18 @@ async fn transaction(
             outcomes[i] = o.clone();
         }
     }
-    Ok(outcomes)
+    Ok((outcomes, epoch))
+}
+
+/// `newest`, if it is newer than the epoch `acked` (none: a node that names none is trusted).
+fn superseded_by(newest: u64, acked: Option<u64>) -> Option<u64> {
+    acked.filter(|e| *e < newest).map(|_| newest)
+}
+
+/// The epoch a node's `250` names: `… (epoch 7)`.
+fn ack_epoch(line: &str) -> Option<u64> {
+    let (_, rest) = line.rsplit_once("(epoch ")?;
+    rest.strip_suffix(')')?.parse().ok()
 }
 
 /// RSET so a pooled connection starts clean; a failure marks it broken and it is dropped.
@@ -469,6 +517,31 @@ fn strip_final_crlf(body: &[u8]) -> &[u8] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_epoch_of_an_acknowledgement_is_read_from_its_text() {
+        assert_eq!(ack_epoch("stored (epoch 7)"), Some(7));
+        assert_eq!(
+            ack_epoch("already delivered; duplicate dropped (epoch 12)"),
+            Some(12)
+        );
+        assert_eq!(ack_epoch("stored"), None);
+        assert_eq!(ack_epoch("stored (epoch x)"), None);
+        assert_eq!(ack_epoch("stored (epoch 7) trailing"), None);
+    }
+
+    #[test]
+    fn only_an_acknowledgement_of_an_older_epoch_than_a_resubmission_request_is_superseded() {
+        assert_eq!(superseded_by(0, Some(3)), None);
+        assert_eq!(superseded_by(4, Some(3)), Some(4));
+        assert_eq!(superseded_by(4, Some(4)), None);
+        assert_eq!(superseded_by(4, Some(5)), None);
+        assert_eq!(
+            superseded_by(4, None),
+            None,
+            "a node that names no epoch is trusted as before"
+        );
+    }
 
     #[test]
     fn final_crlf_is_not_doubled() {

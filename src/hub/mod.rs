@@ -32,7 +32,7 @@ use std::time::Duration;
 use chrono::Utc;
 use store::hub::{
     DumpsterEntry, DumpsterLimits, HubStore, HubStoreError, MessageDsn, Millis, NewMessage,
-    QueuedMessage, RcptDsn, RcptStatus, Recipient, Recovery,
+    QueuedMessage, RcptDsn, RcptStatus, Recipient, Recovery, ResubmitFilter,
 };
 use tokio::sync::Semaphore;
 use tracing::{error, info, info_span, warn, Instrument};
@@ -42,7 +42,7 @@ use crate::config::Site;
 use crate::smtp::DeliverySecret;
 use crate::space::Space;
 use commit::GroupCommit;
-use delivery::{CmsLink, Outcome};
+use delivery::{CmsLink, Outcome, Taken};
 use dsn::{Action, Notice};
 use flow::{Admission, InFlow, Token};
 use metrics::HubMetrics;
@@ -326,7 +326,8 @@ impl Hub {
             } else {
                 self.deliver_pending(&mut msg, &body, &mut notices).await
             };
-            let delivered = self.dumpster_entries(&msg, &delivered_now, now_ms());
+            let indices: Vec<usize> = delivered_now.iter().map(|(i, _)| *i).collect();
+            let delivered = self.dumpster_entries(&msg, &indices, now_ms());
             msg.attempts += 1;
             let pending = msg.recipients.iter().any(|r| is_pending(&r.status));
             if pending {
@@ -335,6 +336,9 @@ impl Hub {
             self.writer
                 .record(msg.clone(), delivered, self.limits())
                 .await?;
+            // After the dumpster holds it: a newer epoch noted before this read is seen here, one
+            // noted after it reads the dumpster after this write (`note_epoch`).
+            self.resubmit_late_acks(&msg, &delivered_now).await;
             if pending {
                 self.scheduler.at(msg.next_attempt_ms, msg.id);
             }
@@ -347,13 +351,14 @@ impl Hub {
         .await
     }
 
-    /// Tries every pending recipient, grouped per CMS; returns the indices delivered now.
+    /// Tries every pending recipient, grouped per CMS; returns the indices delivered now, each
+    /// with the node (and its epoch) that took it.
     async fn deliver_pending(
         &self,
         msg: &mut QueuedMessage,
         body: &[u8],
         notices: &mut Vec<Notice>,
-    ) -> Vec<usize> {
+    ) -> Vec<(usize, Option<Taken>)> {
         let mut delivered = Vec::new();
         let mut by_cms: BTreeMap<String, Vec<usize>> = BTreeMap::new();
         for (i, r) in msg.recipients.iter().enumerate() {
@@ -381,11 +386,12 @@ impl Hub {
                 .iter()
                 .map(|&i| msg.recipients[i].address.clone())
                 .collect();
-            let (outcomes, node) = link.deliver(&msg.sender, &addrs, body).await;
+            let (outcomes, taken) = link.deliver(&msg.sender, &addrs, body).await;
+            let node = taken.as_ref().map(|t| t.node.clone());
             for (&i, outcome) in idxs.iter().zip(outcomes) {
                 match &outcome {
                     Outcome::Delivered => {
-                        delivered.push(i);
+                        delivered.push((i, taken.clone()));
                         self.metrics.delivered();
                         // A resubmitted copy keeps its original receive time: not a latency.
                         if msg.resubmission.is_none() {
@@ -407,6 +413,55 @@ impl Hub {
             }
         }
         delivered
+    }
+
+    /// A node of a CMS mounted at `epoch` asked this hub to resubmit storage group `sg`: a `250`
+    /// from an older epoch of that CMS arriving from now on was held up past the failover (a
+    /// pause between the node's last authority check and its reply), and its message may be in
+    /// no history the new active has. Noted before the request reads the dumpster.
+    pub fn note_epoch(&self, sg: &str, epoch: u64) {
+        let cms = self
+            .site
+            .cms
+            .iter()
+            .find(|c| c.storage_groups.iter().any(|g| g.name == sg));
+        if let Some(link) = cms.and_then(|c| self.links.iter().find(|l| l.name() == c.name)) {
+            link.note_epoch(epoch);
+        }
+    }
+
+    /// Delivers again what a superseded epoch acknowledged ([`Hub::note_epoch`]): a resubmission
+    /// request of this message's dumpster entries for each storage group concerned. The new
+    /// active drops it if it has it already.
+    async fn resubmit_late_acks(
+        self: &Arc<Self>,
+        msg: &QueuedMessage,
+        delivered: &[(usize, Option<Taken>)],
+    ) {
+        let mut late: BTreeMap<String, (String, u64, u64)> = BTreeMap::new();
+        for (i, taken) in delivered {
+            let Some(t) = taken else { continue };
+            let r = &msg.recipients[*i];
+            let Some(link) = self.links.iter().find(|l| l.name() == r.cms) else {
+                continue;
+            };
+            if let (Some(newer), Some(acked)) = (link.superseded(t.epoch), t.epoch) {
+                late.insert(r.storage_group.clone(), (t.node.clone(), acked, newer));
+            }
+        }
+        for (sg, (node, acked, newer)) in late {
+            warn!(storage_group = %sg, node = %node, acked_epoch = acked, newer_epoch = newer, "acknowledged in an epoch a newer one had superseded; delivering it again");
+            let filter = ResubmitFilter {
+                message_id: Some(msg.message_id.clone()),
+                ..ResubmitFilter::default()
+            };
+            // Named by the message, not this queued copy: a copy delivered again by it that met
+            // the same old epoch once more redelivers nothing more (the same id is one request).
+            let id = format!("late-ack-{sg}-epoch{newer}-{}", msg.message_id);
+            if let Err(e) = self.resubmit(&id, &sg, (0, None), &filter).await {
+                error!(storage_group = %sg, error = %e, "could not resubmit a late acknowledgement");
+            }
+        }
     }
 
     /// The dumpster entries for the recipients this attempt delivered: one per storage group. A

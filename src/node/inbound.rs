@@ -112,15 +112,36 @@ impl Backend for NodeInbound {
         }
         // The fence: whatever the store holds now is durable, but only a node still active in
         // the epoch it wrote in may say so; otherwise the hub delivers to the new active.
+        let fenced_at = chrono::Utc::now();
         if !node.holds_authority(epoch) {
             warn!(message_id = %msg.message_id, node = %node.name, epoch, "lost the active role before acknowledging; refused with 451");
             return self.passive_reply();
         }
-        info!(node = %node.name, epoch, message_id = %msg.message_id, copies = added, "acknowledged");
+        #[cfg(feature = "fault-injection")]
+        hold_acknowledgement(node).await;
+        // `fenced_at`: when the authority was checked; the reply may go out later (a pause).
+        info!(node = %node.name, epoch, message_id = %msg.message_id, copies = added, fenced_at = %fenced_at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true), "acknowledged");
+        // The epoch goes with the 250: a hub that has meanwhile heard from a newer epoch (this
+        // reply was held up, by a pause of this process say) delivers the message again.
         if added == 0 {
-            Reply::new(250, "2.0.0", "already delivered; duplicate dropped")
+            Reply::new(
+                250,
+                "2.0.0",
+                format!("already delivered; duplicate dropped (epoch {epoch})"),
+            )
         } else {
-            Reply::new(250, "2.0.0", "stored")
+            Reply::new(250, "2.0.0", format!("stored (epoch {epoch})"))
         }
+    }
+}
+
+/// A reply held up after the fence while `<node>/logs/HOLD-ACKS` exists (fault-injection builds
+/// only), as a pause of the process between its last authority check and the 250 would: the test
+/// of the hubs' epoch fence ([`crate::hub`]'s late acknowledgements).
+#[cfg(feature = "fault-injection")]
+async fn hold_acknowledgement(node: &crate::node::MailboxNode) {
+    if node.dir.join("logs").join("HOLD-ACKS").exists() {
+        tracing::warn!(node = %node.name, "holding the acknowledgement (fault injection)");
+        tokio::time::sleep(std::time::Duration::from_secs(4)).await;
     }
 }

@@ -48,7 +48,7 @@ pub fn request_all(
 ) {
     for (sg, of_sg) in anchors {
         let id = format!("{cms}-epoch{epoch}-{sg}");
-        ask_every_hub(site, st, &id, sg, of_sg, now);
+        ask_every_hub(site, st, (&id, Some(epoch)), sg, of_sg, now);
     }
 }
 
@@ -63,12 +63,20 @@ pub fn request_discarded(
     now: u64,
 ) {
     if !st.outstanding.iter().any(|o| o.id == id) {
-        ask_every_hub(site, st, id, sg, anchors, now);
+        ask_every_hub(site, st, (id, None), sg, anchors, now);
     }
 }
 
-/// One outstanding request `id` per hub for `sg`, each from that hub's own anchor.
-fn ask_every_hub(site: &Site, st: &mut NodeState, id: &str, sg: &str, anchors: &Anchors, now: u64) {
+/// One outstanding request `id` (of `epoch`, after a failover) per hub for `sg`, each from that
+/// hub's own anchor.
+fn ask_every_hub(
+    site: &Site,
+    st: &mut NodeState,
+    (id, epoch): (&str, Option<u64>),
+    sg: &str,
+    anchors: &Anchors,
+    now: u64,
+) {
     for hub in &site.hubs {
         st.outstanding.push(Outstanding {
             id: id.to_string(),
@@ -78,6 +86,7 @@ fn ask_every_hub(site: &Site, st: &mut NodeState, id: &str, sg: &str, anchors: &
             created_ms: now,
             recorded: None,
             refused: None,
+            epoch,
         });
     }
 }
@@ -101,6 +110,7 @@ pub fn body_of(o: &Outstanding) -> ResubmitBody {
         sender: None,
         message_id: None,
         test_only: false,
+        epoch: o.epoch,
     }
 }
 

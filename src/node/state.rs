@@ -49,6 +49,10 @@ pub struct Outstanding {
     /// same (a hub whose configuration or release is fixed then serves it).
     #[serde(default)]
     pub refused: Option<Refusal>,
+    /// The epoch this node mounted at, for a request after a failover: the hub then treats a
+    /// late `250` of an older epoch as not delivered. None for deliveries a passive discarded.
+    #[serde(default)]
+    pub epoch: Option<u64>,
 }
 
 /// A window as a hub recorded it.

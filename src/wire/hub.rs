@@ -63,6 +63,10 @@ pub struct ResubmitBody {
     /// Count what would be redelivered, queue nothing.
     #[serde(default)]
     pub test_only: bool,
+    /// The epoch of the mailbox node asking (a node's request after a failover): from then on the
+    /// hub delivers again whatever an older epoch of that CMS acknowledges late.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<u64>,
 }
 
 /// A resubmission request's state, as the API reports it.

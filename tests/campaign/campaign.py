@@ -83,6 +83,9 @@ CLOCK_CACHE_S = 1
 MIN_FREE = 64 << 20
 MOUNT_LINE = re.compile(r"^(\S+)\s+(?:INFO|WARN)\s.*\bdatabases mounted\b.*\bnode=(\S+).*\bepoch=(\d+)")
 ACK_LINE = re.compile(r"^(\S+)\s+INFO\s.*\backnowledged\b.*\bnode=(\S+).*\bepoch=(\d+)")
+# When an acknowledging node checked its authority (its own clock), if the line says: the 250 may go
+# out later (a pause of the process after the check), which the hubs' epoch fence covers.
+FENCED_AT = re.compile(r"\bfenced_at=(\S+)")
 
 
 class Failure(Exception):
@@ -532,6 +535,12 @@ def log_size(site, name):
         return 0
 
 
+def decided(m, text_line):
+    """The time of an `acknowledged` line's authority check (`fenced_at`), else of the line."""
+    fenced = FENCED_AT.search(text_line)
+    return fenced.group(1) if fenced else m.group(1)
+
+
 def acks_since(site, node, offset, since, line=ACK_LINE):
     """`node`'s own `acknowledged` log lines (or `line`'s) written after byte `offset` of its log
     and at or after `since` (real time, s): a list of (time, epoch)."""
@@ -545,7 +554,7 @@ def acks_since(site, node, offset, since, line=ACK_LINE):
     for text_line in text.splitlines():
         m = line.match(text_line)
         if m and m.group(2) == node:
-            ts = site.real_time(node, log_time(m.group(1)))
+            ts = site.real_time(node, log_time(decided(m, text_line)))
             if ts >= since:
                 out.append((ts, int(m.group(3))))
     return out
@@ -1037,7 +1046,7 @@ def overlaps(site):
             if not m:
                 continue
             who, epoch = m.group(2), int(m.group(3))
-            logged = datetime.datetime.fromisoformat(m.group(1).replace("Z", "+00:00")).timestamp()
+            logged = datetime.datetime.fromisoformat(decided(m, line).replace("Z", "+00:00")).timestamp()
             ts = site.real_time(node, logged)
             lo, hi = spans.get((who, epoch), (ts, ts))
             spans[(who, epoch)] = (min(lo, ts), max(hi, ts))
