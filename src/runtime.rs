@@ -143,15 +143,42 @@ fn smtp_config(
     c
 }
 
-/// Loads a role's certificate and reloads it on every SIGHUP until shutdown. The signal is
-/// registered here, before the role reports ready, so a SIGHUP right after start-up is not fatal.
+/// Runs `reload` on every SIGHUP until shutdown. The signal is registered here, before the role
+/// reports ready, so a SIGHUP right after start-up is not fatal.
+fn on_sighup(
+    role: &str,
+    shutdown: &CancellationToken,
+    tasks: &mut JoinSet<()>,
+    mut reload: impl FnMut() + Send + 'static,
+) -> Result<(), StartError> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hangup = signal(SignalKind::hangup()).map_err(|source| StartError::Signal {
+        role: role.to_string(),
+        source,
+    })?;
+    let stop = shutdown.clone();
+    tasks.spawn(async move {
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => break,
+                got = hangup.recv() => match got {
+                    Some(()) => reload(),
+                    None => break,
+                },
+            }
+        }
+    });
+    Ok(())
+}
+
+/// Loads a role's certificate and reloads it on every SIGHUP until shutdown; a failed reload
+/// keeps the certificate in use.
 fn start_tls(
     role: &str,
     files: Option<&TlsFiles>,
     shutdown: &CancellationToken,
     tasks: &mut JoinSet<()>,
 ) -> Result<Option<Arc<ServerTls>>, StartError> {
-    use tokio::signal::unix::{signal, SignalKind};
     let Some(files) = files else {
         return Ok(None);
     };
@@ -159,35 +186,19 @@ fn start_tls(
         role: role.to_string(),
         source: Box::new(source),
     })?;
-    let mut hangup = signal(SignalKind::hangup()).map_err(|source| StartError::Signal {
-        role: role.to_string(),
-        source,
+    let (reloaded, name) = (tls.clone(), role.to_string());
+    on_sighup(role, shutdown, tasks, move || match reloaded.reload() {
+        Ok(()) => info!(
+            role = %name,
+            certificate = %reloaded.files().certificate.display(),
+            "TLS certificate reloaded"
+        ),
+        Err(e) => error!(
+            role = %name,
+            error = %e,
+            "TLS certificate reload failed; keeping the certificate in use"
+        ),
     })?;
-    let (reloaded, role, stop) = (tls.clone(), role.to_string(), shutdown.clone());
-    tasks.spawn(async move {
-        loop {
-            tokio::select! {
-                () = stop.cancelled() => break,
-                got = hangup.recv() => {
-                    if got.is_none() {
-                        break;
-                    }
-                    match reloaded.reload() {
-                        Ok(()) => info!(
-                            role = %role,
-                            certificate = %reloaded.files().certificate.display(),
-                            "TLS certificate reloaded"
-                        ),
-                        Err(e) => error!(
-                            role = %role,
-                            error = %e,
-                            "TLS certificate reload failed; keeping the certificate in use"
-                        ),
-                    }
-                }
-            }
-        }
-    });
     Ok(Some(tls))
 }
 
@@ -201,39 +212,23 @@ fn reload_secret_on_sighup(
     shutdown: &CancellationToken,
     tasks: &mut JoinSet<()>,
 ) -> Result<(), StartError> {
-    use tokio::signal::unix::{signal, SignalKind};
     let Some(file) = site.delivery_secret_file.clone() else {
         return Ok(());
     };
-    let mut hangup = signal(SignalKind::hangup()).map_err(|source| StartError::Signal {
-        role: role.to_string(),
-        source,
-    })?;
-    let (site, role, stop) = (site.clone(), role.to_string(), shutdown.clone());
-    tasks.spawn(async move {
-        loop {
-            tokio::select! {
-                () = stop.cancelled() => break,
-                got = hangup.recv() => {
-                    if got.is_none() {
-                        break;
-                    }
-                    match site.reread_delivery_secret() {
-                        Some(Ok(bytes)) => {
-                            secret.replace(bytes);
-                            info!(role = %role, file = %file.display(), "delivery secret reloaded");
-                        }
-                        Some(Err(e)) => error!(
-                            role = %role, error = %e,
-                            "delivery_secret_file reload failed; keeping the secret in use"
-                        ),
-                        None => {}
-                    }
-                }
+    let (site, name) = (site.clone(), role.to_string());
+    on_sighup(role, shutdown, tasks, move || {
+        match site.reread_delivery_secret() {
+            Some(Ok(bytes)) => {
+                secret.replace(bytes);
+                info!(role = %name, file = %file.display(), "delivery secret reloaded");
             }
+            Some(Err(e)) => error!(
+                role = %name, error = %e,
+                "delivery_secret_file reload failed; keeping the secret in use"
+            ),
+            None => {}
         }
-    });
-    Ok(())
+    })
 }
 
 /// Opens hub `name` under `data/<name>` and starts its SMTP and admin listeners in `tasks`.

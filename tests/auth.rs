@@ -56,17 +56,25 @@ print(json.dumps(verdict))
     serde_json::from_slice(&out.stdout).expect("the script's JSON")
 }
 
-/// The active node's admin port, once there is one.
-fn active_admin(site: &TestSite) -> u16 {
+/// The active node's SMTP and admin ports, once there is one.
+fn active_node(site: &TestSite) -> (u16, u16) {
+    let p = &site.ports;
     wait_for(WAIT, "an active node", || {
-        for port in [site.ports.node1_admin, site.ports.node2_admin] {
-            let v = api_json(port, "GET", "/api/status", None);
-            if v["mounted"] == true {
-                return Some(port);
-            }
-        }
-        None
+        [(p.node1, p.node1_admin), (p.node2, p.node2_admin)]
+            .into_iter()
+            .find(|(_, admin)| api_json(*admin, "GET", "/api/status", None)["mounted"] == true)
     })
+}
+
+/// One message from bob to alice through hub `port`, which must answer 250.
+fn through_hub(port: u16, message_id: &str) {
+    let (code, out) = smtplib_send(
+        port,
+        "bob@example.test",
+        &["alice@example.test"],
+        &message(Some(message_id), "through a hub"),
+    );
+    assert_eq!(code, 0, "the hub acknowledges: {out}");
 }
 
 fn refused(node_admin: u16, reason: &str) -> u64 {
@@ -87,12 +95,7 @@ fn refused(node_admin: u16, reason: &str) -> u64 {
 fn a_client_that_is_not_a_hub_is_refused_at_the_node_and_nothing_reaches_a_mailbox() {
     let site = TestSite::new("", &[]);
     let _s = site.start(&["site"]);
-    let admin = active_admin(&site);
-    let node_port = if admin == site.ports.node1_admin {
-        site.ports.node1
-    } else {
-        site.ports.node2
-    };
+    let (node_port, admin) = active_node(&site);
     let v = stranger(node_port, false);
     assert_eq!(v["auth"], true, "{v}");
     assert_eq!(
@@ -107,13 +110,7 @@ fn a_client_that_is_not_a_hub_is_refused_at_the_node_and_nothing_reaches_a_mailb
     );
     assert_eq!(refused(admin, "missing"), 1);
     // Mail through a hub still arrives (the hub authenticates), and only that.
-    let (code, out) = smtplib_send(
-        site.ports.hub1,
-        "bob@example.test",
-        &["alice@example.test"],
-        &message(Some("<through-hub@client.test>"), "through the hub"),
-    );
-    assert_eq!(code, 0, "{out}");
+    through_hub(site.ports.hub1, "<through-hub@client.test>");
     site.wait_mailbox("alice@example.test", WAIT, |ids| {
         ids == ["<through-hub@client.test>"]
     });
@@ -143,22 +140,11 @@ fn with_starttls_a_stranger_is_refused_all_the_same() {
         String::from_utf8_lossy(&out.stderr)
     );
     let _s = site.start(&["site"]);
-    let admin = active_admin(&site);
-    let node_port = if admin == site.ports.node1_admin {
-        site.ports.node1
-    } else {
-        site.ports.node2
-    };
+    let (node_port, admin) = active_node(&site);
     let v = stranger(node_port, true);
     assert_eq!(v["code"], 530, "{v}");
     assert_eq!(refused(admin, "missing"), 1);
-    let (code, out) = smtplib_send(
-        site.ports.hub2,
-        "bob@example.test",
-        &["alice@example.test"],
-        &message(Some("<tls-hub@client.test>"), "through the hub"),
-    );
-    assert_eq!(code, 0, "{out}");
+    through_hub(site.ports.hub2, "<tls-hub@client.test>");
     site.wait_mailbox("alice@example.test", WAIT, |ids| {
         ids == ["<tls-hub@client.test>"]
     });
@@ -184,17 +170,11 @@ fn a_hub_with_a_wrong_secret_keeps_its_mail_queued_and_delivers_it_once_the_secr
     let _n2 = site.start(&["node", "--name", "node2"]);
     let hub1 = site.start_with(&hub1_config, &["hub", "--name", "hub1"]);
     let _hub2 = site.start(&["hub", "--name", "hub2"]);
-    let admin = active_admin(&site);
+    let (_, admin) = active_node(&site);
 
     let ids: Vec<String> = (0..5).map(|i| format!("<stale-{i}@client.test>")).collect();
     for id in &ids {
-        let (code, out) = smtplib_send(
-            site.ports.hub1,
-            "bob@example.test",
-            &["alice@example.test"],
-            &message(Some(id), "stale secret"),
-        );
-        assert_eq!(code, 0, "the hub acknowledges: {out}");
+        through_hub(site.ports.hub1, id);
     }
     wait_for(WAIT, "the node to refuse hub1's AUTH", || {
         (refused(admin, "invalid") > 0).then_some(())
@@ -209,13 +189,7 @@ fn a_hub_with_a_wrong_secret_keeps_its_mail_queued_and_delivers_it_once_the_secr
     assert_eq!(queue["messages"], 5, "every message is kept: {queue}");
     assert!(site.mailbox_ids("alice@example.test").is_empty());
     // hub2 has the right secret: its mail goes through meanwhile.
-    let (code, out) = smtplib_send(
-        site.ports.hub2,
-        "bob@example.test",
-        &["alice@example.test"],
-        &message(Some("<hub2@client.test>"), "right secret"),
-    );
-    assert_eq!(code, 0, "{out}");
+    through_hub(site.ports.hub2, "<hub2@client.test>");
     site.wait_mailbox("alice@example.test", WAIT, |got| {
         got == ["<hub2@client.test>"]
     });
@@ -279,13 +253,7 @@ fn a_node_that_wants_authentication_the_hub_cannot_give_defers_the_mail_and_boun
     let _n1 = demanding_node(site.ports.node1);
     let _n2 = demanding_node(site.ports.node2);
     let hub = site.start(&["hub", "--name", "hub1"]);
-    let (code, out) = smtplib_send(
-        site.ports.hub1,
-        "bob@example.test",
-        &["alice@example.test"],
-        &message(Some("<kept@client.test>"), "kept"),
-    );
-    assert_eq!(code, 0, "{out}");
+    through_hub(site.ports.hub1, "<kept@client.test>");
     wait_for(WAIT, "a deferral for the 530", || {
         hub.log()
             .lines()

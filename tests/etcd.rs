@@ -142,10 +142,18 @@ impl Load {
         }
     }
 
-    /// Stops it; the Message-IDs that got their 250.
-    fn finish(self) -> Vec<String> {
+    /// Stops it, checks every message that got its 250 is in alice's mailbox exactly once, and
+    /// returns how many there were.
+    fn finish(self, site: &TestSite) -> usize {
         self.stop.store(true, Ordering::SeqCst);
-        self.sender.join().expect("sender")
+        let acked = self.sender.join().expect("sender");
+        assert!(
+            acked.len() > 20,
+            "too little load: {} acknowledged",
+            acked.len()
+        );
+        every_250_once(site, &acked);
+        acked.len()
     }
 }
 
@@ -223,17 +231,10 @@ fn kill9_of_the_active_fails_over_through_the_etcd_witness_under_load() {
     assert!(took < Duration::from_secs(10), "failover took {took:?}");
     assert_eq!(after["witness"], "Online", "{after:#}");
     load.wait_acked(30);
-    let acked = load.finish();
-    assert!(
-        acked.len() > 20,
-        "too little load: {} acknowledged",
-        acked.len()
-    );
-    every_250_once(&site, &acked);
+    let acked = load.finish(&site);
     eprintln!(
-        "failover through etcd in {:.1} s; {} acknowledged, each once",
-        took.as_secs_f64(),
-        acked.len()
+        "failover through etcd in {:.1} s; {acked} acknowledged, each once",
+        took.as_secs_f64()
     );
 }
 
@@ -280,13 +281,7 @@ fn etcd_killed_and_restarted_under_load_changes_nothing_while_the_nodes_see_each
     });
     assert!(active_is(&v, "node1"), "{v:#}");
     load.wait_acked(20);
-    let acked = load.finish();
-    assert!(
-        acked.len() > 20,
-        "too little load: {} acknowledged",
-        acked.len()
-    );
-    every_250_once(&site, &acked);
+    load.finish(&site);
     // Never a failover: node1's epoch is the one it mounted at first.
     let v = common::cluster::status(&site);
     let epochs: Vec<u64> = v["nodes"]
