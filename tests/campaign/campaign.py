@@ -1060,10 +1060,25 @@ def overlaps(site):
     return spans, bad
 
 
+def listed(site, result, when):
+    """The mailboxes as the active node lists them. A listing refused or cut short (the node lost
+    the active role meanwhile: 503) is a problem of the run, and asked again of whichever node is
+    active then, so the counts below still come out."""
+    for attempt in range(3):
+        active = site.wait_active(60)
+        try:
+            return active, mailboxes(site, active)
+        except OSError as e:
+            result["problems"].append(f"listing the mailboxes {when} on {active} failed ({e!r}); "
+                                      f"roles then: {[(n, s and s['role']) for n, s in site.roles().items()]}")
+            print(f"  problem: {result['problems'][-1]}", file=sys.stderr, flush=True)
+            time.sleep(5)
+    raise Failure(f"the mailboxes could not be listed {when} in 3 attempts")
+
+
 def check(site, load):
     result = {"missing": [], "duplicated": [], "missing_after_move": [], "problems": []}
-    active = site.active()
-    boxes = mailboxes(site, active)
+    active, boxes = listed(site, result, "after the settle")
     for box, ids in boxes.items():
         seen = set()
         for mid in ids:
@@ -1078,8 +1093,7 @@ def check(site, load):
     if r.returncode != 0:
         result["problems"].append(f"final move failed: {r.stdout.decode()} {r.stderr.decode()}")
     else:
-        now_active = site.wait_active()
-        after = mailboxes(site, now_active)
+        _, after = listed(site, result, "after the final move")
         for box, ids in boxes.items():
             lost = set(ids) - set(after[box])
             result["missing_after_move"] += [f"{m} in {box}" for m in sorted(lost)]
@@ -1132,9 +1146,15 @@ def unmet(kind, args):
 def run(args, kinds, seed, net=None):
     rng = random.Random(seed)
     notes = []
+
+    def note(text):
+        # Printed as it comes: a run cut short still shows what its faults did.
+        notes.append(text)
+        print(f"  note: {text}", file=sys.stderr, flush=True)
+
     for k in kinds:
         if unmet(k, args):
-            notes.append(f"{k} skipped: {unmet(k, args)}")
+            note(f"{k} skipped: {unmet(k, args)}")
     kinds = [k for k in kinds if not unmet(k, args)]
     site = Site(args.bin, rng, args.keep, net, args.witness)
     if net:
@@ -1146,11 +1166,11 @@ def run(args, kinds, seed, net=None):
         if "disk-full" in kinds:
             why = site.mount_data()
             if why:
-                notes.append(f"disk-full skipped: {why}")
+                note(f"disk-full skipped: {why}")
         if "clock-step" in kinds or "cut-nodes" in kinds:
             why = site.use_faketime()
             if why:
-                notes.append(f"clock-step skipped: {why}")
+                note(f"clock-step skipped: {why}")
         if site.etcd:
             if not site.etcd.bin:
                 raise Failure("--witness etcd: no etcd server (/usr/bin/etcd; tests/install-package.sh "
@@ -1166,7 +1186,7 @@ def run(args, kinds, seed, net=None):
         rng.shuffle(schedule)
         for i, kind in enumerate(schedule):
             print(f"[seed {seed}] fault {i + 1}/{len(schedule)}: {kind}", flush=True)
-            inject(site, kind, rng, notes.append)
+            inject(site, kind, rng, note)
             row["faults"] += 1
             site.ensure_up()
             site.wait_active(60)
@@ -1200,8 +1220,6 @@ def run(args, kinds, seed, net=None):
     row["duplicated"] = len(result["duplicated"])
     row["problems"] = result["problems"]
     row["notes"] = notes
-    for n in notes:
-        print(f"  note: {n}", file=sys.stderr)
     row["ok"] = row["missing"] == 0 and row["duplicated"] == 0 and not result["problems"]
     if not row["ok"]:
         site.keep = True
