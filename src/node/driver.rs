@@ -102,9 +102,24 @@ impl MailboxNode {
     }
 
     /// The peer's heartbeat arrived (through our admin API or as the answer to ours).
+    ///
+    /// Never waits for the cluster actions it leads to: a heartbeat that waited behind a witness
+    /// operation against an unreachable witness (up to 2 s) or a truncation round would not be
+    /// sent, or answered, within the peer timeout, and two healthy nodes would lose each other
+    /// (campaign seed 41, `cut-active-witness`: the active remounted in a new epoch). Lease
+    /// renewals are left to the driver's tick, which asks for them itself; a demotion or a mount
+    /// runs in its own task.
     pub async fn on_peer_heartbeat(self: &Arc<Self>, hb: Heartbeat) {
-        let actions = self.machine().on_heartbeat(mono_ms(), hb);
-        self.execute(actions).await;
+        let actions: Vec<Action> = self
+            .machine()
+            .on_heartbeat(mono_ms(), hb)
+            .into_iter()
+            .filter(|a| !matches!(a, Action::AcquireLease(_)))
+            .collect();
+        if !actions.is_empty() {
+            let node = self.clone();
+            tokio::spawn(async move { node.execute(actions).await });
+        }
     }
 
     /// Sends our heartbeat; the peer answers with its own. A peer that does not answer within the
@@ -202,12 +217,24 @@ impl MailboxNode {
     }
 
     /// Carries out the machine's actions, one at a time (mounts and demotions never overlap).
+    ///
+    /// In a task of their own: the machine has already moved to the state these actions carry
+    /// out, so they must run to the end even if the caller is dropped — an admin API handler whose
+    /// client hung up (a heartbeat that timed out while this node was paused) would otherwise
+    /// drop a Demote, leaving a node the machine calls passive with its databases still mounted
+    /// and no copy, for good (campaign seed 12 with the etcd witness).
     pub async fn execute(self: &Arc<Self>, actions: Vec<Action>) {
         if actions.is_empty() {
             return;
         }
-        let _one_at_a_time = self.exec.lock().await;
-        self.execute_locked(actions).await;
+        let node = self.clone();
+        let run = tokio::spawn(async move {
+            let _one_at_a_time = node.exec.lock().await;
+            node.execute_locked(actions).await;
+        });
+        if let Err(e) = run.await {
+            error!(node = %self.name, error = %e, "cluster action task failed");
+        }
     }
 
     /// [`Self::execute`] for a caller that holds the execution lock.
@@ -235,6 +262,16 @@ impl MailboxNode {
                     missing,
                     failover,
                 } => {
+                    // Decided earlier, carried out now: only if the machine still wants exactly
+                    // this mount (a demotion may have been decided since, by another task).
+                    let wanted = {
+                        let m = self.machine();
+                        *m.role() == Role::Active && m.epoch() == epoch
+                    };
+                    if !wanted {
+                        warn!(node = %self.name, epoch, "a mount decided earlier is no longer wanted; skipped");
+                        continue;
+                    }
                     let node = self.clone();
                     match tokio::task::spawn_blocking(move || node.mount(epoch, &missing, failover))
                         .await
@@ -247,6 +284,11 @@ impl MailboxNode {
                     }
                 }
                 Action::Demote => {
+                    // Likewise: a demotion decided before a newer mount must not undo it.
+                    if *self.machine().role() == Role::Active {
+                        warn!(node = %self.name, "a demotion decided earlier is no longer wanted; skipped");
+                        continue;
+                    }
                     let node = self.clone();
                     match tokio::task::spawn_blocking(move || node.demote()).await {
                         Ok(Ok(())) => {}
@@ -429,8 +471,19 @@ impl MailboxNode {
     }
 
     /// The target side of a scheduled move: copy up to the given generations, take the witness
-    /// lease the old active released, then mount.
+    /// lease the old active released, then mount. In its own task, like [`Self::execute`]: the
+    /// old active's request may time out, and a mount the machine has decided must still happen.
     pub async fn take_over(
+        self: &Arc<Self>,
+        last_closed: &std::collections::BTreeMap<String, u64>,
+    ) -> Result<(), String> {
+        let (node, last_closed) = (self.clone(), last_closed.clone());
+        tokio::spawn(async move { node.run_take_over(&last_closed).await })
+            .await
+            .map_err(|e| format!("the takeover task failed: {e}"))?
+    }
+
+    async fn run_take_over(
         self: &Arc<Self>,
         last_closed: &std::collections::BTreeMap<String, u64>,
     ) -> Result<(), String> {

@@ -12,7 +12,7 @@ use super::auth::{DeliveryAuth, MECHANISM};
 use super::dsn::{self, Dsn};
 use super::path::{self, PathKind};
 use super::{Backend, BareNewline, Reply, SmtpConfig};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 /// Verbs we recognise but do not offer; RFC 5321 §4.2.4 wants 502 for them, not 500.
 const NOT_IMPLEMENTED: &[&str] = &[
@@ -351,7 +351,7 @@ impl Commands {
         };
         match auth.verify(challenge, answer) {
             Ok(user) => {
-                info!(%user, "hub authenticated");
+                debug!(%user, "hub authenticated");
                 self.auth = Auth::Yes;
                 Step::reply(Reply::new(235, "2.7.0", "Authentication successful"))
             }
