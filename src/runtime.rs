@@ -2,7 +2,7 @@
 //! then serve until the shutdown token is cancelled. A role with a certificate reloads it on SIGHUP.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
 use crate::admin;
-use crate::config::Site;
+use crate::config::{AdminTls, DeliveryTls, Site};
 use crate::hub::{inbound::HubInbound, Hub, HubError};
 use crate::node::{inbound::NodeInbound, MailboxNode, NodeError};
 use crate::smtp::{self, DeliveryAuth, DeliverySecret, ServerTls, SmtpConfig, TlsError, TlsFiles};
@@ -173,18 +173,24 @@ fn on_sighup(
 
 /// Loads a role's certificate and reloads it on every SIGHUP until shutdown; a failed reload
 /// keeps the certificate in use.
+///
+/// With `clients` (the site's CA), the listener completes a handshake only with a client that
+/// presents a certificate that CA signed.
 fn start_tls(
     role: &str,
     files: Option<&TlsFiles>,
+    clients: Option<&PathBuf>,
     shutdown: &CancellationToken,
     tasks: &mut JoinSet<()>,
 ) -> Result<Option<Arc<ServerTls>>, StartError> {
     let Some(files) = files else {
         return Ok(None);
     };
-    let tls = ServerTls::load(files.clone()).map_err(|source| StartError::Tls {
-        role: role.to_string(),
-        source: Box::new(source),
+    let tls = ServerTls::load_verifying(files.clone(), clients.cloned()).map_err(|source| {
+        StartError::Tls {
+            role: role.to_string(),
+            source: Box::new(source),
+        }
     })?;
     let (reloaded, name) = (tls.clone(), role.to_string());
     on_sighup(role, shutdown, tasks, move || match reloaded.reload() {
@@ -245,7 +251,8 @@ pub async fn start_hub(
         .clone();
     let (smtp_l, smtp_e) = bind(name, "smtp", cfg.smtp).await?;
     let (admin_l, admin_e) = bind(name, "admin", cfg.admin).await?;
-    let tls = start_tls(name, cfg.tls.as_ref(), shutdown, tasks)?;
+    let tls = start_tls(name, cfg.tls.as_ref(), None, shutdown, tasks)?;
+    let admin_tls = start_admin_tls(site, name, cfg.tls.as_ref(), shutdown, tasks)?;
     let hub =
         Hub::open(site.clone(), name, &data.join(name)).map_err(|source| StartError::Hub {
             role: name.to_string(),
@@ -257,7 +264,18 @@ pub async fn start_hub(
         smtp_config(site, &hub.hostname, Listener::Hub, tls, cfg.require_tls),
     );
     reload_secret_on_sighup(name, site, hub.delivery_secret.clone(), shutdown, tasks)?;
-    let admin = (admin_l, admin::hub_router(hub.clone()));
+    let (reloaded, role) = (hub.clone(), name.to_string());
+    on_sighup(name, shutdown, tasks, move || {
+        if let Err(e) = reloaded.reload_node_tls() {
+            error!(role = %role, error = %e, "delivery TLS reload failed; keeping the files in use");
+        }
+    })?;
+    let admin = Admin {
+        listener: admin_l,
+        router: admin::hub_router(hub.clone()),
+        tls: admin_tls,
+        identity: cfg.tls.clone(),
+    };
     spawn_listeners(tasks, name, smtp, admin, site, shutdown);
     hub.spawn_housekeeping(shutdown.clone());
     Ok(vec![smtp_e, admin_e])
@@ -275,7 +293,17 @@ pub async fn start_node(
     let cfg = cfg.clone();
     let (smtp_l, smtp_e) = bind(name, "smtp", cfg.smtp).await?;
     let (admin_l, admin_e) = bind(name, "admin", cfg.admin).await?;
-    let tls = start_tls(name, cfg.tls.as_ref(), shutdown, tasks)?;
+    // Under delivery_tls = "mutual" only a client with a certificate from the site's CA (a hub)
+    // completes STARTTLS, and nothing is taken without it.
+    let hubs_certified = (site.delivery_tls == DeliveryTls::Mutual).then_some(site.tls_ca.as_ref());
+    let tls = start_tls(
+        name,
+        cfg.tls.as_ref(),
+        hubs_certified.flatten(),
+        shutdown,
+        tasks,
+    )?;
+    let admin_tls = start_admin_tls(site, name, cfg.tls.as_ref(), shutdown, tasks)?;
     let node = MailboxNode::open(site.clone(), name, cms, &data.join(name)).map_err(|source| {
         StartError::Node {
             role: name.to_string(),
@@ -291,7 +319,12 @@ pub async fn start_node(
         users: site.hubs.iter().map(|h| h.name.clone()).collect(),
     });
     let smtp = (smtp_l, Arc::new(NodeInbound(node.clone())), smtp_cfg);
-    let admin = (admin_l, admin::node_router(node.clone()));
+    let admin = Admin {
+        listener: admin_l,
+        router: admin::node_router(node.clone()),
+        tls: admin_tls,
+        identity: cfg.tls.clone(),
+    };
     spawn_listeners(tasks, name, smtp, admin, site, shutdown);
     crate::node::driver::spawn(node.clone(), shutdown.clone());
     Ok((vec![smtp_e, admin_e], node))
@@ -314,19 +347,43 @@ fn unknown(site: &Site, kind: &'static str, name: &str) -> StartError {
     }
 }
 
+/// The HTTPS side of a role's admin API (`admin_tls`): its own reloadable configuration, which
+/// also verifies clients under `admin_tls = "mutual"`.
+fn start_admin_tls(
+    site: &Site,
+    role: &str,
+    files: Option<&TlsFiles>,
+    shutdown: &CancellationToken,
+    tasks: &mut JoinSet<()>,
+) -> Result<Option<Arc<ServerTls>>, StartError> {
+    match site.admin_tls {
+        AdminTls::Off => Ok(None),
+        AdminTls::On => start_tls(role, files, None, shutdown, tasks),
+        AdminTls::Mutual => start_tls(role, files, site.tls_ca.as_ref(), shutdown, tasks),
+    }
+}
+
+/// A role's admin listener and what it serves.
+struct Admin {
+    listener: TcpListener,
+    router: axum::Router,
+    /// HTTPS, with `admin_tls`.
+    tls: Option<Arc<ServerTls>>,
+    /// The role's certificate, which its dashboard presents to the other roles.
+    identity: Option<TlsFiles>,
+}
+
 /// Serves a role's SMTP listener (with its backend) and admin listener (with its router).
 fn spawn_listeners<B: smtp::Backend>(
     tasks: &mut JoinSet<()>,
     role: &str,
     (smtp_l, backend, smtp_cfg): (TcpListener, Arc<B>, SmtpConfig),
-    (admin_l, router): (TcpListener, axum::Router),
+    admin: Admin,
     site: &Arc<Site>,
     shutdown: &CancellationToken,
 ) {
-    // With admin_tls the admin API presents the same (reloadable) certificate as SMTP.
-    let admin_tls = smtp_cfg.tls.clone().filter(|_| site.admin_tls);
     spawn_smtp(tasks, role, smtp_l, backend, smtp_cfg, shutdown);
-    spawn_admin(tasks, role, admin_l, router, site, admin_tls, shutdown);
+    spawn_admin(tasks, role, admin, site, shutdown);
 }
 
 fn spawn_smtp<B: smtp::Backend>(
@@ -351,16 +408,16 @@ fn spawn_smtp<B: smtp::Backend>(
 fn spawn_admin(
     tasks: &mut JoinSet<()>,
     role: &str,
-    listener: TcpListener,
-    router: axum::Router,
+    admin: Admin,
     site: &Arc<Site>,
-    tls: Option<Arc<ServerTls>>,
     shutdown: &CancellationToken,
 ) {
     let role = role.to_string();
-    let app = admin::dashboard::mount(router, site.clone());
+    let app = admin::dashboard::mount(admin.router, site.clone(), admin.identity);
     let stop = shutdown.clone().cancelled_owned();
     let on_error = shutdown.clone();
+    let listener = admin.listener;
+    let tls = admin.tls;
     tasks.spawn(async move {
         let served = match tls {
             Some(tls) => admin::https::serve_tls(listener, app, tls, stop).await,

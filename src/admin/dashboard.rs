@@ -24,6 +24,7 @@ use crate::client::{AdminClient, ClientError};
 use crate::clock::now_ms;
 use crate::clock::rfc3339;
 use crate::config::{Cms, Site};
+use crate::smtp::TlsFiles;
 use crate::space::Reading;
 use crate::wire::cluster::{NodeStatus, OutstandingView, SgCopyStatus};
 use crate::wire::hub::{HubDumpsterStats, QueueSummary};
@@ -120,9 +121,15 @@ pub struct CmsView {
 
 /// Mounts a role's admin app: its `router` and `/api/site` behind the site's token, and the
 /// dashboard page in front of it without one.
-pub fn mount(router: Router, site: Arc<Site>) -> Router {
+///
+/// `identity` is the role's certificate, which the page's calls to the other roles present under
+/// `admin_tls = "mutual"`.
+pub fn mount(router: Router, site: Arc<Site>, identity: Option<TlsFiles>) -> Router {
     let token = site.admin_token.clone();
-    let api = router.route("/api/site", get(site_document).with_state(site));
+    let api = router.route(
+        "/api/site",
+        get(site_document).with_state((site, identity.map(Arc::new))),
+    );
     super::with_auth(api, token).merge(page_router())
 }
 
@@ -157,14 +164,19 @@ async fn asset(content_type: &'static str, body: &'static str) -> impl IntoRespo
     )
 }
 
-async fn site_document(State(site): State<Arc<Site>>) -> Result<Json<SiteDocument>, ApiError> {
-    gather(site).await.map(Json).map_err(ApiError::internal)
+async fn site_document(
+    State((site, identity)): State<(Arc<Site>, Option<Arc<TlsFiles>>)>,
+) -> Result<Json<SiteDocument>, ApiError> {
+    gather(site, identity.as_deref())
+        .await
+        .map(Json)
+        .map_err(ApiError::internal)
 }
 
-/// Asks every hub and node of `site` at once; a role that does not answer within
-/// [`ROLE_TIMEOUT`] is shown down.
-pub async fn gather(site: Arc<Site>) -> Result<SiteDocument, ClientError> {
-    let client = AdminClient::with_timeout(&site, ROLE_TIMEOUT)?;
+/// Asks every hub and node of `site` at once, presenting `identity`; a role that does not answer
+/// within [`ROLE_TIMEOUT`] is shown down.
+async fn gather(site: Arc<Site>, identity: Option<&TlsFiles>) -> Result<SiteDocument, ClientError> {
+    let client = AdminClient::presenting(&site, identity, ROLE_TIMEOUT)?;
     let mut hub_calls = JoinSet::new();
     for (i, h) in site.hubs.iter().enumerate() {
         let (client, name, addr) = (client.clone(), h.name.clone(), h.admin);
@@ -372,7 +384,7 @@ name = "SG1"
 mailboxes = ["alice@example.test"]
 "#;
         let site = Arc::new(Site::parse(Path::new("site.toml"), text).expect("site"));
-        let app = mount(Router::new(), site);
+        let app = mount(Router::new(), site, None);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");

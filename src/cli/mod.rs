@@ -210,7 +210,7 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
     let site = match &cli.command {
         Command::Demo => return Ok(demo::run(cli.json, cli.log_format).await?),
         Command::Bench(args) => return Ok(bench::run(args, cli.json, cli.log_format).await?),
-        Command::Tls { command } => return tls::run(command, cli.json),
+        Command::Tls { command } => return tls::run(command, &cli.config, cli.json),
         _ => load()?,
     };
     match cli.command {
@@ -226,7 +226,7 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
         }
         Command::Demo => Ok(demo::run(cli.json, cli.log_format).await?),
         Command::Bench(args) => Ok(bench::run(&args, cli.json, cli.log_format).await?),
-        Command::Tls { command } => tls::run(&command, cli.json),
+        Command::Tls { command } => tls::run(&command, &cli.config, cli.json),
         Command::Status { cms } => cluster::status(&site, cms.as_deref(), cli.json).await,
         Command::Health => cluster::health(&site, cli.json).await,
         Command::Move {

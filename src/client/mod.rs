@@ -12,8 +12,11 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::config::Site;
-use crate::smtp::{crypto_provider, read_certificates};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::PrivateKeyDer;
+
+use crate::config::{AdminTls, Site};
+use crate::smtp::{crypto_provider, read_certificates, root_store, TlsFiles};
 use crate::wire::ErrorBody;
 
 /// How long the CLI waits for one role before calling it unreachable.
@@ -40,10 +43,11 @@ pub enum ClientError {
         /// The error body's text.
         message: String,
     },
-    /// The CA for `admin_tls` cannot be used, so no call is made.
-    #[error("tls_ca {path}: {message}")]
+    /// The CA for `admin_tls`, or the certificate this caller presents, cannot be used, so no
+    /// call is made.
+    #[error("{path}: {message}")]
     Tls {
-        /// The CA file.
+        /// The file at fault (the CA, the certificate or key, or the site file).
         path: PathBuf,
         /// What is wrong with it.
         message: String,
@@ -60,23 +64,54 @@ pub struct AdminClient {
 }
 
 impl AdminClient {
-    /// A client for the roles of `site`, sending its admin token with every call.
+    /// A client for the roles of `site` as the operator (the CLI, the embedded site's
+    /// programs), sending its admin token with every call.
     pub fn new(site: &Site) -> Result<AdminClient, ClientError> {
         Self::with_timeout(site, TIMEOUT)
     }
 
-    /// A client with its own timeout (heartbeats must fail fast, not stall the cluster driver).
+    /// The operator's client with its own timeout; under `admin_tls = "mutual"` it presents
+    /// `admin_client_certificate`.
     pub fn with_timeout(site: &Site, timeout: Duration) -> Result<AdminClient, ClientError> {
+        Self::presenting(site, site.admin_client.as_ref(), timeout)
+    }
+
+    /// A client for one role calling the others (heartbeats, log shipping, resubmission
+    /// requests, the dashboard): under `admin_tls = "mutual"` it presents `identity`, the
+    /// role's own certificate. Its own timeout, as heartbeats must fail fast, not stall the
+    /// cluster driver.
+    pub fn presenting(
+        site: &Site,
+        identity: Option<&TlsFiles>,
+        timeout: Duration,
+    ) -> Result<AdminClient, ClientError> {
         let builder = reqwest::Client::builder().timeout(timeout).no_proxy();
-        let (builder, scheme) = match (&site.admin_tls, &site.tls_ca) {
-            (true, Some(ca)) => (builder.use_preconfigured_tls(tls_config(ca)?), "https"),
-            (true, None) => {
+        let (builder, scheme) = match (site.admin_tls, &site.tls_ca) {
+            (AdminTls::Off, _) => (builder, "http"),
+            (_, None) => {
                 return Err(ClientError::Tls {
                     path: site.file.clone(),
                     message: "admin_tls is set but tls_ca is not".into(),
                 })
             }
-            (false, _) => (builder, "http"),
+            (AdminTls::On, Some(ca)) => (
+                builder.use_preconfigured_tls(tls_config(ca, None)?),
+                "https",
+            ),
+            (AdminTls::Mutual, Some(ca)) => {
+                let Some(identity) = identity else {
+                    return Err(ClientError::Tls {
+                        path: site.file.clone(),
+                        message:
+                            "admin_tls is \"mutual\" and this caller has no certificate to present"
+                                .into(),
+                    });
+                };
+                (
+                    builder.use_preconfigured_tls(tls_config(ca, Some(identity))?),
+                    "https",
+                )
+            }
         };
         let http = builder.build().map_err(|e| ClientError::Tls {
             path: site.tls_ca.clone().unwrap_or_else(|| site.file.clone()),
@@ -132,14 +167,14 @@ impl AdminClient {
         self.call(addr, req).await
     }
 
-    /// `DELETE http://addr{path}` with a JSON body, decoded as `T`.
+    /// `DELETE addr{path}` with a JSON body, decoded as `T`.
     pub async fn delete<B: Serialize, T: DeserializeOwned>(
         &self,
         addr: SocketAddr,
         path: &str,
         body: &B,
     ) -> Result<T, ClientError> {
-        let req = self.http.delete(format!("http://{addr}{path}")).json(body);
+        let req = self.http.delete(self.url(addr, path)).json(body);
         self.call(addr, req).await
     }
 
@@ -187,23 +222,28 @@ impl Download {
     }
 }
 
-/// Trusts the certificates of `ca` only (the ring provider, as everywhere in hubrelay).
-fn tls_config(ca: &Path) -> Result<rustls::ClientConfig, ClientError> {
-    let failed = |message: String| ClientError::Tls {
-        path: ca.to_path_buf(),
+/// Trusts the certificates of `ca` only (the ring provider, as everywhere in hubrelay), and
+/// presents `identity` to servers that ask for a client certificate.
+fn tls_config(ca: &Path, identity: Option<&TlsFiles>) -> Result<rustls::ClientConfig, ClientError> {
+    let failed = |path: &Path, message: String| ClientError::Tls {
+        path: path.to_path_buf(),
         message,
     };
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in read_certificates(ca).map_err(failed)? {
-        roots.add(cert).map_err(|e| failed(e.to_string()))?;
-    }
-    Ok(
-        rustls::ClientConfig::builder_with_provider(crypto_provider())
-            .with_safe_default_protocol_versions()
-            .map_err(|e| failed(e.to_string()))?
-            .with_root_certificates(roots)
-            .with_no_client_auth(),
-    )
+    let roots = root_store(ca).map_err(|m| failed(ca, format!("tls_ca: {m}")))?;
+    let builder = rustls::ClientConfig::builder_with_provider(crypto_provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| failed(ca, format!("tls_ca: {e}")))?
+        .with_root_certificates(roots);
+    let Some(files) = identity else {
+        return Ok(builder.with_no_client_auth());
+    };
+    let chain = read_certificates(&files.certificate)
+        .map_err(|m| failed(&files.certificate, format!("client certificate: {m}")))?;
+    let key = PrivateKeyDer::from_pem_file(&files.private_key)
+        .map_err(|e| failed(&files.private_key, format!("client certificate's key: {e}")))?;
+    builder
+        .with_client_auth_cert(chain, key)
+        .map_err(|e| failed(&files.certificate, format!("client certificate: {e}")))
 }
 
 fn unreachable(addr: SocketAddr, e: reqwest::Error) -> ClientError {

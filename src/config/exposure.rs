@@ -12,7 +12,8 @@ pub const EXAMPLE_ADMIN_TOKEN: &str = "change-me";
 /// A part of the site that other hosts could reach without a real secret or in clear text.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ExposureWarning {
-    /// Hubs deliver to this node without verifying it (`delivery_tls` is not `required`) while it
+    /// Hubs deliver to this node without verifying it (`delivery_tls` neither `required` nor
+    /// `mutual`) while it
     /// listens beyond loopback: mail crosses the network readable and to whoever answers there.
     ClearTextDelivery {
         /// The node.
@@ -42,11 +43,11 @@ impl std::fmt::Display for ExposureWarning {
             } => write!(
                 f,
                 "{node} takes deliveries on {smtp}, beyond loopback, and delivery_tls is {}: hubs send mail to it \
-                 without verifying who answers; set delivery_tls = \"required\" with tls_ca",
+                 without verifying who answers; set delivery_tls = \"required\" (or \"mutual\", hubs proven by certificate) with tls_ca",
                 match delivery_tls {
                     DeliveryTls::Off => "\"off\" (clear text)",
                     DeliveryTls::Opportunistic => "\"opportunistic\" (the node's certificate is not checked)",
-                    DeliveryTls::Required => "\"required\"",
+                    DeliveryTls::Required | DeliveryTls::Mutual => "verified",
                 }
             ),
             ExposureWarning::AdminOverHttp { role, admin } => write!(
@@ -88,14 +89,14 @@ pub fn exposure(site: &Site) -> Vec<ExposureWarning> {
         .cms
         .iter()
         .flat_map(|c| &c.nodes)
-        .filter(|n| site.delivery_tls != DeliveryTls::Required && !local(&n.smtp))
+        .filter(|n| !site.delivery_tls.verifies_nodes() && !local(&n.smtp))
         .map(|n| ExposureWarning::ClearTextDelivery {
             node: n.name.clone(),
             smtp: n.smtp,
             delivery_tls: site.delivery_tls,
         });
     let admin = admin_listeners(site)
-        .filter(|(_, admin)| !site.admin_tls && !local(admin))
+        .filter(|(_, admin)| !site.admin_tls.is_on() && !local(admin))
         .map(|(role, admin)| ExposureWarning::AdminOverHttp { role, admin });
     delivery.chain(admin).collect()
 }

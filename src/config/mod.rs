@@ -30,7 +30,7 @@ pub mod sanity;
 mod tests;
 mod units;
 
-pub use units::{AutoDatabaseMountDial, DeliveryTls, Dur, Size};
+pub use units::{AdminTls, AutoDatabaseMountDial, DeliveryTls, Dur, Size};
 
 /// A configuration error, already located in the file.
 #[derive(Debug, thiserror::Error)]
@@ -120,9 +120,13 @@ pub struct Site {
     pub tls_ca: Option<PathBuf>,
     /// Whether hubs deliver to nodes over STARTTLS.
     pub delivery_tls: DeliveryTls,
-    /// The admin API of every role (CLI calls, heartbeats, log shipping, resubmission requests)
-    /// is HTTPS with the role's certificate, verified against `tls_ca`.
-    pub admin_tls: bool,
+    /// Whether the admin API of every role (CLI calls, heartbeats, log shipping, resubmission
+    /// requests) is HTTPS with the role's certificate, verified against `tls_ca`, and whether
+    /// its clients must present one too.
+    pub admin_tls: AdminTls,
+    /// The certificate the CLI (and the programs that call roles as the operator) presents to
+    /// admin APIs under `admin_tls = "mutual"` (`admin_client_certificate`/`_private_key`).
+    pub admin_client: Option<TlsFiles>,
     /// Every hub of the site.
     pub hubs: Vec<Hub>,
     /// Every clustered mailbox server of the site.

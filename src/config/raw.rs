@@ -10,7 +10,7 @@ use ipnet::IpNet;
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::{AutoDatabaseMountDial, DeliveryTls, Dur, Size};
+use super::{AdminTls, AutoDatabaseMountDial, DeliveryTls, Dur, Size};
 use crate::smtp::BareNewline;
 
 fn default_max_message_size() -> Size {
@@ -85,8 +85,8 @@ fn default_resubmit_rate() -> Spanned<u64> {
 fn default_require_tls() -> Spanned<bool> {
     Spanned::new(0..0, false)
 }
-fn default_admin_tls() -> Spanned<bool> {
-    Spanned::new(0..0, false)
+fn default_admin_tls() -> Spanned<AdminTls> {
+    Spanned::new(0..0, AdminTls::Off)
 }
 fn default_delivery_tls() -> Spanned<DeliveryTls> {
     Spanned::new(0..0, DeliveryTls::Opportunistic)
@@ -159,7 +159,9 @@ pub(super) struct RawSite {
     #[serde(default = "default_delivery_tls")]
     pub(super) delivery_tls: Spanned<DeliveryTls>,
     #[serde(default = "default_admin_tls")]
-    pub(super) admin_tls: Spanned<bool>,
+    pub(super) admin_tls: Spanned<AdminTls>,
+    pub(super) admin_client_certificate: Option<Spanned<PathBuf>>,
+    pub(super) admin_client_private_key: Option<Spanned<PathBuf>>,
     #[serde(default = "default_store_cache_size")]
     pub(super) store_cache_size: Size,
     #[serde(default = "default_in_flow_delay")]

@@ -320,8 +320,73 @@ fn tls_mistakes_name_their_key() {
         "admin_tls = true\ntls_ca = \"ca.pem\"\ntls_certificate = \"a.crt\"\ntls_private_key = \"a.key\"",
     ))
     .expect("admin_tls with certificates and a CA");
-    assert!(site.admin_tls);
-    assert!(!parse(GOOD).expect("valid").admin_tls);
+    assert_eq!(site.admin_tls, AdminTls::On);
+    assert_eq!(parse(GOOD).expect("valid").admin_tls, AdminTls::Off);
+    let e = err(&with("admin_tls = \"maybe\""));
+    assert!(
+        e.contains("site.admin_tls") && e.contains("not one of false, true, \"mutual\""),
+        "{e}"
+    );
+}
+
+#[test]
+fn mutual_tls_needs_a_ca_a_certificate_for_every_role_and_the_operators() {
+    let with = |lines: &str| GOOD.replacen("[site]\n", &format!("[site]\n{lines}\n"), 1);
+    let pair = "tls_certificate = \"a.crt\"\ntls_private_key = \"a.key\"";
+    let e = err(&with("delivery_tls = \"mutual\""));
+    assert!(
+        e.contains(": site.delivery_tls: ") && e.contains("tls_ca"),
+        "{e}"
+    );
+    let e = err(&with("delivery_tls = \"mutual\"\ntls_ca = \"ca.pem\""));
+    assert!(
+        e.contains(": site.delivery_tls: \"mutual\": every hub and node presents a certificate"),
+        "{e}"
+    );
+    let site = parse(&with(&format!(
+        "delivery_tls = \"mutual\"\ntls_ca = \"ca.pem\"\n{pair}"
+    )))
+    .expect("mutual with a CA and certificates");
+    assert_eq!(site.delivery_tls, DeliveryTls::Mutual);
+    // Nodes take nothing in clear text, whatever require_tls says elsewhere.
+    assert!(site.cms[0].nodes.iter().all(|n| n.require_tls));
+    assert!(site.hubs.iter().all(|h| !h.require_tls));
+    let e = err(&with(&format!(
+        "delivery_tls = \"mutual\"\ntls_ca = \"ca.pem\"\n{pair}"
+    ))
+    .replacen(
+        "[[cms.node]]\nname = \"node1\"",
+        "[[cms.node]]\nname = \"node1\"\nrequire_tls = false",
+        1,
+    ));
+    assert!(
+        e.contains(": cms.node.require_tls: delivery_tls = \"mutual\""),
+        "{e}"
+    );
+
+    let e = err(&with(&format!(
+        "admin_tls = \"mutual\"\ntls_ca = \"ca.pem\"\n{pair}"
+    )));
+    assert!(
+        e.contains(": site.admin_client_certificate: missing: with admin_tls = \"mutual\""),
+        "{e}"
+    );
+    let e = err(&with(&format!(
+        "admin_tls = \"mutual\"\ntls_ca = \"ca.pem\"\n{pair}\nadmin_client_certificate = \"op.pem\""
+    )));
+    assert!(
+        e.contains(": site.admin_client_private_key: missing"),
+        "{e}"
+    );
+    let site = parse(&with(&format!(
+        "admin_tls = \"mutual\"\ntls_ca = \"ca.pem\"\n{pair}\nadmin_client_certificate = \"op.pem\"\nadmin_client_private_key = \"op.key\""
+    )))
+    .expect("mutual admin with the operator's pair");
+    assert_eq!(site.admin_tls, AdminTls::Mutual);
+    assert_eq!(
+        site.admin_client.map(|f| f.certificate),
+        Some(PathBuf::from("op.pem"))
+    );
 }
 
 #[test]

@@ -100,4 +100,56 @@ pub enum DeliveryTls {
     /// Always, with the node's certificate verified against `tls_ca` and its address; a node
     /// that does not offer STARTTLS or fails the check is a temporary failure (mail waits).
     Required,
+    /// As `required`, and the hub presents its own certificate, which the node verifies against
+    /// `tls_ca`: that certificate, not the delivery secret, is what lets a hub deliver.
+    Mutual,
+}
+
+impl DeliveryTls {
+    /// Whether the hub verifies the node's certificate (`required` and `mutual`).
+    pub fn verifies_nodes(self) -> bool {
+        matches!(self, DeliveryTls::Required | DeliveryTls::Mutual)
+    }
+}
+
+/// Whether the admin APIs speak HTTPS, and whether they also verify their clients (`admin_tls`:
+/// `false`, `true` or `"mutual"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "AdminTlsValue")]
+pub enum AdminTls {
+    /// Plain HTTP (the default): for loopback and trusted networks.
+    Off,
+    /// HTTPS with each role's certificate, verified by every client against `tls_ca`.
+    On,
+    /// HTTPS, and every client (roles, the CLI) presents a certificate from `tls_ca`, so the
+    /// bearer token alone no longer opens an admin API.
+    Mutual,
+}
+
+impl AdminTls {
+    /// Whether the admin APIs are HTTPS.
+    pub fn is_on(self) -> bool {
+        self != AdminTls::Off
+    }
+}
+
+/// What `admin_tls` may be written as: the boolean of earlier releases, or a word.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum AdminTlsValue {
+    Flag(bool),
+    Word(String),
+}
+
+impl TryFrom<AdminTlsValue> for AdminTls {
+    type Error = String;
+
+    fn try_from(v: AdminTlsValue) -> Result<AdminTls, String> {
+        match v {
+            AdminTlsValue::Flag(false) => Ok(AdminTls::Off),
+            AdminTlsValue::Flag(true) => Ok(AdminTls::On),
+            AdminTlsValue::Word(w) if w == "mutual" => Ok(AdminTls::Mutual),
+            AdminTlsValue::Word(w) => Err(format!("\"{w}\" is not one of false, true, \"mutual\"")),
+        }
+    }
 }

@@ -14,9 +14,10 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use lettre::transport::smtp::client::AsyncSmtpConnection;
 use lettre::transport::smtp::commands::{Data, Mail, Rcpt, Rset};
 use lettre::transport::smtp::extension::{ClientId, MailBodyParameter, MailParameter};
@@ -80,7 +81,8 @@ pub struct Taken {
 struct NodeLink {
     name: String,
     addr: SocketAddr,
-    tls: ForNode,
+    /// Replaced when the hub's TLS files are read again (SIGHUP).
+    tls: ArcSwap<ForNode>,
     idle: Mutex<Vec<AsyncSmtpConnection>>,
     reach: Mutex<Reach>,
 }
@@ -148,7 +150,7 @@ impl CmsLink {
                 Ok(NodeLink {
                     name: n.name.clone(),
                     addr: n.smtp,
-                    tls: tls.for_node(n.smtp)?,
+                    tls: ArcSwap::from_pointee(tls.for_node(n.smtp)?),
                     idle: Mutex::new(Vec::new()),
                     reach: Mutex::new(Reach::default()),
                 })
@@ -163,6 +165,20 @@ impl CmsLink {
             auth,
             newest_epoch: AtomicU64::new(0),
         })
+    }
+
+    /// Secures new connections to this CMS's nodes with `tls` from now on (the hub's TLS files
+    /// read again); connections already open keep theirs.
+    pub fn secure_with(&self, tls: &NodeTls) -> Result<(), NodeTlsError> {
+        let renewed = self
+            .nodes
+            .iter()
+            .map(|n| tls.for_node(n.addr))
+            .collect::<Result<Vec<_>, _>>()?;
+        for (node, renewed) in self.nodes.iter().zip(renewed) {
+            node.tls.store(Arc::new(renewed));
+        }
+        Ok(())
     }
 
     /// The CMS this link serves.
@@ -344,8 +360,10 @@ impl CmsLink {
             AsyncSmtpConnection::connect_with_transport(Box::new(stream), &self.client_id)
                 .await
                 .map_err(|e| e.to_string())?;
-        node.tls.secure(&mut conn, &self.client_id).await?;
-        self.authenticate(&mut conn).await?;
+        let tls = node.tls.load_full();
+        if !tls.secure(&mut conn, &self.client_id).await? {
+            self.authenticate(&mut conn).await?;
+        }
         Ok(conn)
     }
 

@@ -121,7 +121,8 @@ impl Hub {
     /// Opens the hub's store under `dir` and starts its flusher and retry scheduler; queued messages
     /// from a previous run are scheduled again.
     pub fn open(site: Arc<Site>, name: &str, dir: &Path) -> Result<Arc<Hub>, HubError> {
-        let node_tls = node_tls::NodeTls::from_site(&site)?;
+        let identity = site.hub(name).and_then(|h| h.tls.as_ref());
+        let node_tls = node_tls::NodeTls::from_site(&site, identity)?;
         let store = Arc::new(HubStore::open(dir, site.store_cache_size)?);
         let writer = writer::Writer::start(store.clone(), name).map_err(HubError::Writer)?;
         let flusher = store.clone();
@@ -413,6 +414,15 @@ impl Hub {
             }
         }
         delivered
+    }
+
+    /// Reads the hub's TLS files for delivery (`tls_ca`, and its certificate under
+    /// `delivery_tls = "mutual"`) again, for the next connection to each node (SIGHUP after a
+    /// renewal). On error the files in use stay.
+    pub fn reload_node_tls(&self) -> Result<(), node_tls::NodeTlsError> {
+        let identity = self.site.hub(&self.name).and_then(|h| h.tls.as_ref());
+        let tls = node_tls::NodeTls::from_site(&self.site, identity)?;
+        self.links.iter().try_for_each(|l| l.secure_with(&tls))
     }
 
     /// A node of a CMS mounted at `epoch` asked this hub to resubmit storage group `sg`: a `250`

@@ -77,6 +77,7 @@ pub struct NodeMetrics {
     moves: Counter,
     auth_missing: Counter,
     auth_invalid: Counter,
+    auth_certificate: Counter,
     active: Gauge,
     epoch: Gauge,
     last_generated: Family<SgLabels, Gauge>,
@@ -120,6 +121,9 @@ impl NodeMetrics {
             moves: Counter::default(),
             auth_missing: auth_refused.get_or_create_owned(&AuthLabels { reason: "missing" }),
             auth_invalid: auth_refused.get_or_create_owned(&AuthLabels { reason: "invalid" }),
+            auth_certificate: auth_refused.get_or_create_owned(&AuthLabels {
+                reason: "certificate",
+            }),
             active: Gauge::default(),
             epoch: Gauge::default(),
             last_generated: Family::default(),
@@ -162,7 +166,7 @@ impl NodeMetrics {
         );
         r.register(
             "smtp_auth_refused",
-            "SMTP clients refused by this node before MAIL: without AUTH (reason missing: not one of the site's hubs) or with a wrong answer (reason invalid: a wrong delivery secret)",
+            "SMTP clients refused by this node before MAIL: without AUTH (reason missing: not one of the site's hubs), with a wrong answer (reason invalid: a wrong delivery secret), or at STARTTLS without a certificate from the site's CA (reason certificate, delivery_tls = \"mutual\")",
             auth_refused,
         );
         r.register(
@@ -242,10 +246,12 @@ impl NodeMetrics {
         }
     }
 
-    /// An SMTP client was refused for want of AUTH (`missing`) or a wrong answer (`invalid`).
+    /// An SMTP client was refused for want of AUTH (`missing`), a wrong answer (`invalid`) or
+    /// a certificate from the site's CA (`certificate`).
     pub fn auth_refused(&self, reason: &str) {
         match reason {
             "missing" => self.auth_missing.inc(),
+            "certificate" => self.auth_certificate.inc(),
             _ => self.auth_invalid.inc(),
         };
     }

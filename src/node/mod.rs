@@ -157,6 +157,12 @@ impl MailboxNode {
                 },
             )?),
         };
+        // Under admin_tls = "mutual" every call to another role presents this node's certificate.
+        let identity = c
+            .nodes
+            .iter()
+            .find(|n| n.name == name)
+            .and_then(|n| n.tls.as_ref());
         let first = c.nodes.first().is_some_and(|n| n.name == name);
         let peer = c
             .nodes
@@ -183,7 +189,7 @@ impl MailboxNode {
             peer,
             witness,
             timing,
-            client: AdminClient::new(&site)?,
+            client: AdminClient::presenting(&site, identity, crate::client::TIMEOUT)?,
             metrics: NodeMetrics::new(
                 name,
                 &c.name,
@@ -197,9 +203,17 @@ impl MailboxNode {
                 site.min_free_space,
             ),
             disk: disk::DiskWatch::default(),
-            heartbeats: AdminClient::with_timeout(&site, std::time::Duration::from_millis(400))?,
-            moves: AdminClient::with_timeout(&site, std::time::Duration::from_secs(40))?,
-            seeds: AdminClient::with_timeout(&site, std::time::Duration::from_secs(7 * 86_400))?,
+            heartbeats: AdminClient::presenting(
+                &site,
+                identity,
+                std::time::Duration::from_millis(400),
+            )?,
+            moves: AdminClient::presenting(&site, identity, std::time::Duration::from_secs(40))?,
+            seeds: AdminClient::presenting(
+                &site,
+                identity,
+                std::time::Duration::from_secs(7 * 86_400),
+            )?,
             dir: dir.to_path_buf(),
             machine: Mutex::new(machine),
             writers: Mutex::new(None),

@@ -14,7 +14,7 @@ use std::time::Duration;
 use super::ProgramError;
 use crate::client::AdminClient;
 use crate::config::Site;
-use crate::smtp::SelfSigned;
+use crate::smtp::PemPair;
 use crate::telemetry::logging::LogFormat;
 
 /// How long a process may take to print `ready`.
@@ -206,7 +206,7 @@ fn write_site(dir: &Path, spec: &SiteSpec<'_>) -> Result<PathBuf, ProgramError> 
         p.push(free_port()?);
     }
     let tls = if spec.tls {
-        let pair = SelfSigned::new(&["localhost".into(), "127.0.0.1".into()]).map_err(fail)?;
+        let pair = PemPair::self_signed(&["localhost".into(), "127.0.0.1".into()]).map_err(fail)?;
         std::fs::write(dir.join("site.crt"), pair.cert_pem).map_err(fail)?;
         std::fs::write(dir.join("site.key"), pair.key_pem).map_err(fail)?;
         "tls_certificate = \"site.crt\"\ntls_private_key = \"site.key\"\n"

@@ -99,9 +99,16 @@ pub(crate) struct Commands {
 impl Commands {
     /// The state after a TLS handshake: nothing learnt before it is kept (RFC 3207 §4.2), so the
     /// client must greet again and no envelope crosses from clear text into the encrypted session.
-    pub(crate) fn encrypted() -> Commands {
+    /// A client whose certificate the listener verified against the site's CA
+    /// (`delivery_tls = "mutual"`) is one of the site's roles: it needs no AUTH.
+    pub(crate) fn encrypted(client_certified: bool) -> Commands {
         Commands {
             tls: true,
+            auth: if client_certified {
+                Auth::Yes
+            } else {
+                Auth::No
+            },
             ..Commands::default()
         }
     }
@@ -212,7 +219,8 @@ impl Commands {
                 if config.tls.is_some() && !self.tls {
                     text.push_str("\nSTARTTLS");
                 }
-                if config.auth.is_some() && (self.tls || !config.require_tls) {
+                let authenticated = matches!(self.auth, Auth::Yes);
+                if config.auth.is_some() && (self.tls || !config.require_tls) && !authenticated {
                     text.push_str(&format!("\nAUTH {MECHANISM}"));
                 }
                 Step::reply(Reply::new(250, "", text))
@@ -383,6 +391,10 @@ impl Commands {
             return self.error(Reply::new(503, "5.5.1", "send EHLO or HELO first"), config);
         };
         if config.require_tls && !self.tls {
+            if config.auth.is_some() {
+                info!(sender = %from.address, "MAIL in clear text refused: deliveries come from the site's hubs only");
+                backend.auth_refused("missing");
+            }
             return self.error(
                 Reply::new(530, "5.7.0", "Must issue a STARTTLS command first"),
                 config,

@@ -41,13 +41,13 @@ use std::future::Future;
 use std::net::SocketAddr;
 
 pub use auth::{AuthError, DeliveryAuth, DeliverySecret, MECHANISM};
-pub use certs::SelfSigned;
+pub use certs::{PemPair, SiteCa, Usage};
 pub use config::SmtpConfig;
 pub use data::BareNewline;
 pub use dsn::Dsn;
 pub use reply::Reply;
 pub use server::serve;
-pub(crate) use tls::{crypto_provider, read_certificates};
+pub(crate) use tls::{crypto_provider, read_certificates, root_store};
 pub use tls::{ServerTls, TlsError, TlsFiles};
 
 /// A complete inbound message, after DATA, stamped.
@@ -88,7 +88,8 @@ pub trait Backend: Send + Sync + 'static {
     fn offers_dsn(&self) -> bool {
         false
     }
-    /// A client was refused for want of AUTH (`"missing"`) or with a wrong answer (`"invalid"`),
-    /// on a listener with [`SmtpConfig::auth`]: counted by a node's metrics.
+    /// A client was refused for want of AUTH (`"missing"`), with a wrong answer (`"invalid"`), on
+    /// a listener with [`SmtpConfig::auth`], or at the handshake for want of a certificate from
+    /// the site's CA (`"certificate"`): counted by a node's metrics.
     fn auth_refused(&self, _reason: &'static str) {}
 }

@@ -269,13 +269,21 @@ where
             .await
         {
             Ok(negotiated) => {
-                info!(version = %negotiated.version, cipher = %negotiated.cipher, "TLS established");
-                self.commands = Commands::encrypted();
+                info!(
+                    version = %negotiated.version,
+                    cipher = %negotiated.cipher,
+                    client_certificate = negotiated.client_certified,
+                    "TLS established"
+                );
+                self.commands = Commands::encrypted(negotiated.client_certified);
                 self.deadline = Instant::now() + self.config.idle_timeout;
                 Ok(true)
             }
             Err(error) => {
                 warn!(%error, "TLS handshake failed; closing the connection");
+                if tls.verifies_clients() && refused_certificate(&error) {
+                    self.backend.auth_refused("certificate");
+                }
                 Ok(false)
             }
         }
@@ -365,6 +373,17 @@ where
         self.queue(&reply);
         self.flush().await
     }
+}
+
+/// Whether a failed handshake was the client's certificate (none, or not from the site's CA)
+/// rather than the network or the protocol.
+fn refused_certificate(error: &io::Error) -> bool {
+    matches!(
+        error
+            .get_ref()
+            .and_then(|e| e.downcast_ref::<rustls::Error>()),
+        Some(rustls::Error::NoCertificatesPresented | rustls::Error::InvalidCertificate(_))
+    )
 }
 
 fn shutting_down() -> Reply {

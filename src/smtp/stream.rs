@@ -30,6 +30,9 @@ pub(crate) struct Negotiated {
     pub version: String,
     /// e.g. `TLS13_AES_256_GCM_SHA384`.
     pub cipher: String,
+    /// The client presented a certificate, which the listener's verifier accepted (a listener
+    /// that does not ask for one never has this).
+    pub client_certified: bool,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> SessionStream<S> {
@@ -63,6 +66,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> SessionStream<S> {
                 .negotiated_cipher_suite()
                 .map(|c| format!("{:?}", c.suite()))
                 .unwrap_or_default(),
+            client_certified: conn.peer_certificates().is_some_and(|c| !c.is_empty()),
         };
         *self = SessionStream::Tls(Box::new(tls));
         Ok(negotiated)

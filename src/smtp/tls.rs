@@ -4,6 +4,10 @@
 //! were replaced serves the new certificate to the next client without touching the sessions
 //! already encrypted. A reload that fails (a missing file, a key that does not match) keeps the
 //! old certificate: a typo during a renewal must not take the listener's TLS down.
+//!
+//! A listener that only the site's own roles may use (`delivery_tls = "mutual"` on a node's SMTP,
+//! `admin_tls = "mutual"`) also asks every client for a certificate and completes the handshake
+//! only with one the site's CA (`tls_ca`) signed.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -12,7 +16,8 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::ServerConfig;
+use rustls::server::WebPkiClientVerifier;
+use rustls::{RootCertStore, ServerConfig};
 use tokio_rustls::TlsAcceptor;
 
 /// Why a certificate or key could not be used; each names the config key and the file.
@@ -44,6 +49,14 @@ pub enum TlsError {
         /// What rustls said.
         source: rustls::Error,
     },
+    /// The CA that client certificates are verified against cannot be used.
+    #[error("tls_ca {path} (verifying client certificates): {message}")]
+    ClientCa {
+        /// The CA file.
+        path: PathBuf,
+        /// What is wrong with it.
+        message: String,
+    },
 }
 
 /// A certificate chain and its private key, as PEM files (resolved against the config file).
@@ -58,6 +71,8 @@ pub struct TlsFiles {
 /// A listener's TLS configuration, reloadable while the listener runs.
 pub struct ServerTls {
     files: TlsFiles,
+    /// The CA every client must present a certificate from; none: clients are not asked.
+    clients: Option<PathBuf>,
     current: ArcSwap<ServerConfig>,
 }
 
@@ -65,6 +80,7 @@ impl fmt::Debug for ServerTls {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ServerTls")
             .field("files", &self.files)
+            .field("clients", &self.clients)
             .finish_non_exhaustive()
     }
 }
@@ -72,19 +88,35 @@ impl fmt::Debug for ServerTls {
 impl ServerTls {
     /// Loads `files`; an error here is a start-up error (the operator asked for TLS).
     pub fn load(files: TlsFiles) -> Result<Arc<ServerTls>, TlsError> {
-        let config = server_config(&files)?;
+        Self::load_verifying(files, None)
+    }
+
+    /// Loads `files` for a listener that completes a handshake only with a client whose
+    /// certificate `clients` (a CA's PEM file) signed, when given.
+    pub fn load_verifying(
+        files: TlsFiles,
+        clients: Option<PathBuf>,
+    ) -> Result<Arc<ServerTls>, TlsError> {
+        let config = server_config(&files, clients.as_deref())?;
         Ok(Arc::new(ServerTls {
             files,
+            clients,
             current: ArcSwap::from(config),
         }))
     }
 
-    /// Reads the files again and serves them from the next handshake on; on error the
-    /// certificate in use stays.
+    /// Reads the files (and the clients' CA) again and serves them from the next handshake on;
+    /// on error the certificate in use stays.
     pub fn reload(&self) -> Result<(), TlsError> {
-        let config = server_config(&self.files)?;
+        let config = server_config(&self.files, self.clients.as_deref())?;
         self.current.store(config);
         Ok(())
+    }
+
+    /// Whether a handshake completes only with a client certificate from the site's CA, so a
+    /// session that completed one is a site role's.
+    pub fn verifies_clients(&self) -> bool {
+        self.clients.is_some()
     }
 
     /// The files this configuration comes from.
@@ -116,7 +148,16 @@ pub(crate) fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'stati
     Ok(certs)
 }
 
-fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
+/// The site's CA as a root store, for verifying either side of a connection.
+pub(crate) fn root_store(ca: &Path) -> Result<RootCertStore, String> {
+    let mut roots = RootCertStore::empty();
+    for cert in read_certificates(ca)? {
+        roots.add(cert).map_err(|e| e.to_string())?;
+    }
+    Ok(roots)
+}
+
+fn server_config(files: &TlsFiles, clients: Option<&Path>) -> Result<Arc<ServerConfig>, TlsError> {
     let chain = read_certificates(&files.certificate).map_err(|message| TlsError::Certificate {
         path: files.certificate.clone(),
         message,
@@ -131,12 +172,25 @@ fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
         private_key: files.private_key.clone(),
         source,
     };
-    let config = ServerConfig::builder_with_provider(crypto_provider())
+    let builder = ServerConfig::builder_with_provider(crypto_provider())
         .with_safe_default_protocol_versions()
-        .map_err(pair)?
-        .with_no_client_auth()
-        .with_single_cert(chain, key)
         .map_err(pair)?;
+    let builder = match clients {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let failed = |message: String| TlsError::ClientCa {
+                path: ca.to_path_buf(),
+                message,
+            };
+            let roots = root_store(ca).map_err(failed)?;
+            let verifier =
+                WebPkiClientVerifier::builder_with_provider(Arc::new(roots), crypto_provider())
+                    .build()
+                    .map_err(|e| failed(e.to_string()))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let config = builder.with_single_cert(chain, key).map_err(pair)?;
     Ok(Arc::new(config))
 }
 

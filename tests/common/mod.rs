@@ -16,6 +16,7 @@ use serde_json::Value;
 
 pub mod cluster;
 pub mod etcd;
+pub mod load;
 
 /// The admin token of every test site.
 pub const TOKEN: &str = "test-token";

@@ -9,7 +9,7 @@ use toml::Spanned;
 use super::checked_domain;
 use crate::config::locate::Locator;
 use crate::config::raw::RawSite;
-use crate::config::{ConfigError, DeliveryTls, Site};
+use crate::config::{AdminTls, ConfigError, DeliveryTls, Site};
 use crate::smtp::TlsFiles;
 
 /// The site's TLS settings, which a hub's or node's own section falls back on and is checked
@@ -20,9 +20,10 @@ pub(super) struct RoleTls {
     /// `site.require_tls`, for a role that does not set its own.
     require_tls: Spanned<bool>,
     /// `site.admin_tls`: every role then needs a certificate.
-    admin_tls: Spanned<bool>,
-    /// `site.delivery_tls`: when off, no node can require STARTTLS.
-    delivery_tls: DeliveryTls,
+    admin_tls: Spanned<AdminTls>,
+    /// `site.delivery_tls`: when off, no node can require STARTTLS; when mutual, every hub and
+    /// node needs a certificate and nodes require STARTTLS.
+    delivery_tls: Spanned<DeliveryTls>,
 }
 
 impl RoleTls {
@@ -37,6 +38,27 @@ impl RoleTls {
         require: Option<&Spanned<bool>>,
     ) -> Result<(Option<TlsFiles>, bool), ConfigError> {
         let tls = tls_files(at, section, cert, key)?.or_else(|| self.files.clone());
+        let delivery_tls = *self.delivery_tls.get_ref();
+        if delivery_tls == DeliveryTls::Mutual {
+            if tls.is_none() {
+                return Err(at.err(
+                    &self.delivery_tls.span(),
+                    "site.delivery_tls",
+                    format!("\"mutual\": every hub and node presents a certificate, and a {section} has none: set tls_certificate and tls_private_key (hubrelay tls generate --site makes them)"),
+                ));
+            }
+            // A node that takes mail from certified hubs only takes none in clear text.
+            if section == "cms.node" {
+                if let Some(r) = require.filter(|r| !*r.get_ref()) {
+                    return Err(at.err(
+                        &r.span(),
+                        &format!("{section}.require_tls"),
+                        "delivery_tls = \"mutual\": a node takes mail over TLS with a hub's certificate only, so require_tls cannot be false",
+                    ));
+                }
+                return Ok((tls, true));
+            }
+        }
         let (required, span, key) = match require {
             Some(r) => (*r.get_ref(), r.span(), format!("{section}.require_tls")),
             None => (
@@ -52,14 +74,14 @@ impl RoleTls {
                 "require_tls needs a certificate: set tls_certificate and tls_private_key",
             ));
         }
-        if *self.admin_tls.get_ref() && tls.is_none() {
+        if self.admin_tls.get_ref().is_on() && tls.is_none() {
             return Err(at.err(
             &self.admin_tls.span(),
             "site.admin_tls",
             format!("every role needs a certificate for HTTPS, and a {section} has none: set tls_certificate and tls_private_key"),
         ));
         }
-        if required && section == "cms.node" && self.delivery_tls == DeliveryTls::Off {
+        if required && section == "cms.node" && delivery_tls == DeliveryTls::Off {
             return Err(at.err(
             &span,
             &key,
@@ -136,19 +158,44 @@ pub(super) fn build(at: &Locator, site: RawSite) -> Result<(Site, RoleTls), Conf
     )?;
     let tls_ca = site.tls_ca.as_ref().map(|p| beside_config(at, p.get_ref()));
     let delivery_tls = *site.delivery_tls.get_ref();
-    if delivery_tls == DeliveryTls::Required && tls_ca.is_none() {
+    if delivery_tls.verifies_nodes() && tls_ca.is_none() {
         return Err(at.err(
             &site.delivery_tls.span(),
             "site.delivery_tls",
-            "\"required\" verifies each node's certificate, so it needs tls_ca (the CA's PEM file)",
+            format!(
+                "\"{}\" verifies each node's certificate, so it needs tls_ca (the CA's PEM file)",
+                if delivery_tls == DeliveryTls::Mutual {
+                    "mutual"
+                } else {
+                    "required"
+                }
+            ),
         ));
     }
     let admin_tls = *site.admin_tls.get_ref();
-    if admin_tls && tls_ca.is_none() {
+    if admin_tls.is_on() && tls_ca.is_none() {
         return Err(at.err(
             &site.admin_tls.span(),
             "site.admin_tls",
             "every admin client verifies the role it calls, so admin_tls needs tls_ca (the CA's PEM file)",
+        ));
+    }
+    let admin_client = file_pair(
+        at,
+        (
+            "site.admin_client_certificate",
+            site.admin_client_certificate.as_ref(),
+        ),
+        (
+            "site.admin_client_private_key",
+            site.admin_client_private_key.as_ref(),
+        ),
+    )?;
+    if admin_tls == AdminTls::Mutual && admin_client.is_none() {
+        return Err(at.err(
+            &site.admin_tls.span(),
+            "site.admin_client_certificate",
+            "missing: with admin_tls = \"mutual\" the CLI must present a certificate from tls_ca; set admin_client_certificate and admin_client_private_key (hubrelay tls generate --site makes them)",
         ));
     }
     let checked = Site {
@@ -180,6 +227,7 @@ pub(super) fn build(at: &Locator, site: RawSite) -> Result<(Site, RoleTls), Conf
         tls_ca,
         delivery_tls,
         admin_tls,
+        admin_client,
         hubs: Vec::new(),
         cms: Vec::new(),
     };
@@ -187,7 +235,7 @@ pub(super) fn build(at: &Locator, site: RawSite) -> Result<(Site, RoleTls), Conf
         files: site_tls,
         require_tls: site.require_tls,
         admin_tls: site.admin_tls,
-        delivery_tls,
+        delivery_tls: site.delivery_tls,
     };
     Ok((checked, roles))
 }
@@ -208,6 +256,23 @@ fn tls_files(
     cert: Option<&Spanned<PathBuf>>,
     key: Option<&Spanned<PathBuf>>,
 ) -> Result<Option<TlsFiles>, ConfigError> {
+    file_pair(
+        at,
+        (&format!("{section}.tls_certificate"), cert),
+        (&format!("{section}.tls_private_key"), key),
+    )
+}
+
+/// A certificate and its key under the keys named: both or neither.
+fn file_pair(
+    at: &Locator,
+    (cert_key, cert): (&str, Option<&Spanned<PathBuf>>),
+    (key_key, key): (&str, Option<&Spanned<PathBuf>>),
+) -> Result<Option<TlsFiles>, ConfigError> {
+    // The message names the keys as written in the section; the error's key says which section.
+    fn short(k: &str) -> &str {
+        k.rsplit('.').next().unwrap_or(k)
+    }
     match (cert, key) {
         (Some(c), Some(k)) => Ok(Some(TlsFiles {
             certificate: beside_config(at, c.get_ref()),
@@ -216,13 +281,13 @@ fn tls_files(
         (None, None) => Ok(None),
         (Some(c), None) => Err(at.err(
             &c.span(),
-            &format!("{section}.tls_private_key"),
-            "missing: tls_certificate needs its tls_private_key",
+            key_key,
+            format!("missing: {} needs its {}", short(cert_key), short(key_key)),
         )),
         (None, Some(k)) => Err(at.err(
             &k.span(),
-            &format!("{section}.tls_certificate"),
-            "missing: tls_private_key needs its tls_certificate",
+            cert_key,
+            format!("missing: {} needs its {}", short(key_key), short(cert_key)),
         )),
     }
 }

@@ -5,9 +5,10 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::{ClientConfig, RootCertStore};
-use tokio::io::{AsyncRead, AsyncWrite, DuplexStream};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, DuplexStream};
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
@@ -273,4 +274,142 @@ async fn a_reload_serves_the_new_certificate_and_a_failed_one_keeps_the_old() {
     let e = tls.reload().expect_err("missing key refused").to_string();
     assert!(e.starts_with("tls_private_key "), "{e}");
     assert_eq!(served(&tls, &trusted).await, next);
+}
+
+/// A site CA (as `hubrelay tls generate --site-dir` makes it) with a node's certificate under `dir`,
+/// and a node listener that requires AUTH, STARTTLS and a client certificate from that CA.
+fn mutual_node(dir: &Path) -> (SmtpConfig, crate::smtp::SiteCa, CertificateDer<'static>) {
+    let ca = crate::smtp::SiteCa::new("test", 30).expect("a CA");
+    let node = ca
+        .issue("node1", &["localhost".into()], crate::smtp::Usage::Role)
+        .expect("a node certificate");
+    let files = TlsFiles {
+        certificate: dir.join("node1.pem"),
+        private_key: dir.join("node1.key"),
+    };
+    std::fs::write(&files.certificate, &node.cert_pem).expect("write");
+    std::fs::write(&files.private_key, &node.key_pem).expect("write");
+    std::fs::write(dir.join("ca.pem"), ca.cert_pem()).expect("write");
+    let mut c = config();
+    c.tls = Some(ServerTls::load_verifying(files, Some(dir.join("ca.pem"))).expect("loads"));
+    c.require_tls = true;
+    c.auth = Some(crate::smtp::DeliveryAuth {
+        secret: crate::smtp::DeliverySecret::new(b"site secret".to_vec()),
+        users: vec!["hub1".into()],
+    });
+    let root = CertificateDer::from_pem_slice(ca.cert_pem().as_bytes()).expect("the CA in DER");
+    (c, ca, root)
+}
+
+/// A client trusting `root` and presenting `identity` (a PEM pair), if any.
+fn presenting(
+    root: &CertificateDer<'static>,
+    identity: Option<&crate::smtp::PemPair>,
+) -> TlsConnector {
+    let mut roots = RootCertStore::empty();
+    roots.add(root.clone()).expect("a valid root");
+    let builder = ClientConfig::builder_with_provider(crypto_provider())
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default versions")
+        .with_root_certificates(roots);
+    let config = match identity {
+        None => builder.with_no_client_auth(),
+        Some(pair) => builder
+            .with_client_auth_cert(
+                vec![CertificateDer::from_pem_slice(pair.cert_pem.as_bytes()).expect("cert")],
+                PrivateKeyDer::from_pem_slice(pair.key_pem.as_bytes()).expect("key"),
+            )
+            .expect("a client config"),
+    };
+    TlsConnector::from(Arc::new(config))
+}
+
+/// STARTTLS on a fresh session of `config` with `connector`: the encrypted client, or the error
+/// the session ended with (the server's alert reaches a TLS 1.3 client at its first read).
+async fn certified_session(
+    config: SmtpConfig,
+    connector: TlsConnector,
+) -> (Result<Client<TlsStream<DuplexStream>>, String>, Harness) {
+    let (mut client, h) = greeted(config).await;
+    cmd(&mut client, "EHLO hub1.test", "250").await;
+    cmd(&mut client, "STARTTLS", "220").await;
+    let name = ServerName::try_from("localhost").expect("a DNS name");
+    let stream = match connector.connect(name, client.stream.into_inner()).await {
+        Ok(s) => s,
+        Err(e) => return (Err(e.to_string()), h),
+    };
+    let mut tls = Client::new(stream);
+    tls.send("EHLO hub1.test\r\n".to_string()).await;
+    // The whole EHLO reply, or the error a refused handshake shows at the first read.
+    let mut ehlo = Vec::new();
+    loop {
+        let start = ehlo.len();
+        let read = tokio::time::timeout(tls.guard, tls.stream.read_until(b'\n', &mut ehlo))
+            .await
+            .expect("an answer or an alert in time");
+        match read {
+            Err(e) => return (Err(e.to_string()), h),
+            Ok(0) => return (Err("closed".into()), h),
+            Ok(_) if ehlo.get(start + 3) == Some(&b'-') => continue,
+            Ok(_) => break,
+        }
+    }
+    let ehlo = String::from_utf8_lossy(&ehlo).to_string();
+    assert!(ehlo.starts_with("250"), "{ehlo}");
+    assert!(
+        !ehlo.contains("AUTH"),
+        "a certified client is not asked to AUTH: {ehlo}"
+    );
+    (Ok(tls), h)
+}
+
+/// Waits for the session to end (after a refused handshake).
+async fn ended(h: Harness) {
+    tokio::time::timeout(std::time::Duration::from_secs(10), h.task)
+        .await
+        .expect("the session ends")
+        .expect("the session task did not panic")
+        .expect("a refused handshake ends the session without an error");
+}
+
+#[tokio::test]
+async fn a_verifying_listener_takes_mail_from_a_certified_client_without_auth_and_refuses_others() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (config, ca, root) = mutual_node(dir.path());
+    let hub = ca
+        .issue("hub1", &["hub1".into()], crate::smtp::Usage::Role)
+        .expect("a hub certificate");
+    let (session, h) = certified_session(config.clone(), presenting(&root, Some(&hub))).await;
+    let mut tls = session.expect("a certified hub completes STARTTLS");
+    cmd(&mut tls, "MAIL FROM:<a@remote.test>", "250").await;
+    cmd(&mut tls, "RCPT TO:<alice@example.test>", "250").await;
+    assert!(h.backend.refused.lock().expect("lock").is_empty());
+
+    // Without a certificate, and with one another CA signed: the session ends at the handshake.
+    let (session, h) = certified_session(config.clone(), presenting(&root, None)).await;
+    assert!(session.is_err(), "no certificate must not get in");
+    let backend = h.backend.clone();
+    ended(h).await;
+    assert_eq!(
+        backend.refused.lock().expect("lock").clone(),
+        ["certificate"]
+    );
+    let other = crate::smtp::SiteCa::new("other", 30).expect("another CA");
+    let stranger = other
+        .issue("hub1", &["hub1".into()], crate::smtp::Usage::Role)
+        .expect("a certificate of another CA");
+    let (session, h) = certified_session(config.clone(), presenting(&root, Some(&stranger))).await;
+    assert!(session.is_err(), "another CA's certificate must not get in");
+    let backend = h.backend.clone();
+    ended(h).await;
+    assert_eq!(
+        backend.refused.lock().expect("lock").clone(),
+        ["certificate"]
+    );
+
+    // In clear text nothing is taken, and it is counted.
+    let (mut plain, h) = greeted(config).await;
+    cmd(&mut plain, "EHLO stranger.test", "250").await;
+    cmd(&mut plain, "MAIL FROM:<a@remote.test>", "530 5.7.0").await;
+    assert_eq!(h.backend.refused.lock().expect("lock").clone(), ["missing"]);
 }
