@@ -684,3 +684,26 @@ fn a_wrong_etcd_witness_is_refused_naming_the_key() {
         assert!(e.contains(key) && e.contains(says), "{lines}: {e}");
     }
 }
+
+proptest::proptest! {
+    /// `admin_tls` takes the booleans of earlier releases and the word "mutual", and any other
+    /// value is refused with the key named, never read as a weaker setting.
+    #[test]
+    fn admin_tls_takes_only_its_three_values(word in "[a-z\\\"]{0,12}", flag: bool) {
+        let tls = "tls_ca = \"ca.pem\"\ntls_certificate = \"a.crt\"\ntls_private_key = \"a.key\"\nadmin_client_certificate = \"o.pem\"\nadmin_client_private_key = \"o.key\"";
+        let with = |value: &str| GOOD.replacen("[site]\n", &format!("[site]\n{tls}\nadmin_tls = {value}\n"), 1);
+        let site = parse(&with(&flag.to_string())).expect("a boolean is taken");
+        proptest::prop_assert_eq!(site.admin_tls, if flag { AdminTls::On } else { AdminTls::Off });
+        let quoted = format!("{:?}", word);
+        match parse(&with(&quoted)) {
+            Ok(site) => {
+                proptest::prop_assert_eq!(word.as_str(), "mutual");
+                proptest::prop_assert_eq!(site.admin_tls, AdminTls::Mutual);
+            }
+            Err(e) => {
+                let e = e.to_string();
+                proptest::prop_assert!(word == "mutual" || e.contains("site.admin_tls"), "{}", e);
+            }
+        }
+    }
+}
