@@ -65,9 +65,15 @@ async fn mailbox(
 ) -> Result<Json<MailboxListing>, ApiError> {
     let Query(q) = q.map_err(rejection)?;
     let address = serving(&node, &q.address)?;
-    let messages = node
-        .store
-        .list(&address)
+    // A mailbox of a hundred thousand messages takes seconds to read: off the runtime's threads,
+    // or the heartbeats behind it miss their deadline and the peer takes over (campaign, stop 32).
+    let listed = {
+        let (node, address) = (node.clone(), address.clone());
+        tokio::task::spawn_blocking(move || node.store.list(&address))
+            .await
+            .map_err(ApiError::internal)?
+    };
+    let messages = listed
         .map_err(ApiError::internal)?
         .into_iter()
         .map(|m| MailboxMessage {
@@ -89,11 +95,17 @@ async fn message(
 ) -> Result<impl IntoResponse, ApiError> {
     let Query(q) = q.map_err(rejection)?;
     let address = serving(&node, &q.address)?;
-    match node
-        .store
-        .body(&address, q.message_id.trim())
-        .map_err(ApiError::internal)?
-    {
+    let found = {
+        let (node, address, id) = (
+            node.clone(),
+            address.clone(),
+            q.message_id.trim().to_string(),
+        );
+        tokio::task::spawn_blocking(move || node.store.body(&address, &id))
+            .await
+            .map_err(ApiError::internal)?
+    };
+    match found.map_err(ApiError::internal)? {
         Some(body) => Ok(([(header::CONTENT_TYPE, "message/rfc822")], body)),
         None => Err(ApiError(
             StatusCode::NOT_FOUND,
