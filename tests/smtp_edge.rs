@@ -273,3 +273,40 @@ fn per_client_cap_refuses_the_extra_connection_and_loses_nothing() {
         ]
     );
 }
+
+#[test]
+fn a_message_sent_with_bdat_reaches_the_mailbox_byte_for_byte_through_hub_and_node() {
+    let site = TestSite::new("", &[]);
+    let _s = site.start(&["site"]);
+    let mut raw = Raw::connect(site.ports.hub1);
+    let ehlo = raw.cmd("EHLO client.test");
+    assert!(ehlo.contains("CHUNKING"), "{ehlo}");
+    assert!(raw.cmd("MAIL FROM:<bob@example.test>").starts_with("250"));
+    assert!(raw.cmd("RCPT TO:<alice@example.test>").starts_with("250"));
+    // Lines that DATA would dot-stuff (the hub does so on its way to the node) and a chunk
+    // boundary inside a line.
+    let first = "Message-ID: <bdat@client.test>\r\nSubject: chunks\r\n\r\n.one dot\r\n..two";
+    let last = " dots\r\n.\r\nthe end\r\n";
+    raw.send(format!("BDAT {}\r\n{first}", first.len()).as_bytes());
+    let reply = raw.reply();
+    assert!(reply.starts_with("250 2.0.0"), "{reply}");
+    raw.send(format!("BDAT {} LAST\r\n{last}", last.len()).as_bytes());
+    let reply = raw.reply();
+    assert!(reply.starts_with("250"), "{reply}");
+    // A DATA in the same transaction as BDAT is refused; the session goes on.
+    assert!(raw.cmd("MAIL FROM:<bob@example.test>").starts_with("250"));
+    assert!(raw.cmd("RCPT TO:<alice@example.test>").starts_with("250"));
+    raw.send(b"BDAT 4\r\nabcd");
+    assert!(raw.reply().starts_with("250"));
+    assert!(raw.cmd("DATA").starts_with("503"));
+    assert!(raw.cmd("RSET").starts_with("250"));
+    assert!(raw.cmd("QUIT").starts_with("221"));
+
+    common::wait_alice_exactly(&site, &["<bdat@client.test>".to_string()], WAIT);
+    let stored = site.stored_message("alice@example.test", "<bdat@client.test>");
+    let stored = String::from_utf8_lossy(&stored);
+    assert!(
+        stored.ends_with("Subject: chunks\r\n\r\n.one dot\r\n..two dots\r\n.\r\nthe end\r\n"),
+        "{stored:?}"
+    );
+}

@@ -16,7 +16,7 @@ use tracing::{debug, info, warn};
 
 /// Verbs we recognise but do not offer; RFC 5321 §4.2.4 wants 502 for them, not 500.
 const NOT_IMPLEMENTED: &[&str] = &[
-    "AUTH", "BDAT", "EXPN", "ETRN", "ATRN", "BURL", "LHLO", "TURN", "SEND", "SOML", "SAML",
+    "AUTH", "EXPN", "ETRN", "ATRN", "BURL", "LHLO", "TURN", "SEND", "SOML", "SAML",
 ];
 
 /// The client's EHLO/HELO, remembered for the `Received:` header.
@@ -53,6 +53,21 @@ pub(crate) enum Next {
     /// Flush the 220, drop any input pipelined after STARTTLS, run the TLS handshake and start
     /// over with [`Commands::encrypted`] (RFC 3207 §4.2).
     StartTls,
+    /// Read the next `size` bytes as a BDAT chunk (RFC 3030). The step's reply waits until the
+    /// chunk is read: a refused chunk is dropped, a taken one kept, and then the reply is sent
+    /// (for the last chunk of a message, the reply to the message instead).
+    Chunk(Chunk),
+}
+
+/// A BDAT chunk announced by its command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Chunk {
+    /// Its size in bytes.
+    pub size: u64,
+    /// `BDAT n LAST`: the message ends with it.
+    pub last: bool,
+    /// Whether it belongs to the message; if not, the step's reply refuses it.
+    pub take: bool,
 }
 
 /// The outcome of one command line.
@@ -94,6 +109,8 @@ pub(crate) struct Commands {
     /// The connection is encrypted: STARTTLS is no longer offered, and `require_tls` is met.
     tls: bool,
     auth: Auth,
+    /// The transaction's message is being sent with BDAT: DATA may not follow (RFC 3030 §3).
+    bdat: bool,
 }
 
 impl Commands {
@@ -148,6 +165,15 @@ impl Commands {
         }
         if verb.eq_ignore_ascii_case(b"STARTTLS") {
             return self.starttls(&line[verb.len()..], config);
+        }
+        if verb.eq_ignore_ascii_case(b"BDAT") {
+            return match bdat_arguments(&line[verb.len()..]) {
+                Some((size, last)) => self.bdat(size, last, config),
+                None => self.error(
+                    Reply::new(501, "5.5.4", "syntax: BDAT chunk-size [LAST]"),
+                    config,
+                ),
+            };
         }
         let kind = if verb.eq_ignore_ascii_case(b"MAIL") {
             Some(PathKind::Reverse)
@@ -216,6 +242,7 @@ impl Commands {
                 if backend.offers_dsn() {
                     text.push_str("\nDSN");
                 }
+                text.push_str("\nCHUNKING");
                 if config.tls.is_some() && !self.tls {
                     text.push_str("\nSTARTTLS");
                 }
@@ -232,8 +259,14 @@ impl Commands {
             Request::Mail { from } => self.mail(from, params, backend, config),
             Request::Rcpt { to } => self.rcpt(to, params, backend, config),
             Request::Data => self.data(config),
+            // Read by `bdat_arguments` before smtp-proto sees the line.
+            Request::Bdat {
+                chunk_size,
+                is_last,
+            } => self.bdat(chunk_size as u64, is_last, config),
             Request::Rset => {
                 self.envelope = None;
+                self.bdat = false;
                 Step::reply(Reply::new(250, "2.0.0", "ok"))
             }
             Request::Noop { .. } => Step::reply(Reply::new(250, "2.0.0", "ok")),
@@ -261,7 +294,6 @@ impl Commands {
             | Request::Etrn { .. }
             | Request::Atrn { .. }
             | Request::Burl { .. }
-            | Request::Bdat { .. }
             | Request::StartTls => {
                 self.error(Reply::new(502, "5.5.1", "command not implemented"), config)
             }
@@ -473,6 +505,12 @@ impl Commands {
     }
 
     fn data(&mut self, config: &SmtpConfig) -> Step {
+        if self.bdat {
+            return self.error(
+                Reply::new(503, "5.5.1", "DATA cannot follow BDAT in one transaction"),
+                config,
+            );
+        }
         match self.envelope.take() {
             None => self.error(Reply::new(503, "5.5.1", "need MAIL before DATA"), config),
             Some(envelope) if envelope.recipients.is_empty() => {
@@ -484,6 +522,50 @@ impl Commands {
                 next: Next::Data(envelope),
             },
         }
+    }
+
+    /// `BDAT size [LAST]`: the chunk is taken for a transaction with recipients, refused (after
+    /// it is read) otherwise.
+    fn bdat(&mut self, size: u64, last: bool, config: &SmtpConfig) -> Step {
+        let refused = match &self.envelope {
+            None => Some("need MAIL before BDAT"),
+            Some(e) if e.recipients.is_empty() => Some("need RCPT before BDAT"),
+            Some(_) => None,
+        };
+        let chunk = Chunk {
+            size,
+            last,
+            take: refused.is_none(),
+        };
+        let reply = match refused {
+            Some(why) => {
+                let step = self.error(Reply::new(503, "5.5.1", why), config);
+                if matches!(step.next, Next::Close) {
+                    return step;
+                }
+                step.reply
+            }
+            None => {
+                self.bdat = true;
+                Reply::new(250, "2.0.0", format!("{size} octets received"))
+            }
+        };
+        Step {
+            reply,
+            next: Next::Chunk(chunk),
+        }
+    }
+
+    /// The transaction of a BDAT message whose last chunk was read, or that was refused on its
+    /// way (too large): the transaction ends with it either way.
+    pub(crate) fn end_bdat(&mut self) -> Option<Envelope> {
+        self.bdat = false;
+        self.envelope.take()
+    }
+
+    /// Whether a BDAT message is under way (RSET or a refused transaction ends it).
+    pub(crate) fn in_bdat(&self) -> bool {
+        self.bdat
     }
 
     /// Counts a protocol error; the last one allowed is answered with 421 and a close, so a
@@ -499,6 +581,28 @@ impl Commands {
             Step::reply(reply)
         }
     }
+}
+
+/// The arguments of `BDAT chunk-size [LAST]` (RFC 3030 §2): a size of 1 to 20 digits that fits
+/// in 64 bits, and `LAST` or nothing after it.
+///
+/// Read here rather than by smtp-proto 0.1, which takes `BDAT 99999999999999999999999` for a
+/// chunk of 999 bytes: the session would then read a different number of bytes than the client
+/// sends, and take the rest of its chunk for commands.
+fn bdat_arguments(args: &[u8]) -> Option<(u64, bool)> {
+    let args = std::str::from_utf8(args).ok()?;
+    let mut words = args.split_ascii_whitespace();
+    let size = words.next()?;
+    if size.is_empty() || size.len() > 20 || !size.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let size = size.parse::<u64>().ok()?;
+    let last = match words.next() {
+        None => false,
+        Some(w) if w.eq_ignore_ascii_case("LAST") => true,
+        Some(_) => return None,
+    };
+    words.next().is_none().then_some((size, last))
 }
 
 /// smtp-proto parses every MAIL extension it knows; we accept only what we advertise.

@@ -82,6 +82,9 @@ enum State {
 /// Consumes the bytes after `354` until the terminator, returning the unstuffed message.
 #[derive(Debug)]
 pub(crate) struct DataReceiver {
+    /// BDAT (RFC 3030): the bytes are the message as they are, with no dot-stuffing and no
+    /// terminator; the session cuts the chunks by their announced sizes.
+    chunked: bool,
     policy: BareNewline,
     state: State,
     body: Vec<u8>,
@@ -98,6 +101,7 @@ impl DataReceiver {
     /// A receiver for one message under the given limits and bare line-end policy.
     pub(crate) fn new(max_size: u64, max_line: usize, policy: BareNewline) -> Self {
         DataReceiver {
+            chunked: false,
             policy,
             state: State::LineStart,
             body: Vec::new(),
@@ -109,6 +113,20 @@ impl DataReceiver {
             line_too_long: false,
             bare_newline: false,
         }
+    }
+
+    /// A receiver for a message sent with BDAT: the same limits and line-end policy, no dots.
+    pub(crate) fn chunked(max_size: u64, max_line: usize, policy: BareNewline) -> Self {
+        DataReceiver {
+            chunked: true,
+            ..Self::new(max_size, max_line, policy)
+        }
+    }
+
+    /// Whether the message has already gone over `max_message_size` (so a BDAT transaction can
+    /// be refused at the chunk that crossed it, not only at the last).
+    pub(crate) fn too_large(&self) -> bool {
+        self.too_large
     }
 
     /// Feeds the next bytes of the stream. Returns `Some(n)` when the terminator ends within
@@ -131,7 +149,7 @@ impl DataReceiver {
             let b = input[i];
             i += 1;
             self.state = match (self.state, b) {
-                (State::LineStart, b'.') => State::Dot,
+                (State::LineStart, b'.') if !self.chunked => State::Dot,
                 (State::LineStart | State::Text, b'\r') => State::Cr,
                 (State::LineStart | State::Text, _) => {
                     self.emit(&[b]);
@@ -172,8 +190,21 @@ impl DataReceiver {
         None
     }
 
-    /// The message once [`feed`](Self::feed) has returned `Some`, or why it is refused.
-    pub(crate) fn finish(self) -> Result<Vec<u8>, DataError> {
+    /// The message once [`feed`](Self::feed) has returned `Some` (or, for BDAT, after the last
+    /// chunk), or why it is refused.
+    pub(crate) fn finish(mut self) -> Result<Vec<u8>, DataError> {
+        if self.chunked {
+            // No terminator ends a BDAT message: a CR left pending is bare, and a last line
+            // without its CRLF gets one, as DATA's terminator would have given it.
+            match self.state {
+                State::Cr => {
+                    self.emit(b"\r");
+                    self.line_end();
+                }
+                State::Text => self.line_end(),
+                _ => {}
+            }
+        }
         if self.too_large {
             Err(DataError::TooLarge)
         } else if self.bare_newline {
@@ -507,7 +538,7 @@ mod tests {
     mod props {
         use proptest::prelude::*;
 
-        use super::super::BareNewline;
+        use super::super::{BareNewline, DataReceiver};
         use super::{has_bare_line_end, run};
 
         /// Bytes that matter to the receiver, drawn often enough to meet in every order.
@@ -570,6 +601,40 @@ mod tests {
                     if policy == BareNewline::Reject {
                         prop_assert!(!has_bare_line_end(&input, n), "accepted bare line ends");
                     }
+                }
+            }
+
+            /// BDAT: however a message is cut into chunks it is the same message; every byte of
+            /// a chunk is content (a dot included), and what is kept has CRLF line ends only and
+            /// ends with one.
+            #[test]
+            fn bdat_chunks_are_content_however_cut(
+                input in smtp_bytes(),
+                cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..6),
+                policy in policy(),
+            ) {
+                let chunked = |pieces: Vec<&[u8]>| {
+                    let mut rx = DataReceiver::chunked(1 << 20, 1 << 20, policy);
+                    for piece in pieces {
+                        assert_eq!(rx.feed(piece), None, "a chunk has no terminator");
+                    }
+                    rx.finish()
+                };
+                let mut at: Vec<usize> = cuts.iter().map(|c| c.index(input.len() + 1)).collect();
+                at.sort_unstable();
+                let mut pieces = Vec::new();
+                let mut from = 0;
+                for to in at.into_iter().chain([input.len()]) {
+                    pieces.push(&input[from..to]);
+                    from = to;
+                }
+                let whole = chunked(vec![input.as_slice()]);
+                prop_assert_eq!(&chunked(pieces), &whole);
+                if let Ok(body) = whole {
+                    prop_assert!(!has_bare_line_end(&body, body.len()), "{:?}", body);
+                    prop_assert!(body.is_empty() || body.ends_with(b"\r\n"), "{:?}", body);
+                    let dots = |b: &[u8]| b.iter().filter(|&&c| c == b'.').count();
+                    prop_assert_eq!(dots(&body), dots(&input), "a dot was taken for stuffing");
                 }
             }
         }

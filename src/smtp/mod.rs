@@ -1,7 +1,7 @@
 //! Inbound SMTP (RFC 5321) shared by the hub and the mailbox node.
 //!
-//! The server speaks ESMTP with SIZE, PIPELINING, 8BITMIME, ENHANCEDSTATUSCODES, DSN for a
-//! backend that sends delivery reports, and STARTTLS (RFC 3207) when a certificate is
+//! The server speaks ESMTP with SIZE, PIPELINING, 8BITMIME, ENHANCEDSTATUSCODES, CHUNKING (BDAT,
+//! RFC 3030), DSN for a backend that sends delivery reports, and STARTTLS (RFC 3207) when a certificate is
 //! configured; it enforces every limit with its RFC reply and goes on, and hands each complete,
 //! stamped message to a role-specific [`Backend`], whose reply is what the client sees — so a
 //! `250` means whatever the backend promises (durable on disk).
@@ -13,7 +13,7 @@
 //! - `command.rs`: the command state machine (EHLO to QUIT), free of I/O.
 //! - `path.rs`: the MAIL and RCPT paths, strictly per RFC 5321 §4.1.2.
 //! - `data.rs`: the DATA receiver: terminator, dot-unstuffing, bare line ends, size and line
-//!   limits.
+//!   limits; the same for the chunks of a BDAT message, without dots or terminator.
 //! - `stamp.rs`: the `Received:` and `Message-ID:` headers.
 //! - `auth.rs`: AUTH CRAM-SHA256 with the site's delivery secret, which nodes require of hubs.
 //! - `dsn.rs`: the DSN parameters of MAIL and RCPT (RFC 3461), for backends that offer DSN.

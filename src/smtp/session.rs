@@ -15,7 +15,7 @@ use tokio::sync::watch;
 use tokio::time::{timeout, timeout_at, Instant};
 use tracing::{debug, info, warn, Instrument};
 
-use super::command::{Commands, Envelope, Next};
+use super::command::{Chunk, Commands, Envelope, Next};
 use super::data::DataReceiver;
 use super::stamp::{stamp, Trace};
 use super::stream::SessionStream;
@@ -55,6 +55,7 @@ where
         discarding: false,
         phase: Phase::Command,
         commands: Commands::default(),
+        chunked: None,
         messages: 0,
     };
     session.run().instrument(span).await
@@ -68,6 +69,12 @@ enum Phase {
     Data {
         receiver: DataReceiver,
         envelope: Envelope,
+    },
+    /// A BDAT chunk with `left` bytes still to come, then `after` to answer (see [`Next::Chunk`]).
+    Chunk {
+        chunk: Chunk,
+        left: u64,
+        after: Reply,
     },
 }
 
@@ -113,6 +120,8 @@ struct Session<S, B> {
     deadline: Instant,
     phase: Phase,
     commands: Commands,
+    /// The message of a BDAT transaction, across its chunks.
+    chunked: Option<DataReceiver>,
     /// Messages received so far, for their ids.
     messages: u64,
 }
@@ -147,12 +156,12 @@ where
                 Event::Bytes => {}
                 Event::Eof => {
                     debug!(
-                        in_data = matches!(self.phase, Phase::Data { .. }),
+                        in_data = !matches!(self.phase, Phase::Command),
                         "client closed"
                     );
                     return Ok(());
                 }
-                Event::Idle if matches!(self.phase, Phase::Data { .. }) => {
+                Event::Idle if !matches!(self.phase, Phase::Command) => {
                     info!("data timeout");
                     return self
                         .close(Reply::new(
@@ -176,6 +185,30 @@ where
     /// Handles everything complete in the input buffer.
     async fn process_input(&mut self) -> io::Result<Flow> {
         loop {
+            if let Phase::Chunk { chunk, left, .. } = &mut self.phase {
+                let n = self
+                    .input
+                    .len()
+                    .min(usize::try_from(*left).unwrap_or(usize::MAX));
+                if chunk.take {
+                    if let Some(receiver) = &mut self.chunked {
+                        receiver.feed(&self.input[..n]);
+                    }
+                }
+                self.input.drain(..n);
+                *left -= n as u64;
+                if *left > 0 {
+                    return Ok(Flow::Continue);
+                }
+                if let Phase::Chunk { chunk, after, .. } =
+                    std::mem::replace(&mut self.phase, Phase::Command)
+                {
+                    let reply = self.chunk_read(chunk, after).await;
+                    self.queue(&reply);
+                    self.deadline = Instant::now() + self.config.idle_timeout;
+                }
+                continue;
+            }
             if let Phase::Data { receiver, .. } = &mut self.phase {
                 let Some(consumed) = receiver.feed(&self.input) else {
                     self.input.clear();
@@ -203,8 +236,29 @@ where
                 Line::Command(line) => self.commands.handle(&line, &*self.backend, &self.config),
                 Line::TooLong => self.commands.line_too_long(&self.config),
             };
-            self.queue(&step.reply);
+            if !matches!(step.next, Next::Chunk(_)) {
+                self.queue(&step.reply);
+            }
+            if !self.commands.in_bdat() {
+                // RSET, or a transaction refused on its way: its chunks so far are dropped.
+                self.chunked = None;
+            }
             match step.next {
+                Next::Chunk(chunk) => {
+                    if chunk.take && self.chunked.is_none() {
+                        self.chunked = Some(DataReceiver::chunked(
+                            self.config.max_message_size,
+                            self.config.max_data_line_length,
+                            self.config.bare_newline,
+                        ));
+                    }
+                    self.phase = Phase::Chunk {
+                        chunk,
+                        left: chunk.size,
+                        after: step.reply,
+                    };
+                    self.deadline = Instant::now() + self.config.data_timeout;
+                }
                 Next::Command => {}
                 Next::Data(envelope) => {
                     let receiver = DataReceiver::new(
@@ -286,6 +340,25 @@ where
                 }
                 Ok(false)
             }
+        }
+    }
+
+    /// A BDAT chunk has been read: the reply to it, which for the last chunk of a message is the
+    /// reply to the message. A message already over `max_message_size` is refused at the chunk
+    /// that crossed it, and its transaction ends (what follows of it is refused and dropped).
+    async fn chunk_read(&mut self, chunk: Chunk, after: Reply) -> Reply {
+        if !chunk.take {
+            return after;
+        }
+        let too_large = self.chunked.as_ref().is_some_and(DataReceiver::too_large);
+        if !chunk.last && !too_large {
+            return after;
+        }
+        let envelope = self.commands.end_bdat();
+        let receiver = self.chunked.take();
+        match (envelope, receiver) {
+            (Some(envelope), Some(receiver)) => self.finish_message(receiver, envelope).await,
+            _ => Reply::new(503, "5.5.1", "no BDAT transaction under way"),
         }
     }
 

@@ -19,7 +19,7 @@ async fn ehlo_advertises_dsn_when_the_backend_offers_it() {
     let mut h = Harness::greeted(config(), dsn_backend()).await;
     let reply = h.cmd("EHLO client.test", "250").await;
     assert!(
-        reply.ends_with("250-ENHANCEDSTATUSCODES\r\n250 DSN\r\n"),
+        reply.ends_with("250-ENHANCEDSTATUSCODES\r\n250-DSN\r\n250 CHUNKING\r\n"),
         "{reply:?}"
     );
 }

@@ -2,6 +2,7 @@
 //! runs one session over `tokio::io::duplex`.
 
 mod auth;
+mod chunking;
 mod dialog;
 mod dsn;
 mod limits;
