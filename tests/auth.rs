@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use common::{api_json, bin, message, metric, smtplib_send, wait_for, Proc, TestSite};
+use common::{api_json, bin, metric, wait_for, TestSite};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -66,17 +66,6 @@ fn active_node(site: &TestSite) -> (u16, u16) {
     })
 }
 
-/// One message from bob to alice through hub `port`, which must answer 250.
-fn through_hub(port: u16, message_id: &str) {
-    let (code, out) = smtplib_send(
-        port,
-        "bob@example.test",
-        &["alice@example.test"],
-        &message(Some(message_id), "through a hub"),
-    );
-    assert_eq!(code, 0, "the hub acknowledges: {out}");
-}
-
 fn refused(node_admin: u16, reason: &str) -> u64 {
     let text = common::api(node_admin, "GET", "/metrics", Some(common::TOKEN), None).1;
     text.lines()
@@ -110,7 +99,7 @@ fn a_client_that_is_not_a_hub_is_refused_at_the_node_and_nothing_reaches_a_mailb
     );
     assert_eq!(refused(admin, "missing"), 1);
     // Mail through a hub still arrives (the hub authenticates), and only that.
-    through_hub(site.ports.hub1, "<through-hub@client.test>");
+    common::through_hub(site.ports.hub1, "<through-hub@client.test>");
     site.wait_mailbox("alice@example.test", WAIT, |ids| {
         ids == ["<through-hub@client.test>"]
     });
@@ -144,19 +133,10 @@ fn with_starttls_a_stranger_is_refused_all_the_same() {
     let v = stranger(node_port, true);
     assert_eq!(v["code"], 530, "{v}");
     assert_eq!(refused(admin, "missing"), 1);
-    through_hub(site.ports.hub2, "<tls-hub@client.test>");
+    common::through_hub(site.ports.hub2, "<tls-hub@client.test>");
     site.wait_mailbox("alice@example.test", WAIT, |ids| {
         ids == ["<tls-hub@client.test>"]
     });
-}
-
-fn sighup(p: &Proc) {
-    let ok = Command::new("kill")
-        .args(["-HUP", &p.child.id().to_string()])
-        .status()
-        .expect("kill")
-        .success();
-    assert!(ok, "SIGHUP");
 }
 
 #[test]
@@ -174,7 +154,7 @@ fn a_hub_with_a_wrong_secret_keeps_its_mail_queued_and_delivers_it_once_the_secr
 
     let ids: Vec<String> = (0..5).map(|i| format!("<stale-{i}@client.test>")).collect();
     for id in &ids {
-        through_hub(site.ports.hub1, id);
+        common::through_hub(site.ports.hub1, id);
     }
     wait_for(WAIT, "the node to refuse hub1's AUTH", || {
         (refused(admin, "invalid") > 0).then_some(())
@@ -189,13 +169,13 @@ fn a_hub_with_a_wrong_secret_keeps_its_mail_queued_and_delivers_it_once_the_secr
     assert_eq!(queue["messages"], 5, "every message is kept: {queue}");
     assert!(site.mailbox_ids("alice@example.test").is_empty());
     // hub2 has the right secret: its mail goes through meanwhile.
-    through_hub(site.ports.hub2, "<hub2@client.test>");
+    common::through_hub(site.ports.hub2, "<hub2@client.test>");
     site.wait_mailbox("alice@example.test", WAIT, |got| {
         got == ["<hub2@client.test>"]
     });
 
     std::fs::write(site.dir.path().join("hub1-secret"), "the site's secret\n").expect("fix");
-    sighup(&hub1);
+    hub1.sighup();
     let mut want = ids.clone();
     want.push("<hub2@client.test>".into());
     common::wait_alice_exactly(&site, &want, WAIT);
@@ -253,7 +233,7 @@ fn a_node_that_wants_authentication_the_hub_cannot_give_defers_the_mail_and_boun
     let _n1 = demanding_node(site.ports.node1);
     let _n2 = demanding_node(site.ports.node2);
     let hub = site.start(&["hub", "--name", "hub1"]);
-    through_hub(site.ports.hub1, "<kept@client.test>");
+    common::through_hub(site.ports.hub1, "<kept@client.test>");
     wait_for(WAIT, "a deferral for the 530", || {
         hub.log()
             .lines()

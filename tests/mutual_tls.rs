@@ -17,7 +17,7 @@ use serde_json::Value;
 
 use common::cluster::{active_is, cms_site, one_at_a_time, start_all, wait_status};
 use common::load::load;
-use common::{bin, message, smtplib_send, wait_for, Proc, TestSite, TOKEN};
+use common::{bin, wait_for, TestSite, TOKEN};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -144,17 +144,6 @@ print(urllib.request.urlopen(request, context=context, timeout=10).read().decode
         })
 }
 
-/// One message from bob to alice through hub `port`, which must answer 250.
-fn through_hub(port: u16, message_id: &str) {
-    let (code, out) = smtplib_send(
-        port,
-        "bob@example.test",
-        &["alice@example.test"],
-        &message(Some(message_id), "through a hub"),
-    );
-    assert_eq!(code, 0, "the hub acknowledges: {out}");
-}
-
 /// A self-signed pair of another CA, `dir/stem.pem` and `dir/stem.key`.
 fn foreign_pair(dir: &Path, stem: &str) -> (std::path::PathBuf, std::path::PathBuf) {
     std::fs::create_dir_all(dir).expect("dir");
@@ -229,8 +218,8 @@ fn only_clients_certified_by_the_site_ca_get_in_and_nothing_of_a_stranger_is_sto
     );
     assert_eq!(operator["status"], 200, "{operator}");
 
-    through_hub(site.ports.hub1, "<hub1@client.test>");
-    through_hub(site.ports.hub2, "<hub2@client.test>");
+    common::through_hub(site.ports.hub1, "<hub1@client.test>");
+    common::through_hub(site.ports.hub2, "<hub2@client.test>");
     let want = [
         "<stranger@evil.test>".to_string(),
         "<hub1@client.test>".to_string(),
@@ -266,15 +255,6 @@ fn a_mutual_tls_site_fails_over_under_load_with_every_250_delivered_once() {
     );
 }
 
-fn sighup(p: &Proc) {
-    let ok = Command::new("kill")
-        .args(["-HUP", &p.child.id().to_string()])
-        .status()
-        .expect("kill")
-        .success();
-    assert!(ok, "SIGHUP");
-}
-
 #[test]
 fn a_hub_whose_certificate_the_nodes_refuse_keeps_its_mail_and_delivers_it_once_reloaded() {
     let _turn = one_at_a_time();
@@ -300,7 +280,7 @@ fn a_hub_whose_certificate_the_nodes_refuse_keeps_its_mail_and_delivers_it_once_
         .map(|i| format!("<uncertified-{i}@client.test>"))
         .collect();
     for id in &ids {
-        through_hub(site.ports.hub1, id);
+        common::through_hub(site.ports.hub1, id);
     }
     wait_for(WAIT, "the node to refuse hub1's certificate", || {
         (refused(&site, site.ports.node1_admin, "certificate") > 0).then_some(())
@@ -312,7 +292,7 @@ fn a_hub_whose_certificate_the_nodes_refuse_keeps_its_mail_and_delivers_it_once_
             .then_some(())
     });
     assert!(site.mailbox_ids("alice@example.test").is_empty());
-    through_hub(site.ports.hub2, "<hub2@client.test>");
+    common::through_hub(site.ports.hub2, "<hub2@client.test>");
     site.wait_mailbox("alice@example.test", WAIT, |got| {
         got == ["<hub2@client.test>"]
     });
@@ -325,7 +305,7 @@ fn a_hub_whose_certificate_the_nodes_refuse_keeps_its_mail_and_delivers_it_once_
         )
         .expect("copy");
     }
-    sighup(&hub1);
+    hub1.sighup();
     let mut want = ids.clone();
     want.push("<hub2@client.test>".into());
     common::wait_alice_exactly(&site, &want, WAIT);

@@ -86,14 +86,6 @@ print(json.dumps(verdict))
     serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"))
 }
 
-fn sighup(proc: &common::Proc) {
-    let status = Command::new("kill")
-        .args(["-HUP", &proc.child.id().to_string()])
-        .status()
-        .expect("run kill");
-    assert!(status.success());
-}
-
 #[test]
 fn smtplib_starttls_session_is_delivered_over_tls_to_the_node() {
     let site = TestSite::new(&tls_keys("site"), &[]);
@@ -192,7 +184,7 @@ fn required_delivery_tls_waits_for_a_node_the_ca_signed_and_loses_nothing() {
         )
         .expect("replace the certificate files");
     }
-    sighup(&s);
+    s.sighup();
     site.wait_mailbox("alice@example.test", WAIT, |ids| {
         ids == ["<verified@client.test>"]
     });
@@ -218,14 +210,14 @@ fn sighup_serves_replaced_certificate_files_and_a_bad_reload_keeps_the_old() {
     assert_ne!(std::fs::read(&first).expect("read"), first_pem);
     // Not before the signal: the running hub still presents the certificate it loaded.
     assert_eq!(look()["same_certificate"], false);
-    sighup(&s);
+    s.sighup();
     wait_for(WAIT, "the new certificate to be served", || {
         (look()["same_certificate"] == true).then_some(())
     });
 
     // A key that is not PEM: the reload fails, is logged, and the hub serves on unchanged.
     std::fs::write(site.dir.path().join("hub.key"), "not a key\n").expect("break the key");
-    sighup(&s);
+    s.sighup();
     wait_for(WAIT, "the failed reload to be logged", || {
         s.log()
             .contains("TLS certificate reload failed")

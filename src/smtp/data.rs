@@ -547,6 +547,19 @@ mod tests {
             prop::collection::vec(prop::sample::select(alphabet), 0..80)
         }
 
+        /// `input` cut at the given places, in order.
+        fn cut<'a>(input: &'a [u8], cuts: &[prop::sample::Index]) -> Vec<&'a [u8]> {
+            let mut at: Vec<usize> = cuts.iter().map(|c| c.index(input.len() + 1)).collect();
+            at.sort_unstable();
+            let mut pieces = Vec::new();
+            let mut from = 0;
+            for to in at.into_iter().chain([input.len()]) {
+                pieces.push(&input[from..to]);
+                from = to;
+            }
+            pieces
+        }
+
         fn policy() -> impl Strategy<Value = BareNewline> {
             prop_oneof![Just(BareNewline::Normalize), Just(BareNewline::Reject)]
         }
@@ -579,16 +592,8 @@ mod tests {
                 policy in policy(),
                 max_line in prop_oneof![Just(1usize << 20), 2usize..12],
             ) {
-                let mut at: Vec<usize> = cuts.iter().map(|c| c.index(input.len() + 1)).collect();
-                at.sort_unstable();
-                let mut chunks = Vec::new();
-                let mut from = 0;
-                for to in at.into_iter().chain([input.len()]) {
-                    chunks.push(&input[from..to]);
-                    from = to;
-                }
                 prop_assert_eq!(
-                    run(chunks, 1 << 20, max_line, policy),
+                    run(cut(&input, &cuts), 1 << 20, max_line, policy),
                     run([input.as_slice()], 1 << 20, max_line, policy)
                 );
             }
@@ -620,16 +625,8 @@ mod tests {
                     }
                     rx.finish()
                 };
-                let mut at: Vec<usize> = cuts.iter().map(|c| c.index(input.len() + 1)).collect();
-                at.sort_unstable();
-                let mut pieces = Vec::new();
-                let mut from = 0;
-                for to in at.into_iter().chain([input.len()]) {
-                    pieces.push(&input[from..to]);
-                    from = to;
-                }
                 let whole = chunked(vec![input.as_slice()]);
-                prop_assert_eq!(&chunked(pieces), &whole);
+                prop_assert_eq!(&chunked(cut(&input, &cuts)), &whole);
                 if let Ok(body) = whole {
                     prop_assert!(!has_bare_line_end(&body, body.len()), "{:?}", body);
                     prop_assert!(body.is_empty() || body.ends_with(b"\r\n"), "{:?}", body);

@@ -366,6 +366,27 @@ impl Proc {
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.stderr).unwrap_or_default()
     }
+
+    /// SIGHUP: reload certificates and secrets.
+    pub fn sighup(&self) {
+        let ok = Command::new("kill")
+            .args(["-HUP", &self.child.id().to_string()])
+            .status()
+            .expect("run kill")
+            .success();
+        assert!(ok, "SIGHUP");
+    }
+}
+
+/// One message from bob to alice through hub `port`, which must answer 250.
+pub fn through_hub(port: u16, message_id: &str) {
+    let (code, out) = smtplib_send(
+        port,
+        "bob@example.test",
+        &["alice@example.test"],
+        &message(Some(message_id), "through a hub"),
+    );
+    assert_eq!(code, 0, "the hub acknowledges: {out}");
 }
 
 impl Drop for Proc {
