@@ -266,8 +266,11 @@ pub async fn start_hub(
     reload_secret_on_sighup(name, site, hub.delivery_secret.clone(), shutdown, tasks)?;
     let (reloaded, role) = (hub.clone(), name.to_string());
     on_sighup(name, shutdown, tasks, move || {
-        if let Err(e) = reloaded.reload_node_tls() {
-            error!(role = %role, error = %e, "delivery TLS reload failed; keeping the files in use");
+        match reloaded.reload_node_tls() {
+            Ok(()) => info!(role = %role, "delivery TLS files reloaded"),
+            Err(e) => {
+                error!(role = %role, error = %e, "delivery TLS reload failed; keeping the files in use")
+            }
         }
     })?;
     let admin = Admin {

@@ -309,4 +309,9 @@ fn a_hub_whose_certificate_the_nodes_refuse_keeps_its_mail_and_delivers_it_once_
     let mut want = ids.clone();
     want.push("<hub2@client.test>".into());
     common::wait_alice_exactly(&site, &want, WAIT);
+    assert!(
+        hub1.log().contains("delivery TLS files reloaded"),
+        "{}",
+        hub1.log()
+    );
 }
