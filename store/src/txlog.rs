@@ -11,8 +11,10 @@
 //! first generation the directory still holds, written before anything older is removed, so a
 //! crash part-way leaves leftovers that the next listing removes, never a gap.
 //!
-//! Every file is born complete (written to `<name>.tmp`, fsynced, renamed, directory fsynced), so the
-//! only partial state a crash can leave is a torn tail at the end of the open generation, which
+//! Every file is born complete (written to `<name>.<pid>.tmp`, fsynced, renamed, directory
+//! fsynced), so the only partial state a crash can leave is a temporary file of a process that is
+//! gone (a listing removes those; never one of its own process, which may be a write in flight
+//! beside it: a truncation runs beside the writer) or a torn tail at the end of the open generation, which
 //! [`TxLog::open`] cuts off. A failed write or fsync poisons a [`TxLog`]; reopening it runs that same
 //! crash recovery, which is the one path trusted to sort out a half-done operation.
 
@@ -665,7 +667,7 @@ impl Listing {
             let entry = entry.map_err(io_at(dir))?;
             let name = entry.file_name();
             let Some(name) = name.to_str() else { continue };
-            let leftover = name.starts_with("E00") && name.ends_with(".tmp");
+            let leftover = name.starts_with("E00") && name.ends_with(".tmp") && !ours(name);
             let truncated = parse_name(name, "log").filter(|g| *g < base).is_some();
             if leftover || truncated {
                 fs::remove_file(entry.path()).map_err(io_at(&entry.path()))?;
@@ -937,7 +939,7 @@ fn create_open(
 
 /// Writes `name` so that it exists either complete or not at all, durably.
 fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<PathBuf, TxLogError> {
-    let tmp = dir.join(format!("{name}.tmp"));
+    let tmp = dir.join(format!("{name}{}", tmp_suffix()));
     let path = dir.join(name);
     File::create(&tmp)
         .and_then(|mut f| f.write_all(bytes).and_then(|()| f.sync_all()))
@@ -945,6 +947,18 @@ fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<PathBuf, TxLogEr
     fs::rename(&tmp, &path).map_err(io_at(&path))?;
     sync_dir(dir)?;
     Ok(path)
+}
+
+/// The ending of this process's temporary files: `.<pid>.tmp`.
+fn tmp_suffix() -> String {
+    format!(".{}.tmp", std::process::id())
+}
+
+/// Whether a temporary file is this process's, so possibly a write in flight (the writer's next
+/// open generation while a truncation lists the directory, or a truncation's base while the
+/// writer reopens): only those of a process that is gone are leftovers.
+fn ours(name: &str) -> bool {
+    name.ends_with(&tmp_suffix())
 }
 
 /// Makes renames and removals in `dir` durable.

@@ -680,3 +680,76 @@ fn a_copy_truncates_behind_what_it_copied_and_restarts_at_a_snapshot() {
     let copy = LogCopy::open(passive.path(), "SG1").expect("reopen");
     assert_eq!((copy.first_kept(), copy.last_copied()), (3, 3));
 }
+
+#[test]
+fn a_listing_removes_temporary_files_of_a_gone_process_only() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut log = small_log(tmp.path());
+    for n in 1..=9 {
+        log.append(&rec(n)).expect("append");
+        log.sync().expect("sync");
+    }
+    let in_flight = format!("E00-0000000099.open{}", tmp_suffix());
+    fs::write(tmp.path().join(&in_flight), "header").expect("ours");
+    fs::write(tmp.path().join("E00.base.1.tmp"), "4").expect("a gone process's");
+    fs::write(tmp.path().join("E00-0000000004.open.tmp"), "x").expect("an older release's");
+    truncate_before(tmp.path(), 2).expect("truncate");
+    let left = names(tmp.path());
+    assert!(
+        left.contains(&in_flight),
+        "a write in flight was removed: {left:?}"
+    );
+    assert!(
+        !left
+            .iter()
+            .any(|n| n == "E00.base.1.tmp" || n == "E00-0000000004.open.tmp"),
+        "{left:?}"
+    );
+}
+
+/// The checkpoint's truncation lists the directory while the writer closes generations in it (each
+/// close writes the next open generation through a temporary file): neither may fail. Before
+/// temporary files carried their process, the listing removed the writer's next generation
+/// mid-rename (`E00-N.open: No such file`, deliveries refused until the log was reopened) and the
+/// writer's reopen removed the truncation's new base (campaign, stop 33).
+#[test]
+fn truncation_beside_a_writer_closing_generations_fails_neither() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().to_path_buf();
+    let closed = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(AtomicBool::new(false));
+    let truncator = {
+        let (dir, closed, done) = (dir.clone(), closed.clone(), done.clone());
+        std::thread::spawn(move || {
+            let mut rounds = 0u64;
+            while !done.load(Ordering::SeqCst) {
+                let last = closed.load(Ordering::SeqCst);
+                if last > 1 {
+                    truncate_before(&dir, last).expect("a truncation beside the writer");
+                    rounds += 1;
+                }
+            }
+            rounds
+        })
+    };
+    let mut log = small_log(&dir);
+    let started = std::time::Instant::now();
+    for n in 1..=3_000 {
+        log.append(&rec(n)).expect("an append beside a truncation");
+        let sealed = log.sync().expect("a sync beside a truncation");
+        if let Some(&g) = sealed.last() {
+            closed.store(g, Ordering::SeqCst);
+        }
+        if started.elapsed() > std::time::Duration::from_secs(20) {
+            break;
+        }
+    }
+    done.store(true, Ordering::SeqCst);
+    let rounds = truncator.join().expect("the truncator did not panic");
+    assert!(
+        rounds > 10,
+        "too few truncations ran beside the writer: {rounds}"
+    );
+}
