@@ -943,6 +943,25 @@ fn an_acknowledgement_from_an_epoch_a_resubmission_request_superseded_is_deliver
         ),
     );
     assert_eq!(status, 200, "{body}");
+    // Its scan ends before the held 250 is let go, so the one delivery again is the late
+    // acknowledgement's own. (Had the scan still been running when the 250 came, it could have met
+    // the entry too and sent a copy of its own: a second resend, which the node drops by its
+    // Message-ID; that race made this test see three sends once in CI, stop 33.)
+    wait_for(
+        Duration::from_secs(20),
+        "the epoch-2 request's scan to end",
+        || {
+            let (status, body) = api(
+                site.ports.hub1_admin,
+                "GET",
+                "/api/resubmit/cms1-epoch2-SG1",
+                Some(TOKEN),
+                None,
+            );
+            let state: Value = serde_json::from_str(&body).unwrap_or_default();
+            (status == 200 && state["done"] == true).then_some(())
+        },
+    );
     node.release.send(()).expect("release the held 250");
     let seen = wait_for(
         Duration::from_secs(20),
