@@ -414,3 +414,149 @@ fn a_silent_next_hop_does_not_slow_intake() {
     assert_exactly_once(&acknowledged, &stored);
     drop(hub);
 }
+
+/// A fake node that speaks SMTP and stores nothing; once `mute` is set, the connections it took
+/// before stop answering (the peer of a kept connection vanished without a reset), while new ones
+/// are answered as before.
+struct MutingNode {
+    mute: Arc<AtomicBool>,
+    /// Connections taken before the mute.
+    kept: Arc<Mutex<usize>>,
+    /// Message-IDs acknowledged on connections taken after it.
+    after: Arc<Mutex<Vec<String>>>,
+}
+
+impl MutingNode {
+    fn start(port: u16) -> MutingNode {
+        let listener = TcpListener::bind(("127.0.0.1", port)).expect("bind the fake node");
+        let node = MutingNode {
+            mute: Arc::default(),
+            kept: Arc::default(),
+            after: Arc::default(),
+        };
+        let (mute, kept, after) = (node.mute.clone(), node.kept.clone(), node.after.clone());
+        std::thread::spawn(move || {
+            for stream in listener.incoming().take(200) {
+                let Ok(stream) = stream else { continue };
+                let late = mute.load(Ordering::SeqCst);
+                if !late {
+                    *kept.lock().unwrap() += 1;
+                }
+                let (mute, after) = (mute.clone(), after.clone());
+                std::thread::spawn(move || speak(stream, late, &mute, &after));
+            }
+        });
+        node
+    }
+}
+
+/// SMTP for one connection; one taken before the mute goes silent once it is set.
+fn speak(stream: TcpStream, late: bool, mute: &AtomicBool, after: &Mutex<Vec<String>>) {
+    let mut out = stream.try_clone().expect("clone");
+    let mut lines = BufReader::new(stream);
+    let _ = out.write_all(b"220 muting.test ESMTP\r\n");
+    let (mut in_data, mut message_id) = (false, String::new());
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if lines.read_line(&mut line).unwrap_or(0) == 0 {
+            return;
+        }
+        if !late && mute.load(Ordering::SeqCst) {
+            continue;
+        }
+        let answer: &[u8] = if in_data {
+            if let Some(id) = line.strip_prefix("Message-ID: ") {
+                message_id = id.trim().to_string();
+            }
+            if line != ".\r\n" {
+                continue;
+            }
+            in_data = false;
+            if late {
+                after.lock().unwrap().push(std::mem::take(&mut message_id));
+            } else {
+                // Slow before the mute, so that deliveries overlap and the hub keeps several
+                // connections.
+                std::thread::sleep(Duration::from_millis(300));
+            }
+            b"250 2.0.0 stored (epoch 1)\r\n"
+        } else {
+            match line.get(..4).unwrap_or("").to_ascii_uppercase().as_str() {
+                "EHLO" => b"250-muting.test\r\n250 8BITMIME\r\n",
+                "AUTH" => b"502 5.5.1 not here\r\n",
+                "DATA" => {
+                    in_data = true;
+                    b"354 go ahead\r\n"
+                }
+                "QUIT" => return,
+                _ => b"250 ok\r\n",
+            }
+        };
+        if out.write_all(answer).is_err() {
+            return;
+        }
+    }
+}
+
+#[test]
+fn kept_connections_to_a_vanished_peer_are_dropped_together() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    // node2 is not there (refused at once); node1's kept connections go dead together.
+    let site = TestSite::new("node_connect_timeout = \"1s\"", &[]);
+    let node = MutingNode::start(site.ports.node1);
+    let _hub = site.start(&["hub", "--name", "hub1"]);
+    let senders: Vec<_> = (0..16)
+        .map(|i| {
+            let port = site.ports.hub1;
+            std::thread::spawn(move || {
+                let mut client = Smtplib::start();
+                let id = format!("<before-{i}@client.test>");
+                client.send(
+                    port,
+                    "bob@example.test",
+                    &["alice@example.test"],
+                    &message(Some(&id), "before"),
+                )
+            })
+        })
+        .collect();
+    for s in senders {
+        assert!(s.join().expect("sender").starts_with("refused {}"));
+    }
+    common::wait_queue_empty(site.ports.hub1_admin);
+    let kept = *node.kept.lock().unwrap();
+    assert!(
+        kept >= 4,
+        "too few kept connections for the test to mean anything: {kept}"
+    );
+    node.mute.store(true, Ordering::SeqCst);
+
+    let started = Instant::now();
+    let mut client = Smtplib::start();
+    let reply = client.send(
+        site.ports.hub1,
+        "bob@example.test",
+        &["alice@example.test"],
+        &message(Some("<after@client.test>"), "after"),
+    );
+    assert!(reply.starts_with("refused {}"), "{reply}");
+    common::wait_for(
+        Duration::from_secs(30),
+        "the message on a new connection",
+        || {
+            node.after
+                .lock()
+                .unwrap()
+                .contains(&"<after@client.test>".to_string())
+                .then_some(())
+        },
+    );
+    let took = started.elapsed();
+    // One kept connection found dead (node_connect_timeout, 1 s), then a new one after
+    // retry_min; trying the other kept ones one by one would take a second each.
+    assert!(
+        took < Duration::from_millis(2_800),
+        "delivered {took:?} after the kept connections went dead ({kept} kept)"
+    );
+}

@@ -300,10 +300,12 @@ impl CmsLink {
             Ok(Ok(opened)) => opened,
             Ok(Err(e)) => {
                 opening.failed();
+                Self::forget_kept(node);
                 return Err(NodeFailure::Unavailable(e));
             }
             Err(_) => {
                 opening.failed();
+                Self::forget_kept(node);
                 return Err(NodeFailure::Unavailable(format!(
                     "no answer within {} (node_connect_timeout)",
                     humantime::format_duration(self.connect_timeout)
@@ -327,6 +329,7 @@ impl CmsLink {
             }
             Err(Fail::Broken(e)) => {
                 opening.failed();
+                Self::forget_kept(node);
                 conn.abort().await;
                 return Err(NodeFailure::Unavailable(e));
             }
@@ -393,6 +396,18 @@ impl CmsLink {
                 warn!(error = %e, "the node refused this hub's AUTH: is delivery_secret_file the same on every role?");
                 Err(format!("AUTH refused: {e}"))
             }
+        }
+    }
+
+    /// Drops every kept connection to `node` after an opening to it failed. They share the path
+    /// that just failed: a peer that vanished without a reset (a middlebox that lost its state,
+    /// a host restarted, the slow link of the fault campaign healed) leaves all of them dead, and
+    /// trying them one by one cost `node_connect_timeout` each while every other attempt passed
+    /// the node by: 60 s without a delivery from one hub (campaign, stop 33, slow-hub-active).
+    fn forget_kept(node: &NodeLink) {
+        let dropped = std::mem::take(&mut *node.idle.lock().expect("pool lock poisoned"));
+        if !dropped.is_empty() {
+            debug!(node = %node.name, connections = dropped.len(), "an opening failed; kept connections to the node dropped");
         }
     }
 
