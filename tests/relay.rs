@@ -349,7 +349,7 @@ fn dsn_is_advertised_by_the_hub_only_and_bad_parameters_get_501() {
     let site = TestSite::new("", &[]);
     let _s = site.start(&["site"]);
     let mut hub = Raw::connect(site.ports.hub1);
-    assert!(hub.cmd("EHLO client.test").contains("250 DSN"));
+    assert!(hub.cmd("EHLO client.test").contains("250-DSN\r\n"));
     assert!(hub
         .cmd("MAIL FROM:<bob@example.test> RET=FULL RET=HDRS")
         .starts_with("501 5.5.4"));
