@@ -68,16 +68,7 @@ fn active_node(site: &TestSite) -> (u16, u16) {
 
 fn refused(node_admin: u16, reason: &str) -> u64 {
     let text = common::api(node_admin, "GET", "/metrics", Some(common::TOKEN), None).1;
-    text.lines()
-        .find(|l| {
-            l.starts_with("hubrelay_smtp_auth_refused_total")
-                && l.contains(&format!("reason=\"{reason}\""))
-        })
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| {
-            panic!("no hubrelay_smtp_auth_refused_total{{reason={reason}}} in:\n{text}")
-        })
+    common::auth_refused_in(&text, reason)
 }
 
 #[test]

@@ -128,20 +128,12 @@ print(urllib.request.urlopen(request, context=context, timeout=10).read().decode
         .arg(TOKEN)
         .output()
         .expect("python3");
-    let text = String::from_utf8_lossy(&out.stdout);
-    text.lines()
-        .find(|l| {
-            l.starts_with("hubrelay_smtp_auth_refused_total")
-                && l.contains(&format!("reason=\"{reason}\""))
-        })
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| {
-            panic!(
-                "no hubrelay_smtp_auth_refused_total{{reason={reason}}} in:\n{text}\n{}",
-                String::from_utf8_lossy(&out.stderr)
-            )
-        })
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    common::auth_refused_in(&String::from_utf8_lossy(&out.stdout), reason)
 }
 
 /// A self-signed pair of another CA, `dir/stem.pem` and `dir/stem.key`.

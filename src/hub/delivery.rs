@@ -96,35 +96,45 @@ enum NodeFailure {
 /// One opening under way, counted in its node's [`Reach`] until it is settled; one dropped
 /// unsettled (its attempt was cancelled) counts as failed, so the count never leaks.
 struct Opening<'a> {
-    reach: &'a Mutex<Reach>,
+    node: &'a NodeLink,
     settled: bool,
 }
 
 impl<'a> Opening<'a> {
     /// Starts an opening to the node, unless it is to be left alone this time.
-    fn start(reach: &'a Mutex<Reach>) -> Result<Opening<'a>, LeftAlone> {
-        lock(reach).start(Instant::now())?;
+    fn start(node: &'a NodeLink) -> Result<Opening<'a>, LeftAlone> {
+        lock(&node.reach).start(Instant::now())?;
         Ok(Opening {
-            reach,
+            node,
             settled: false,
         })
     }
 
     fn answered(mut self) {
         self.settled = true;
-        lock(self.reach).answered(Instant::now());
+        lock(&self.node.reach).answered(Instant::now());
     }
 
+    /// The node did not answer, or broke the connection: also every connection kept to it is
+    /// dropped, since they share the path that failed (a peer that vanished without a reset — a
+    /// middlebox that lost its state, a host restarted, the slow link of the fault campaign
+    /// healed — leaves all of them dead, and trying them one by one cost `node_connect_timeout`
+    /// each while every other attempt passed the node by: 60 s without a delivery from one hub,
+    /// campaign, stop 33, slow-hub-active).
     fn failed(mut self) {
         self.settled = true;
-        lock(self.reach).failed();
+        lock(&self.node.reach).failed();
+        let dropped = std::mem::take(&mut *self.node.idle.lock().expect("pool lock poisoned"));
+        if !dropped.is_empty() {
+            debug!(node = %self.node.name, connections = dropped.len(), "an opening failed; kept connections to the node dropped");
+        }
     }
 }
 
 impl Drop for Opening<'_> {
     fn drop(&mut self) {
         if !self.settled {
-            lock(self.reach).failed();
+            lock(&self.node.reach).failed();
         }
     }
 }
@@ -289,7 +299,7 @@ impl CmsLink {
         recipients: &[String],
         body: &[u8],
     ) -> Result<(Vec<Outcome>, Option<u64>), NodeFailure> {
-        let opening = Opening::start(&node.reach)
+        let opening = Opening::start(node)
             .map_err(|why| NodeFailure::Unavailable(format!("not tried: {why}")))?;
         let open = async {
             let mut conn = self.connection(node).await?;
@@ -300,12 +310,10 @@ impl CmsLink {
             Ok(Ok(opened)) => opened,
             Ok(Err(e)) => {
                 opening.failed();
-                Self::forget_kept(node);
                 return Err(NodeFailure::Unavailable(e));
             }
             Err(_) => {
                 opening.failed();
-                Self::forget_kept(node);
                 return Err(NodeFailure::Unavailable(format!(
                     "no answer within {} (node_connect_timeout)",
                     humantime::format_duration(self.connect_timeout)
@@ -329,7 +337,6 @@ impl CmsLink {
             }
             Err(Fail::Broken(e)) => {
                 opening.failed();
-                Self::forget_kept(node);
                 conn.abort().await;
                 return Err(NodeFailure::Unavailable(e));
             }
@@ -396,18 +403,6 @@ impl CmsLink {
                 warn!(error = %e, "the node refused this hub's AUTH: is delivery_secret_file the same on every role?");
                 Err(format!("AUTH refused: {e}"))
             }
-        }
-    }
-
-    /// Drops every kept connection to `node` after an opening to it failed. They share the path
-    /// that just failed: a peer that vanished without a reset (a middlebox that lost its state,
-    /// a host restarted, the slow link of the fault campaign healed) leaves all of them dead, and
-    /// trying them one by one cost `node_connect_timeout` each while every other attempt passed
-    /// the node by: 60 s without a delivery from one hub (campaign, stop 33, slow-hub-active).
-    fn forget_kept(node: &NodeLink) {
-        let dropped = std::mem::take(&mut *node.idle.lock().expect("pool lock poisoned"));
-        if !dropped.is_empty() {
-            debug!(node = %node.name, connections = dropped.len(), "an opening failed; kept connections to the node dropped");
         }
     }
 

@@ -121,8 +121,7 @@ impl Hub {
     /// Opens the hub's store under `dir` and starts its flusher and retry scheduler; queued messages
     /// from a previous run are scheduled again.
     pub fn open(site: Arc<Site>, name: &str, dir: &Path) -> Result<Arc<Hub>, HubError> {
-        let identity = site.hub(name).and_then(|h| h.tls.as_ref());
-        let node_tls = node_tls::NodeTls::from_site(&site, identity)?;
+        let node_tls = node_tls::NodeTls::for_hub(&site, name)?;
         let store = Arc::new(HubStore::open(dir, site.store_cache_size)?);
         let writer = writer::Writer::start(store.clone(), name).map_err(HubError::Writer)?;
         let flusher = store.clone();
@@ -420,8 +419,7 @@ impl Hub {
     /// `delivery_tls = "mutual"`) again, for the next connection to each node (SIGHUP after a
     /// renewal). On error the files in use stay.
     pub fn reload_node_tls(&self) -> Result<(), node_tls::NodeTlsError> {
-        let identity = self.site.hub(&self.name).and_then(|h| h.tls.as_ref());
-        let tls = node_tls::NodeTls::from_site(&self.site, identity)?;
+        let tls = node_tls::NodeTls::for_hub(&self.site, &self.name)?;
         self.links.iter().try_for_each(|l| l.secure_with(&tls))
     }
 

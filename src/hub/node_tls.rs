@@ -51,9 +51,14 @@ pub struct NodeTls {
 }
 
 impl NodeTls {
+    /// What hub `name` of `site` delivers with: its own certificate is the identity.
+    pub fn for_hub(site: &Site, name: &str) -> Result<NodeTls, NodeTlsError> {
+        Self::from_site(site, site.hub(name).and_then(|h| h.tls.as_ref()))
+    }
+
     /// Reads `tls_ca` if the site needs it, and `identity` (the hub's certificate) under
     /// `delivery_tls = "mutual"`.
-    pub fn from_site(site: &Site, identity: Option<&TlsFiles>) -> Result<NodeTls, NodeTlsError> {
+    fn from_site(site: &Site, identity: Option<&TlsFiles>) -> Result<NodeTls, NodeTlsError> {
         let mut roots = Vec::new();
         if site.delivery_tls.verifies_nodes() {
             if let Some(path) = &site.tls_ca {

@@ -679,6 +679,20 @@ pub fn metric(admin_port: u16, name: &str) -> u64 {
         .unwrap_or_else(|| panic!("no sample {name} in:\n{text}"))
 }
 
+/// The value of a node's `hubrelay_smtp_auth_refused_total{reason}` in its `/metrics` text.
+pub fn auth_refused_in(text: &str, reason: &str) -> u64 {
+    text.lines()
+        .find(|l| {
+            l.starts_with("hubrelay_smtp_auth_refused_total")
+                && l.contains(&format!("reason=\"{reason}\""))
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| {
+            panic!("no hubrelay_smtp_auth_refused_total{{reason={reason}}} in:\n{text}")
+        })
+}
+
 /// Sends `ids` to alice through `port` in one SMTP session (Python's smtplib), each with a body of
 /// `body_bytes` bytes; panics unless every message got its 250.
 pub fn send_to_alice(port: u16, ids: &[String], body_bytes: usize) {
