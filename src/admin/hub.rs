@@ -233,5 +233,6 @@ fn hub_state(hub: &Hub) -> HubState {
         oldest_queued_ms,
         dumpster,
         disk: hub.space.readings(),
+        bodies: hub.store.body_usage(),
     }
 }

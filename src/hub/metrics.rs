@@ -14,6 +14,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use store::hub::{DumpsterStats, Millis};
+use store::SegmentUsage;
 
 use crate::space::Reading;
 use crate::telemetry::disk::DiskGauges;
@@ -33,6 +34,8 @@ pub struct HubState {
     pub dumpster: Vec<(String, DumpsterStats)>,
     /// Free space where the store is.
     pub disk: Vec<Reading>,
+    /// The body segments on disk.
+    pub bodies: SegmentUsage,
 }
 
 /// Every metric of one hub, in a registry labelled `hub="<name>"`.
@@ -56,6 +59,8 @@ pub struct HubMetrics {
     dumpster_expired: Family<SgLabels, Counter>,
     dumpster_too_large: Family<SgLabels, Counter>,
     disk: DiskGauges,
+    body_bytes: Gauge,
+    body_live_bytes: Gauge,
     /// One scrape at a time: a scrape sets the state gauges and then encodes them.
     scrape: Mutex<()>,
 }
@@ -82,6 +87,8 @@ impl HubMetrics {
             dumpster_expired: Family::default(),
             dumpster_too_large: Family::default(),
             disk: DiskGauges::default(),
+            body_bytes: Gauge::default(),
+            body_live_bytes: Gauge::default(),
             scrape: Mutex::new(()),
         };
         m.disk = DiskGauges::register(&mut m.registry);
@@ -90,6 +97,16 @@ impl HubMetrics {
             "messages_received",
             "Messages accepted with 250 (DSNs this hub generated included)",
             m.received.clone(),
+        );
+        r.register(
+            "body_segment_bytes",
+            "Bytes of the body segment files (queued and dumpster bodies, and space not yet given back)",
+            m.body_bytes.clone(),
+        );
+        r.register(
+            "body_live_bytes",
+            "Bytes of those segments that queued messages or dumpster entries still use",
+            m.body_live_bytes.clone(),
         );
         r.register(
             "in_flow_delayed",
@@ -238,6 +255,9 @@ impl HubMetrics {
             }
         }
         self.disk.set(&state.disk);
+        let int = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        self.body_bytes.set(int(state.bodies.bytes));
+        self.body_live_bytes.set(int(state.bodies.live));
         telemetry::encode(&self.registry)
     }
 }

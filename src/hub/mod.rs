@@ -35,7 +35,7 @@ use store::hub::{
     QueuedMessage, RcptDsn, RcptStatus, Recipient, Recovery, ResubmitFilter,
 };
 use tokio::sync::Semaphore;
-use tracing::{error, info, info_span, warn, Instrument};
+use tracing::{debug, error, info, info_span, warn, Instrument};
 
 use crate::clock::now_ms;
 use crate::config::Site;
@@ -50,6 +50,10 @@ use scheduler::Scheduler;
 
 /// How often the store is probed for a disk error it must be opened again after.
 const RECOVER_EVERY: Duration = Duration::from_secs(1);
+
+/// How often delivered bodies' disk is given back: often enough that a hub's disk follows its
+/// dumpster bound within seconds, rarely enough that a round's flush costs nothing noticeable.
+const COMPACT_EVERY: Duration = Duration::from_secs(2);
 /// Deliveries in flight at once per hub; bounds memory and connections to the nodes.
 const MAX_INFLIGHT: usize = 64;
 /// New messages that may wait for their first delivery attempt before intake is slowed
@@ -679,10 +683,36 @@ impl Hub {
         });
     }
 
-    /// Starts the dumpster sweeper (MaxDumpsterTime), the store's recovery after a disk error
-    /// and the final flush at shutdown.
+    /// Gives the disk of delivered and evicted bodies back every [`COMPACT_EVERY`]
+    /// ([`HubStore::compact_bodies`]).
+    fn spawn_body_compaction(self: &Arc<Self>, shutdown: tokio_util::sync::CancellationToken) {
+        let hub = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(COMPACT_EVERY);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = shutdown.cancelled() => return,
+                }
+                let store = hub.store.clone();
+                match tokio::task::spawn_blocking(move || store.compact_bodies()).await {
+                    Ok(Ok(done)) if done.removed > 0 => debug!(
+                        hub = %hub.name, moved = done.moved, segments = done.removed,
+                        bytes = done.freed, "body segments given back"
+                    ),
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => warn!(hub = %hub.name, error = %e, "body compaction failed"),
+                    Err(e) => warn!(hub = %hub.name, error = %e, "body compaction task failed"),
+                }
+            }
+        });
+    }
+
+    /// Starts the dumpster sweeper (MaxDumpsterTime), the store's recovery after a disk error,
+    /// body compaction and the final flush at shutdown.
     pub fn spawn_housekeeping(self: &Arc<Self>, shutdown: tokio_util::sync::CancellationToken) {
         self.spawn_store_recovery(shutdown.clone());
+        self.spawn_body_compaction(shutdown.clone());
         let hub = self.clone();
         let every = (self.site.max_dumpster_time / 10)
             .clamp(Duration::from_millis(100), Duration::from_secs(60));

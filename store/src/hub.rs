@@ -7,6 +7,7 @@
 //! entries by order (eviction, expiry, resubmission) plan with range scans first and then commit
 //! the plan in a transaction; a mutex over those planners keeps the plan valid until it commits.
 
+mod bodies;
 mod dumpster;
 mod hold;
 mod keys;
@@ -20,8 +21,10 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use serde::{Deserialize, Serialize};
 
+pub use self::bodies::Compaction;
 pub use crate::db::Recovery;
 use crate::db::Reopenable;
+use crate::segments::{SegmentError, SegmentUsage, Segments};
 
 /// Milliseconds since the Unix epoch; callers pass the time so the store is deterministic.
 pub type Millis = u64;
@@ -349,6 +352,9 @@ pub enum HubStoreError {
         /// The failure, or why opening it again failed.
         reason: String,
     },
+    /// A body segment could not be read or written.
+    #[error(transparent)]
+    Segment(#[from] SegmentError),
     /// A stored key or value could not be decoded.
     #[error("corrupt record in tree `{tree}` at key \"{key}\": {reason}")]
     Corrupt {
@@ -393,9 +399,19 @@ pub enum HubStoreError {
     UnknownRequest(String),
 }
 
+/// The directory of the body segments inside the store's.
+const SEGMENTS: &str = "segments";
+
+/// Size of a hub's body segments. Small, because a segment is given back only once all of it is
+/// delivered and out of the dumpster, and the dumpster's bound may be a few MB per storage group:
+/// the disk a hub takes stays within its bounds plus about one segment per storage group.
+const SEGMENT_BYTES: u64 = 4 << 20;
+
 /// The hub's store: one sled database with a tree per kind of record.
 pub struct HubStore {
     db: Reopenable<Open>,
+    /// The message bodies, in segment files under the store's directory.
+    bodies: Segments,
     /// Held by every operation that plans dumpster or blob-refcount changes outside a transaction,
     /// so the plan is still true when its transaction commits.
     planner: Mutex<()>,
@@ -409,11 +425,14 @@ impl HubStore {
     pub fn open(path: &Path, cache_bytes: u64) -> Result<HubStore, HubStoreError> {
         let db = Reopenable::open(path, cache_bytes, Open::new).map_err(|e| locked(path, e))?;
         let queue_len = AtomicUsize::new(db.get().map_or(0, |o| o.trees.queue.len()));
-        Ok(HubStore {
+        let store = HubStore {
             db,
+            bodies: Segments::open(&path.join(SEGMENTS), SEGMENT_BYTES)?,
             planner: Mutex::new(()),
             queue_len,
-        })
+        };
+        store.recount_bodies()?;
+        Ok(store)
     }
 
     /// After a disk error: probes the store with a write and, if that fails, opens it again (sled
@@ -426,6 +445,9 @@ impl HubStore {
             let len = self.trees()?.trees.queue.len();
             self.queue_len
                 .store(len, std::sync::atomic::Ordering::SeqCst);
+            // Back at its last flush, the index may point at bodies it had dropped since, and
+            // no longer at bodies appended since.
+            self.recount_bodies()?;
         }
         Ok(recovery)
     }
@@ -446,8 +468,14 @@ impl HubStore {
     /// hundreds of MB per minute, and under that backlog sled's IO threads have been seen to
     /// deadlock (upstream fix spacejam/sled#1269 is in no 0.34 release).
     pub fn flush(&self) -> Result<(), HubStoreError> {
+        self.bodies.sync()?;
         self.trees()?.db.flush()?;
         Ok(())
+    }
+
+    /// The body segments' files, size and live bytes (for the disk a hub takes).
+    pub fn body_usage(&self) -> SegmentUsage {
+        self.bodies.usage()
     }
 
     /// Serialises planners. The mutex guards no data, so a panic elsewhere cannot leave anything

@@ -2,6 +2,8 @@
 //!
 //! - [`hub`]: a hub's delivery queue, the shared message bodies, the transport dumpster (per storage
 //!   group, bounded by size and age, with incremental statistics) and resubmission requests.
+//! - `segments`: message bodies in append-only, checksummed segment files beside sled, written once
+//!   and compacted once mostly unused (the hub's bodies).
 //! - [`txlog`]: a storage group's write-ahead transaction log: numbered, checksummed generations, the
 //!   unit of log shipping.
 //! - [`mailbox`]: a mailbox node's store, deduplicating by Message-ID, applied from the log.
@@ -13,4 +15,7 @@ mod db;
 pub mod hub;
 pub mod mailbox;
 mod pieces;
+mod segments;
 pub mod txlog;
+
+pub use segments::{SegmentError, SegmentUsage};

@@ -2,6 +2,7 @@
 
 use std::sync::atomic::Ordering;
 
+use super::bodies::BlobRef;
 use super::keys::{decode, due_key, id_key, parse_u64};
 use super::tx::{DUE, QUEUE};
 use super::{
@@ -49,15 +50,34 @@ impl HubStore {
             });
             bodies.push(body);
         }
-        self.transact(|tx| {
-            for (q, body) in queued.iter().zip(&bodies) {
-                let blob = id_key(q.blob);
-                crate::pieces::insert(tx.blobs, &blob, body.as_ref())?;
-                tx.refs.insert(&blob, &1u64.to_be_bytes())?;
-                tx.put_message(q)?;
+        // Bodies first, durable before the transaction that points at them.
+        let mut ats = Vec::with_capacity(bodies.len());
+        let appended = bodies
+            .iter()
+            .try_for_each(|body| {
+                ats.push(self.bodies.append(body.as_ref())?);
+                Ok(())
+            })
+            .and_then(|()| self.bodies.sync());
+        let committed = appended.map_err(HubStoreError::from).and_then(|()| {
+            self.transact(|tx| {
+                for (q, at) in queued.iter().zip(&ats) {
+                    let blob = BlobRef {
+                        count: 1,
+                        at: Some(*at),
+                    };
+                    tx.refs.insert(&id_key(q.blob), blob.encode())?;
+                    tx.put_message(q)?;
+                }
+                Ok(())
+            })
+        });
+        if let Err(e) = committed {
+            for at in &ats {
+                self.bodies.release(at);
             }
-            Ok(())
-        })?;
+            return Err(e);
+        }
         self.queue_len.fetch_add(queued.len(), Ordering::Relaxed);
         Ok(queued)
     }
@@ -69,11 +89,6 @@ impl HubStore {
             Some(raw) => Ok(Some(decode(QUEUE, &key, &raw)?)),
             None => Ok(None),
         }
-    }
-
-    /// The body stored as `blob`, while a queued message or dumpster entry references it.
-    pub fn body(&self, blob: u64) -> Result<Option<Vec<u8>>, HubStoreError> {
-        Ok(crate::pieces::read(&self.trees()?.blobs, &id_key(blob))?)
     }
 
     /// All queued messages in id order (used at start-up to resume deliveries; O(n)).

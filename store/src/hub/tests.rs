@@ -5,20 +5,20 @@ use std::path::Path;
 
 use super::*;
 
-const SG1: &str = "SG1";
+pub(super) const SG1: &str = "SG1";
 const SG2: &str = "SG2";
-const DAY: Millis = 86_400_000;
+pub(super) const DAY: Millis = 86_400_000;
 /// sled page cache for test stores: small, like a production default.
 const CACHE: u64 = 16 * 1024 * 1024;
 
-fn limits(max_bytes_per_sg: u64, max_age_ms: Millis) -> DumpsterLimits {
+pub(super) fn limits(max_bytes_per_sg: u64, max_age_ms: Millis) -> DumpsterLimits {
     DumpsterLimits {
         max_bytes_per_sg,
         max_age_ms,
     }
 }
 
-fn open(dir: &Path) -> HubStore {
+pub(super) fn open(dir: &Path) -> HubStore {
     HubStore::open(dir, CACHE).expect("open store")
 }
 
@@ -33,7 +33,7 @@ fn rcpt(address: &str, sg: &str) -> Recipient {
 }
 
 /// Enqueues `<n@test>` received at `received_ms` with one recipient per SG in `sgs`.
-fn enqueue(
+pub(super) fn enqueue(
     store: &HubStore,
     n: u64,
     received_ms: Millis,
@@ -57,7 +57,12 @@ fn enqueue(
 }
 
 /// Marks every recipient delivered at `at_ms` and records one dumpster entry per SG.
-fn deliver(store: &HubStore, msg: &QueuedMessage, at_ms: Millis, lim: DumpsterLimits) -> u64 {
+pub(super) fn deliver(
+    store: &HubStore,
+    msg: &QueuedMessage,
+    at_ms: Millis,
+    lim: DumpsterLimits,
+) -> u64 {
     let (done, entries) = delivered_attempt(msg, at_ms);
     store
         .record_attempt(&done, entries, lim)
@@ -87,16 +92,18 @@ fn message_ids(entries: &[DumpsterEntry]) -> Vec<String> {
     entries.iter().map(|e| e.message_id.clone()).collect()
 }
 
-fn refcount(store: &HubStore, blob: u64) -> Option<u64> {
+pub(super) fn refcount(store: &HubStore, blob: u64) -> Option<u64> {
     let raw = store
         .trees()
         .unwrap()
         .refs
         .get(blob.to_be_bytes())
         .expect("read refs")?;
-    Some(u64::from_be_bytes(
-        raw.as_ref().try_into().expect("8-byte count"),
-    ))
+    Some(
+        super::bodies::BlobRef::decode(&blob.to_be_bytes(), &raw)
+            .expect("a reference entry")
+            .count,
+    )
 }
 
 #[test]
@@ -211,7 +218,7 @@ fn size_bound_evicts_oldest_delivered_first() {
     let expected: Vec<String> = (first_kept..30).map(|n| format!("<{n}@test>")).collect();
     assert_eq!(message_ids(&window), expected);
     assert_eq!(
-        store.trees().unwrap().blobs.len(),
+        store.trees().unwrap().refs.len(),
         kept,
         "evicted bodies are deleted"
     );
@@ -327,7 +334,7 @@ fn sweep_drains_a_backlog_larger_than_one_chunk() {
     let stats = store.dumpster_stats(SG1, 1_550, lim).unwrap();
     assert_eq!((stats.items, stats.expired), (50, 550));
     assert_eq!(stats.oldest_delivered_ms, Some(550));
-    assert_eq!(store.trees().unwrap().blobs.len(), 50);
+    assert_eq!(store.trees().unwrap().refs.len(), 50);
 }
 
 #[test]
@@ -362,7 +369,7 @@ fn two_storage_groups_share_one_body() {
     let shared = enqueue(&store, 1, 10, 1_000, &[SG1, SG2]);
     deliver(&store, &shared, 100, lim);
     assert_eq!(store.trees().unwrap().dumpster.len(), 2, "one entry per SG");
-    assert_eq!(store.trees().unwrap().blobs.len(), 1, "one body");
+    assert_eq!(store.trees().unwrap().refs.len(), 1, "one body");
     assert_eq!(refcount(&store, shared.blob), Some(2));
 
     // Evict SG1's copy: SG2's entry still has the body.
@@ -462,7 +469,7 @@ fn resubmit_selects_exactly_the_window_of_one_sg() {
         assert_eq!(store.get(m.id).unwrap().as_ref(), Some(m));
     }
     assert_eq!(store.queue_len(), 5);
-    assert_eq!(store.trees().unwrap().blobs.len(), 10, "no body was copied");
+    assert_eq!(store.trees().unwrap().refs.len(), 10, "no body was copied");
 }
 
 /// Delivers, at 100, 200, 300: `<0@test>` from a@x to SG1's alice and bob, `<1@test>` from b@x

@@ -1,14 +1,17 @@
 //! The trees, the transaction helper, and the transactional record operations shared by the
 //! queue, the dumpster and resubmission.
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
 use sled::Transactional;
 
-use super::keys::{corrupt, decode, due_key, id_key, parse_u64, sg_prefix, timed_key};
+use super::bodies::BlobRef;
+use super::keys::{corrupt, decode, due_key, id_key, sg_prefix, timed_key};
 use super::{DumpsterEntry, HubStore, HubStoreError, QueuedMessage};
+use crate::segments::BodyAt;
 
 pub(super) const QUEUE: &str = "queue";
 pub(super) const DUE: &str = "due";
@@ -73,6 +76,9 @@ pub(super) struct Tx<'a> {
     pub received: &'a TransactionalTree,
     pub stats: &'a TransactionalTree,
     pub resubmit: &'a TransactionalTree,
+    /// Bodies whose last reference this run of the transaction dropped; given back to the
+    /// segments once it commits.
+    pub released: &'a RefCell<Vec<BodyAt>>,
 }
 
 impl HubStore {
@@ -93,8 +99,11 @@ impl HubStore {
             &t.stats,
             &t.resubmit,
         );
-        trees
+        let released = RefCell::new(Vec::new());
+        let result = trees
             .transaction(|v| {
+                // sled may run this again after a conflict: only the last run counts.
+                released.borrow_mut().clear();
                 f(&Tx {
                     queue: &v.0,
                     due: &v.1,
@@ -104,12 +113,17 @@ impl HubStore {
                     received: &v.5,
                     stats: &v.6,
                     resubmit: &v.7,
+                    released: &released,
                 })
             })
             .map_err(|e| match e {
                 TransactionError::Abort(e) => e,
                 TransactionError::Storage(e) => HubStoreError::Sled(e),
-            })
+            })?;
+        for at in released.into_inner() {
+            self.bodies.release(&at);
+        }
+        Ok(result)
     }
 }
 
@@ -317,14 +331,19 @@ fn adjust_refs(tx: &Tx<'_>, blob: u64, delta: i64) -> TxResult<()> {
     }
     let key = id_key(blob);
     let raw = tx.refs.get(key)?.ok_or(HubStoreError::UnknownBlob(blob))?;
-    let count = parse_u64(REFS, &key, &raw)?
+    let mut stored = BlobRef::decode(&key, &raw)?;
+    stored.count = stored
+        .count
         .checked_add_signed(delta)
         .ok_or_else(|| corrupt(REFS, &key, "reference count would go below zero"))?;
-    if count == 0 {
-        tx.refs.remove(&key)?;
-        crate::pieces::remove(tx.blobs, &key)?;
-    } else {
-        tx.refs.insert(&key, &count.to_be_bytes())?;
+    if stored.count > 0 {
+        tx.refs.insert(&key, stored.encode())?;
+        return Ok(());
+    }
+    tx.refs.remove(&key)?;
+    match stored.at {
+        Some(at) => tx.released.borrow_mut().push(at),
+        None => crate::pieces::remove(tx.blobs, &key)?,
     }
     Ok(())
 }

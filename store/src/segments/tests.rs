@@ -1,0 +1,153 @@
+use proptest::prelude::*;
+
+use super::*;
+
+fn open(dir: &Path) -> Segments {
+    Segments::open(dir, 1024).expect("open segments")
+}
+
+#[test]
+fn a_body_reads_back_and_survives_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    let segments = open(dir.path());
+    let a = segments.append(b"first body").unwrap();
+    let b = segments.append(b"").unwrap();
+    segments.sync().unwrap();
+    assert_eq!(segments.read(&a).unwrap(), b"first body");
+    assert_eq!(segments.read(&b).unwrap(), b"");
+    drop(segments);
+    let again = open(dir.path());
+    assert_eq!(again.read(&a).unwrap(), b"first body");
+    // A reopened store appends to a new segment, never after a tail it cannot vouch for.
+    let c = again.append(b"after").unwrap();
+    assert!(c.segment > a.segment);
+}
+
+#[test]
+fn a_full_segment_is_sealed_and_a_large_body_gets_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let segments = open(dir.path());
+    let small = segments.append(&[1; 600]).unwrap();
+    let next = segments.append(&[2; 600]).unwrap();
+    assert_ne!(
+        small.segment, next.segment,
+        "600 + 600 bytes exceed a 1 KiB segment"
+    );
+    let large = segments.append(&[3; 5000]).unwrap();
+    assert_eq!(segments.read(&large).unwrap(), vec![3; 5000]);
+    assert_eq!(segments.usage().files, 3);
+}
+
+#[test]
+fn a_damaged_record_is_reported_not_returned() {
+    let dir = tempfile::tempdir().unwrap();
+    let segments = open(dir.path());
+    let at = segments.append(b"the body of a message").unwrap();
+    segments.sync().unwrap();
+    let path = segments.path(at.segment);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x20;
+    std::fs::write(&path, bytes).unwrap();
+    let err = segments.read(&at).unwrap_err();
+    assert!(
+        matches!(&err, SegmentError::Corrupt { reason, .. } if reason.contains("checksum")),
+        "{err}"
+    );
+    let wrong = BodyAt { len: 3, ..at };
+    assert!(matches!(
+        segments.read(&wrong),
+        Err(SegmentError::Corrupt { .. })
+    ));
+}
+
+#[test]
+fn only_sealed_segments_nothing_points_into_are_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let segments = open(dir.path());
+    let a = segments.append(&[1; 600]).unwrap();
+    let b = segments.append(&[2; 600]).unwrap();
+    segments.release(&b);
+    assert_eq!(
+        segments.plan(),
+        Plan::default(),
+        "b's segment is the active one"
+    );
+    segments.release(&a);
+    assert_eq!(
+        segments.plan(),
+        Plan {
+            empty: vec![a.segment],
+            sparse: vec![]
+        }
+    );
+    assert_eq!(segments.remove_empty(b.segment).unwrap(), 0);
+    assert!(segments.remove_empty(a.segment).unwrap() > 600);
+    assert!(!segments.path(a.segment).exists());
+    assert!(matches!(segments.read(&a), Err(SegmentError::Gone(id)) if id == a.segment));
+    assert_eq!(segments.read(&b).unwrap(), vec![2; 600]);
+}
+
+#[test]
+fn a_mostly_dead_segment_is_planned_for_compaction() {
+    let dir = tempfile::tempdir().unwrap();
+    let segments = open(dir.path());
+    let bodies: Vec<BodyAt> = (0..4)
+        .map(|i| segments.append(&[i; 200]).unwrap())
+        .collect();
+    segments.append(&[9; 900]).unwrap();
+    for at in &bodies[..2] {
+        segments.release(at);
+    }
+    assert!(segments.plan().sparse.is_empty(), "half is still live");
+    segments.release(&bodies[2]);
+    assert_eq!(segments.plan().sparse, vec![bodies[0].segment]);
+}
+
+#[test]
+fn recount_sets_what_is_live_after_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    let segments = open(dir.path());
+    let a = segments.append(&[1; 300]).unwrap();
+    let b = segments.append(&[2; 300]).unwrap();
+    drop(segments);
+    let again = open(dir.path());
+    assert_eq!(again.usage().live, 0);
+    assert_eq!(again.plan().empty, vec![a.segment]);
+    assert_eq!(a.segment, b.segment);
+    again.recount([b]);
+    assert_eq!(again.usage().live, 316);
+    assert_eq!(again.plan(), Plan::default(), "half of it is live");
+    again.recount([]);
+    assert_eq!(again.plan().empty, vec![a.segment]);
+}
+
+proptest! {
+    #[test]
+    fn pointers_decode_as_encoded(segment: u64, offset: u64, len: u64, crc: u32) {
+        let at = BodyAt { segment, offset, len, crc };
+        prop_assert_eq!(BodyAt::decode(&at.encode()), Some(at));
+        prop_assert_eq!(BodyAt::decode(&at.encode()[1..]), None);
+    }
+
+    #[test]
+    fn every_body_reads_back_whatever_the_sizes(sizes in prop::collection::vec(0usize..3000, 1..20)) {
+        let dir = tempfile::tempdir().unwrap();
+        let segments = open(dir.path());
+        let stored: Vec<(Vec<u8>, BodyAt)> = sizes
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| {
+                let body = vec![i as u8; n];
+                let at = segments.append(&body).unwrap();
+                (body, at)
+            })
+            .collect();
+        segments.sync().unwrap();
+        for (body, at) in &stored {
+            prop_assert_eq!(&segments.read(at).unwrap(), body);
+        }
+        let usage = segments.usage();
+        prop_assert_eq!(usage.live, usage.bytes);
+    }
+}
