@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::MailboxNode;
 use crate::clock::mono_ms;
@@ -28,6 +28,9 @@ const DATABASE_FAILED_AFTER: Duration = Duration::from_secs(10);
 const TRUNCATE_EVERY: Duration = Duration::from_secs(5);
 /// How often dedup keys past their retention are swept.
 const SWEEP_EVERY: Duration = Duration::from_secs(600);
+/// How often body segments no record uses any more are given back (after a reseed cleared a
+/// storage group, or a discard), and mostly unused ones compacted.
+const COMPACT_EVERY: Duration = Duration::from_secs(5);
 
 /// Starts the driver, copy and resubmission loops of `node`.
 pub fn spawn(node: Arc<MailboxNode>, shutdown: CancellationToken) {
@@ -53,6 +56,9 @@ pub fn spawn(node: Arc<MailboxNode>, shutdown: CancellationToken) {
     let n = node.clone();
     let stop = shutdown.clone();
     tokio::spawn(async move { every(SWEEP_EVERY, &stop, || n.sweep_dedup()).await });
+    let n = node.clone();
+    let stop = shutdown.clone();
+    tokio::spawn(async move { every(COMPACT_EVERY, &stop, || n.compact_bodies()).await });
     let n = node.clone();
     let stop = shutdown.clone();
     tokio::spawn(async move { every(TRUNCATE_EVERY, &stop, || n.truncate_round()).await });
@@ -90,6 +96,20 @@ impl MailboxNode {
             }
             Ok(Err(e)) => warn!(node = %self.name, error = %e, "dedup sweep failed"),
             Err(e) => warn!(node = %self.name, error = %e, "dedup sweep task failed"),
+        }
+    }
+
+    /// One compaction round of the store's body segments (on a blocking thread).
+    async fn compact_bodies(self: &Arc<Self>) {
+        let store = self.store.clone();
+        match tokio::task::spawn_blocking(move || store.compact_bodies()).await {
+            Ok(Ok(done)) if done.removed > 0 => debug!(
+                node = %self.name, moved = done.moved, segments = done.removed,
+                bytes = done.freed, "body segments given back"
+            ),
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => warn!(node = %self.name, error = %e, "body compaction failed"),
+            Err(e) => warn!(node = %self.name, error = %e, "body compaction task failed"),
         }
     }
 

@@ -31,7 +31,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use store::mailbox::{MailboxError, MailboxStore};
-use store::txlog::{LogPosition, TxLog, TxLogError};
+use store::txlog::{LogPosition, LogRecord, TxLog, TxLogError};
 use tracing::{info, warn};
 
 use crate::client::AdminClient;
@@ -465,17 +465,21 @@ pub(crate) fn replay_own(store: &MailboxStore, sg: &str, log: &TxLog) -> Result<
     let first = checkpoint.map(|p| p.generation).unwrap_or(1).max(1);
     let mut applied = 0;
     for generation in first..=log.current_generation() {
-        for (index, rec) in log.records(generation)?.into_iter().enumerate() {
-            let pos = LogPosition {
-                generation,
-                index: index as u32,
-            };
-            if checkpoint.is_some_and(|c| pos <= c) {
-                continue;
-            }
-            store.reapply(sg, pos, &rec)?;
-            applied += 1;
-        }
+        let records = log.records(generation)?;
+        let batch: Vec<(LogPosition, &LogRecord)> = records
+            .iter()
+            .enumerate()
+            .map(|(index, rec)| {
+                let pos = LogPosition {
+                    generation,
+                    index: index as u32,
+                };
+                (pos, rec)
+            })
+            .filter(|(pos, _)| checkpoint.is_none_or(|c| *pos > c))
+            .collect();
+        store.reapply_batch(sg, &batch)?;
+        applied += batch.len();
     }
     store.replay_done(sg, from);
     Ok(applied)

@@ -137,16 +137,18 @@ pub fn replay_all(store: &MailboxStore, sg: &str, copy: &LogCopy) -> Result<usiz
     let mut applied = 0;
     for generation in first..=copy.last_copied() {
         let records = copy.records(generation)?;
-        applied += apply_generation(store, sg, generation, &records, MailboxStore::reapply)?;
+        applied += apply_generation(store, sg, generation, &records, MailboxStore::reapply_batch)?;
     }
     store.replay_done(sg, from);
     Ok(applied)
 }
 
-/// How a record reaches the store: [`MailboxStore::apply`] as copied, [`MailboxStore::reapply`]
-/// in a replay.
-type Apply = fn(&MailboxStore, &str, LogPosition, &LogRecord) -> Result<usize, MailboxError>;
+/// How records reach the store: [`MailboxStore::apply_batch`] as copied,
+/// [`MailboxStore::reapply_batch`] in a replay.
+type Apply =
+    fn(&MailboxStore, &str, &[(LogPosition, &LogRecord)]) -> Result<Vec<usize>, MailboxError>;
 
+/// Applies one generation as one batch (one sync of its bodies).
 fn apply_generation(
     store: &MailboxStore,
     sg: &str,
@@ -154,16 +156,19 @@ fn apply_generation(
     records: &[LogRecord],
     apply: Apply,
 ) -> Result<usize, NodeError> {
-    let mut applied = 0;
-    for (index, rec) in records.iter().enumerate() {
-        let pos = LogPosition {
-            generation,
-            index: index as u32,
-        };
-        apply(store, sg, pos, rec)?;
-        applied += 1;
-    }
-    Ok(applied)
+    let batch: Vec<(LogPosition, &LogRecord)> = records
+        .iter()
+        .enumerate()
+        .map(|(index, rec)| {
+            let pos = LogPosition {
+                generation,
+                index: index as u32,
+            };
+            (pos, rec)
+        })
+        .collect();
+    apply(store, sg, &batch)?;
+    Ok(batch.len())
 }
 
 impl CopyState {
@@ -311,7 +316,7 @@ impl MailboxNode {
             match stored {
                 Ok(records) => {
                     if let Err(e) =
-                        apply_generation(&self.store, sg, next, &records, MailboxStore::apply)
+                        apply_generation(&self.store, sg, next, &records, MailboxStore::apply_batch)
                     {
                         self.disk_error(sg, &e.to_string());
                         return Err(e);

@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use store::mailbox::MailboxStore;
-use store::txlog::{LogRecord, TxLog, TxLogError};
+use store::txlog::{LogPosition, LogRecord, TxLog, TxLogError};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, error, warn};
 
@@ -387,14 +387,15 @@ fn write_batch(
         .map(|(rec, _)| log.append(rec))
         .collect::<Result<Vec<_>, _>>()?;
     log.sync()?;
-    batch
-        .iter()
-        .zip(positions)
-        .map(|((rec, _), pos)| {
-            store.apply(sg, pos, rec).map_err(|e| TxLogError::Poisoned {
-                storage_group: sg.to_string(),
-                reason: format!("mailbox store: {e}"),
-            })
+    let records: Vec<(LogPosition, &LogRecord)> = positions
+        .into_iter()
+        .zip(batch)
+        .map(|(pos, (rec, _))| (pos, rec.as_ref()))
+        .collect();
+    store
+        .apply_batch(sg, &records)
+        .map_err(|e| TxLogError::Poisoned {
+            storage_group: sg.to_string(),
+            reason: format!("mailbox store: {e}"),
         })
-        .collect()
 }

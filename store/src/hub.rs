@@ -21,7 +21,6 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use serde::{Deserialize, Serialize};
 
-pub use self::bodies::Compaction;
 pub use crate::db::Recovery;
 use crate::db::Reopenable;
 use crate::segments::{SegmentError, SegmentUsage, Segments};

@@ -18,4 +18,4 @@ mod pieces;
 mod segments;
 pub mod txlog;
 
-pub use segments::{SegmentError, SegmentUsage};
+pub use segments::{Compaction, SegmentError, SegmentUsage};

@@ -25,6 +25,7 @@ pub mod stamp;
 #[cfg(test)]
 mod tests;
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -36,8 +37,16 @@ use sled::{Transactional, Tree};
 
 pub use crate::db::Recovery;
 use crate::db::Reopenable;
+use crate::segments::{BodyAt, Compaction, SegmentError, SegmentUsage, Segments};
 use crate::txlog::{LogPosition, LogRecord, Millis};
 use stamp::HubStamp;
+use tracing::warn;
+
+/// The directory of the body segments inside the store's.
+const SEGMENTS: &str = "segments";
+/// Size of a node's body segments: a mailbox keeps its messages, so segments mostly fill and stay;
+/// larger ones mean fewer files for a large store.
+const SEGMENT_BYTES: u64 = 16 << 20;
 
 /// How many applied records `discard_from` undoes per transaction (bounds its memory).
 const DISCARD_CHUNK: usize = 512;
@@ -75,6 +84,9 @@ pub enum MailboxError {
     /// sled failed (I/O, or damage it detected).
     #[error("mailbox store: {0}")]
     Sled(#[from] sled::Error),
+    /// A body segment could not be read or written.
+    #[error(transparent)]
+    Segment(#[from] SegmentError),
     /// The store failed (a disk error) and has not been opened again yet: see
     /// [`MailboxStore::recover`].
     #[error("mailbox store {} is closed after a failure ({reason}); it is opened again once it can be written", path.display())]
@@ -113,6 +125,9 @@ pub enum MailboxError {
 /// The mailbox store, on its own sled database.
 pub struct MailboxStore {
     db: Reopenable<Trees>,
+    /// The message bodies, in segment files under the store's directory (shared with snapshot
+    /// readers).
+    bodies: Arc<Segments>,
     /// How long a dedup key counts after the record that made it (ms).
     retention: Millis,
     /// Per storage group, the handle count ([`Reopenable::get_counted`]) its log was last replayed
@@ -132,8 +147,11 @@ struct Trees {
     /// `sg ++ generation ++ index` → [`Applied`]: every applied record in log order. The last key of
     /// an SG is its replay checkpoint; the keys from a generation on are what `discard_from` undoes.
     applied: Tree,
-    /// Same key as `applied` → body (in pieces, see `crate::pieces`), stored once per record
-    /// however many mailboxes share it.
+    /// Same key as `applied` → where its body is in the segments ([`BodyAt`]), stored once per
+    /// record however many mailboxes share it.
+    body_at: Tree,
+    /// Same key as `applied` → body in pieces (`crate::pieces`), as earlier releases stored it:
+    /// read and removed, never written.
     bodies: Tree,
     /// `sg ++ hub host` → [`Anchor`]: the hub's stamp on the newest applied record from it. One
     /// key per hub that ever delivered to the SG, so it does not grow with time.
@@ -146,6 +164,7 @@ impl Trees {
             messages: db.open_tree("messages")?,
             ids: db.open_tree("ids")?,
             applied: db.open_tree("applied")?,
+            body_at: db.open_tree("body_at")?,
             bodies: db.open_tree("bodies")?,
             anchors: db.open_tree("anchors")?,
             db,
@@ -192,6 +211,27 @@ struct Applied {
     /// (absent in records applied by an earlier release).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     stamp: Option<HubStamp>,
+}
+
+/// What applying a record writes, worked out before its transaction.
+struct Prepared {
+    key: Vec<u8>,
+    pos: LogPosition,
+    seq: u64,
+    digest: [u8; 32],
+    stamp: Option<HubStamp>,
+    anchor: Option<(Vec<u8>, Vec<u8>)>,
+    entry: Vec<u8>,
+    /// Per recipient: its dedup key, mailbox key and mailbox entry.
+    copies: Vec<CopyKeys>,
+}
+
+/// How a record's transaction ended.
+enum Committed {
+    /// Applied (or found applied), adding this many copies.
+    Added(usize),
+    /// A copy is due but no body was staged: nothing was written.
+    NeedsBody,
 }
 
 /// Headers a relay adds or rewrites on the way; they do not make a message a different one.
@@ -249,21 +289,72 @@ impl MailboxStore {
                 source,
             }
         })?;
-        Ok(MailboxStore {
+        let store = MailboxStore {
             db,
+            bodies: Arc::new(Segments::open(&path.join(SEGMENTS), SEGMENT_BYTES)?),
             retention,
             replayed: Mutex::new(HashMap::new()),
-        })
+        };
+        store.recount_bodies()?;
+        Ok(store)
+    }
+
+    /// Sets the live bytes of every segment from the body index (at open, after a reopen).
+    fn recount_bodies(&self) -> Result<(), MailboxError> {
+        let t = self.t()?;
+        let mut live = Vec::new();
+        for item in t.body_at.iter() {
+            let (_, raw) = item?;
+            live.push(body_pointer(&raw)?);
+        }
+        self.bodies.recount(live);
+        Ok(())
+    }
+
+    /// One round of giving disk back ([`Segments::compact`]): after a storage group was cleared
+    /// or discarded its bodies' segments go, and mostly unused ones are compacted.
+    pub fn compact_bodies(&self) -> Result<Compaction, MailboxError> {
+        let body_at = self.t()?.body_at.clone();
+        self.bodies.compact(
+            || {
+                Ok(body_at.iter().map(|item| {
+                    let (key, raw) = item?;
+                    Ok((key, body_pointer(&raw)?))
+                }))
+            },
+            |moves| {
+                let mut moved = Vec::with_capacity(moves.len());
+                for m in moves {
+                    let swapped = body_at.compare_and_swap(
+                        &m.key,
+                        Some(&m.old.encode()[..]),
+                        Some(&m.new.encode()[..]),
+                    )?;
+                    moved.push(swapped.is_ok());
+                }
+                Ok(moved)
+            },
+            || self.flush(),
+        )
+    }
+
+    /// The body segments' files, size and live bytes.
+    pub fn body_usage(&self) -> SegmentUsage {
+        self.bodies.usage()
     }
 
     /// After a disk error: probes the store with a write and, if that fails, opens it again (sled
     /// fails every write after one I/O error until then). After [`Recovery::Reopened`] the store
     /// holds what was flushed before the failure: the caller replays its logs into it again.
     pub fn recover(&self) -> Result<Recovery, MailboxError> {
-        self.db.recover().map_err(|source| MailboxError::Open {
+        let recovery = self.db.recover().map_err(|source| MailboxError::Open {
             path: self.db.path().to_owned(),
             source,
-        })
+        })?;
+        if recovery == Recovery::Reopened {
+            self.recount_bodies()?;
+        }
+        Ok(recovery)
     }
 
     /// The open database and its trees, for the length of one operation.
@@ -370,6 +461,16 @@ impl MailboxStore {
         pos: LogPosition,
         rec: &LogRecord,
     ) -> Result<usize, MailboxError> {
+        Ok(self.apply_batch(sg, &[(pos, rec)])?[0])
+    }
+
+    /// [`MailboxStore::apply`] for records in log order, with one sync of their bodies before the
+    /// first transaction points at one. Returns the copies each record added.
+    pub fn apply_batch(
+        &self,
+        sg: &str,
+        records: &[(LogPosition, &LogRecord)],
+    ) -> Result<Vec<usize>, MailboxError> {
         let (count, t) = self.db.get_counted();
         let t = t.map_err(|reason| self.closed(reason))?;
         let replayed = self.replayed_count(sg);
@@ -378,19 +479,18 @@ impl MailboxStore {
                 storage_group: sg.to_string(),
             });
         }
-        self.apply_to(&t, sg, pos, rec)
+        self.apply_all(&t, sg, records)
     }
 
-    /// [`MailboxStore::apply`] for a replay of the log from the checkpoint on, which is what
-    /// makes the store whole again after it was opened again.
-    pub fn reapply(
+    /// [`MailboxStore::apply_batch`] for a replay of the log from the checkpoint on, which is
+    /// what makes the store whole again after it was opened again.
+    pub fn reapply_batch(
         &self,
         sg: &str,
-        pos: LogPosition,
-        rec: &LogRecord,
-    ) -> Result<usize, MailboxError> {
+        records: &[(LogPosition, &LogRecord)],
+    ) -> Result<Vec<usize>, MailboxError> {
         let t = self.t()?;
-        self.apply_to(&t, sg, pos, rec)
+        self.apply_all(&t, sg, records)
     }
 
     /// Where a replay starts from: call before reading the checkpoint, and hand the value to
@@ -419,16 +519,83 @@ impl MailboxStore {
         }
     }
 
-    fn apply_to(
+    /// Applies `records`: the bodies of those that may add a copy are appended and synced first,
+    /// then each record is one transaction.
+    fn apply_all(
+        &self,
+        t: &Trees,
+        sg: &str,
+        records: &[(LogPosition, &LogRecord)],
+    ) -> Result<Vec<usize>, MailboxError> {
+        let mut prepared = Vec::with_capacity(records.len());
+        for &(pos, rec) in records {
+            prepared.push(self.prepare(t, sg, pos, rec)?);
+        }
+        let mut ats = Vec::with_capacity(records.len());
+        let staged = prepared.iter().zip(records).try_for_each(|(p, (_, rec))| {
+            let needed = p.as_ref().is_some_and(|p| self.may_add(t, p, rec.time_ms));
+            ats.push(if needed {
+                Some(self.bodies.append(&rec.body)?)
+            } else {
+                None
+            });
+            Ok::<_, MailboxError>(())
+        });
+        let synced = staged.and_then(|()| {
+            if ats.iter().any(Option::is_some) {
+                self.bodies.sync()?;
+            }
+            Ok(())
+        });
+        if let Err(e) = synced {
+            ats.iter().flatten().for_each(|at| self.bodies.release(at));
+            return Err(e);
+        }
+        let mut added = Vec::with_capacity(records.len());
+        let mut pending = prepared.into_iter().zip(ats).zip(records);
+        for ((p, at), (_, rec)) in pending.by_ref() {
+            let result = match p {
+                Some(p) => self.commit(t, sg, &p, rec, at),
+                None => Ok(0),
+            };
+            match result {
+                Ok(n) => added.push(n),
+                Err(e) => {
+                    // Bodies staged for the records not applied are nobody's.
+                    for ((_, at), _) in pending {
+                        at.iter().for_each(|at| self.bodies.release(at));
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        Ok(added)
+    }
+
+    /// Whether applying `p` would give some recipient a copy, so its body must be stored (read
+    /// outside the transaction; [`MailboxStore::commit`] stores it anyway if that changed).
+    fn may_add(&self, t: &Trees, p: &Prepared, time_ms: Millis) -> bool {
+        p.copies.iter().any(|(id, _, _)| {
+            !t.ids
+                .get(id)
+                .ok()
+                .flatten()
+                .is_some_and(|v| self.counts(&v, time_ms))
+        })
+    }
+
+    /// Everything applying `rec` writes that does not depend on what the store holds; `None` if
+    /// its position is applied already.
+    fn prepare(
         &self,
         t: &Trees,
         sg: &str,
         pos: LogPosition,
         rec: &LogRecord,
-    ) -> Result<usize, MailboxError> {
+    ) -> Result<Option<Prepared>, MailboxError> {
         let key = record_key(&sg_key(sg)?, pos);
         if t.applied.contains_key(&key)? {
-            return Ok(0);
+            return Ok(None);
         }
         let seq = t.db.generate_id()?;
         let size = rec.body.len() as u64;
@@ -454,42 +621,103 @@ impl MailboxStore {
             position: pos,
         };
         let copies = copy_keys(sg, &rec.recipients, &template, &digest, seq)?;
-        let trees = (&t.messages, &t.ids, &t.applied, &t.bodies, &t.anchors);
-        let result = trees.transaction(|(messages, ids, applied, bodies, anchors)| {
-            if applied.get(&key)?.is_some() {
-                return Ok(0);
+        Ok(Some(Prepared {
+            key,
+            pos,
+            seq,
+            digest,
+            stamp,
+            anchor,
+            entry,
+            copies,
+        }))
+    }
+
+    /// The transaction of one record, its body (if any copy needs it) at `at`. A body the
+    /// record turns out not to need is released; one it needs but was not staged is appended and
+    /// synced here.
+    fn commit(
+        &self,
+        t: &Trees,
+        sg: &str,
+        p: &Prepared,
+        rec: &LogRecord,
+        at: Option<BodyAt>,
+    ) -> Result<usize, MailboxError> {
+        let mut at = at;
+        loop {
+            let committed = self.transact_record(t, p, rec, at).inspect_err(|_| {
+                at.iter().for_each(|at| self.bodies.release(at));
+            })?;
+            match committed {
+                Committed::Added(n) => {
+                    if n == 0 {
+                        at.iter().for_each(|at| self.bodies.release(at));
+                    }
+                    return Ok(n);
+                }
+                Committed::NeedsBody => {
+                    warn!(storage_group = sg, message_id = %rec.message_id, "a copy became due between the dedup check and its transaction; storing its body now");
+                    let staged = self.bodies.append(&rec.body)?;
+                    self.bodies.sync()?;
+                    at = Some(staged);
+                }
+            }
+        }
+    }
+
+    fn transact_record(
+        &self,
+        t: &Trees,
+        p: &Prepared,
+        rec: &LogRecord,
+        at: Option<BodyAt>,
+    ) -> Result<Committed, MailboxError> {
+        /// Why a record's transaction stopped without writing anything.
+        struct NeedsBody;
+        let trees = (&t.messages, &t.ids, &t.applied, &t.body_at, &t.anchors);
+        let result = trees.transaction(|(messages, ids, applied, body_at, anchors)| {
+            if applied.get(&p.key)?.is_some() {
+                return Ok(Committed::Added(0));
             }
             let mut added = Vec::new();
-            for (address, (id, message, copy)) in rec.recipients.iter().zip(&copies) {
+            for (address, (id, message, copy)) in rec.recipients.iter().zip(&p.copies) {
                 // Sees this transaction's own inserts, so a recipient listed twice gets one copy.
                 if ids.get(id)?.is_some_and(|v| self.counts(&v, rec.time_ms)) {
                     continue;
                 }
-                ids.insert(id.as_slice(), entry.as_slice())?;
+                ids.insert(id.as_slice(), p.entry.as_slice())?;
                 messages.insert(message.as_slice(), copy.as_slice())?;
                 added.push(address.clone());
             }
             if !added.is_empty() {
-                crate::pieces::insert(bodies, &key, &rec.body)?;
+                match at {
+                    Some(at) => body_at.insert(p.key.as_slice(), &at.encode())?,
+                    None => return Err(ConflictableTransactionError::Abort(NeedsBody)),
+                };
             }
             let count = added.len();
             let record = Applied {
-                position: pos,
+                position: p.pos,
                 message_id: rec.message_id.clone(),
                 time_ms: rec.time_ms,
-                seq,
+                seq: p.seq,
                 added,
-                digest: hex(&digest),
-                stamp: stamp.clone(),
+                digest: hex(&p.digest),
+                stamp: p.stamp.clone(),
             };
-            applied.insert(key.as_slice(), encode(&record))?;
+            applied.insert(p.key.as_slice(), encode(&record))?;
             // Records apply in log order, so the last one from a hub is its newest.
-            if let Some((k, v)) = &anchor {
+            if let Some((k, v)) = &p.anchor {
                 anchors.insert(k.as_slice(), v.as_slice())?;
             }
-            Ok::<_, ConflictableTransactionError<MailboxError>>(count)
+            Ok::<_, ConflictableTransactionError<NeedsBody>>(Committed::Added(count))
         });
-        result.map_err(from_tx)
+        match result {
+            Ok(done) => Ok(done),
+            Err(TransactionError::Abort(NeedsBody)) => Ok(Committed::NeedsBody),
+            Err(TransactionError::Storage(e)) => Err(e.into()),
+        }
     }
 
     /// The mailbox's messages in delivery order.
@@ -523,7 +751,7 @@ impl MailboxStore {
             return Ok(None);
         };
         let key = record_key(&sg_key(&copy.sg)?, copy.message.position);
-        let body = crate::pieces::read(&t.bodies, &key)?.ok_or_else(|| MailboxError::Corrupt {
+        let body = read_body(&t, &self.bodies, &key)?.ok_or_else(|| MailboxError::Corrupt {
             what: "body",
             reason: format!("{message_id} in {address} has no body"),
         })?;
@@ -653,9 +881,12 @@ impl MailboxStore {
                 return Ok(removed);
             };
             last = lowest.to_vec();
-            let trees = (&t.messages, &t.ids, &t.applied, &t.bodies);
+            let released = RefCell::new(Vec::new());
+            let trees = (&t.messages, &t.ids, &t.applied, &t.bodies, &t.body_at);
             trees
-                .transaction(|(messages, ids, applied, bodies)| {
+                .transaction(|(messages, ids, applied, bodies, body_at)| {
+                    // sled may run this again after a conflict: only the last run counts.
+                    released.borrow_mut().clear();
                     for (key, seq, copies) in &chunk {
                         for (id, message) in copies {
                             messages.remove(message.as_slice())?;
@@ -668,11 +899,17 @@ impl MailboxStore {
                             }
                         }
                         crate::pieces::remove(bodies, key)?;
+                        if let Some(raw) = body_at.remove(key)? {
+                            released.borrow_mut().push(raw);
+                        }
                         applied.remove(key)?;
                     }
                     Ok::<_, ConflictableTransactionError<MailboxError>>(())
                 })
                 .map_err(from_tx)?;
+            for raw in released.into_inner() {
+                self.bodies.release(&body_pointer(&raw)?);
+            }
             removed += chunk
                 .iter()
                 .map(|(_, _, copies)| copies.len() as u64)
@@ -692,6 +929,7 @@ impl MailboxStore {
     /// Makes every apply so far durable (applies are not fsynced one by one; the log is).
     pub fn flush(&self) -> Result<(), MailboxError> {
         let t = self.t()?;
+        self.bodies.sync()?;
         t.db.flush()?;
         Ok(())
     }
@@ -757,6 +995,28 @@ fn anchor_key(sg: &str, host: &str) -> Result<Vec<u8>, MailboxError> {
 }
 
 /// `sg ++ generation BE ++ index BE`, so an SG's records sort in log order.
+/// A pointer as the body index stores it.
+fn body_pointer(raw: &[u8]) -> Result<BodyAt, MailboxError> {
+    BodyAt::decode(raw).ok_or_else(|| MailboxError::Corrupt {
+        what: "body pointer",
+        reason: format!("{} bytes, not {}", raw.len(), BodyAt::ENCODED),
+    })
+}
+
+/// The body of the record under `key`, wherever it is stored; `None` if it has none.
+fn read_body(t: &Trees, segments: &Segments, key: &[u8]) -> Result<Option<Vec<u8>>, MailboxError> {
+    loop {
+        let Some(raw) = t.body_at.get(key)? else {
+            return Ok(crate::pieces::read(&t.bodies, key)?);
+        };
+        match segments.read(&body_pointer(&raw)?) {
+            // Compacted between the two reads: the pointer has moved.
+            Err(SegmentError::Gone(_)) => continue,
+            other => return Ok(Some(other?)),
+        }
+    }
+}
+
 fn record_key(sg: &[u8], pos: LogPosition) -> Vec<u8> {
     let mut key = sg.to_vec();
     key.extend_from_slice(&pos.generation.to_be_bytes());

@@ -1,4 +1,8 @@
-//! Message bodies stored in small pieces, so that sled's cache bounds the memory they take.
+//! Message bodies as releases before body segments (`crate::segments`) stored them: in sled, in
+//! small pieces. Stores written then still open, so bodies are read and removed here; only tests
+//! write them, to make such a store.
+//!
+//! Why pieces then: so that sled's cache bounded the memory they took.
 //!
 //! sled 0.34's cache does not bound memory when values are big: a leaf page holds up to 16
 //! values, and its LRU (256 shards) weighs page accesses only in batches of 64 per shard, so pages
@@ -20,6 +24,7 @@
 use sled::transaction::{TransactionalTree, UnabortableTransactionError};
 
 /// The largest piece, in bytes.
+#[cfg(test)]
 pub(crate) const PIECE: usize = 8192;
 
 fn piece_key(key: &[u8], index: u32) -> Vec<u8> {
@@ -30,6 +35,7 @@ fn piece_key(key: &[u8], index: u32) -> Vec<u8> {
 }
 
 /// Stores `body` under `key` (at least one piece, so an empty body still exists).
+#[cfg(test)]
 pub(crate) fn insert(
     tree: &TransactionalTree,
     key: &[u8],

@@ -105,6 +105,8 @@ pub(crate) struct Segments {
     /// A segment is sealed once it reaches this size (a larger body gets a segment of its own).
     segment_bytes: u64,
     state: Mutex<State>,
+    /// Held for the length of a [`Segments::sync`].
+    syncing: Mutex<()>,
 }
 
 struct State {
@@ -141,6 +143,28 @@ pub(crate) struct Plan {
     /// Sealed segments mostly dead: move their live bodies, then they are empty.
     pub sparse: Vec<u64>,
 }
+
+/// What a compaction round gave back.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Compaction {
+    /// Live bodies moved out of mostly-dead segments.
+    pub moved: u64,
+    /// Segment files deleted.
+    pub removed: u64,
+    /// Their bytes.
+    pub freed: u64,
+}
+
+/// A body to move: the key of the index entry that points at it, where it was, where it is now.
+pub(crate) struct Move {
+    pub key: sled::IVec,
+    pub old: BodyAt,
+    pub new: BodyAt,
+}
+
+/// Bytes of live bodies one compaction round moves at most, so a round stays short and the
+/// writers appending beside it are not held up for long.
+const MOVE_PER_ROUND: u64 = 64 << 20;
 
 /// Totals over a store's segments.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -188,6 +212,7 @@ impl Segments {
                 dir_unsynced: false,
                 handles: HashMap::new(),
             }),
+            syncing: Mutex::new(()),
         })
     }
 
@@ -265,26 +290,50 @@ impl Segments {
     }
 
     /// Makes every record appended so far durable (with the directory entries of new segments).
+    /// The fsyncs run outside the state's lock, so reads and appends go on meanwhile; syncs run one
+    /// at a time, so none returns while another still syncs what it counts on.
     pub fn sync(&self) -> Result<(), SegmentError> {
-        let mut state = self.lock();
-        let active = state.active.as_ref().map(|a| a.id);
-        for (id, file) in &state.unsynced {
+        let _one = self.syncing.lock().unwrap_or_else(PoisonError::into_inner);
+        let (files, dir) = {
+            let mut state = self.lock();
+            let files: Vec<(u64, Arc<File>, u64)> = state
+                .unsynced
+                .iter()
+                .map(|(id, file)| (*id, file.clone(), state.usage.get(id).map_or(0, |u| u.size)))
+                .collect();
+            (files, std::mem::take(&mut state.dir_unsynced))
+        };
+        let synced = files.iter().try_for_each(|(id, file, _)| {
             file.sync_data().map_err(|source| SegmentError::Io {
                 path: self.path(*id),
                 source,
-            })?;
-        }
-        if state.dir_unsynced {
-            File::open(&self.dir)
+            })
+        });
+        let synced = synced.and_then(|()| match dir {
+            false => Ok(()),
+            true => File::open(&self.dir)
                 .and_then(|d| d.sync_all())
                 .map_err(|source| SegmentError::Io {
                     path: self.dir.clone(),
                     source,
-                })?;
-            state.dir_unsynced = false;
+                }),
+        });
+        let mut state = self.lock();
+        if synced.is_err() {
+            state.dir_unsynced |= dir;
+            return synced;
         }
-        // The active segment is written again; the sealed ones are done.
-        state.unsynced.retain(|(id, _)| Some(*id) == active);
+        // A sealed segment is done once it was synced at its final size; the active one, and
+        // one sealed while this ran, is synced again next time.
+        let active = state.active.as_ref().map(|a| a.id);
+        let done: Vec<u64> = files
+            .iter()
+            .filter(|(id, _, size)| {
+                Some(*id) != active && state.usage.get(id).is_none_or(|u| u.size == *size)
+            })
+            .map(|(id, _, _)| *id)
+            .collect();
+        state.unsynced.retain(|(id, _)| !done.contains(id));
         Ok(())
     }
 
@@ -408,6 +457,70 @@ impl Segments {
         state.handles.remove(&id);
         state.unsynced.retain(|(u, _)| *u != id);
         Ok(usage.size)
+    }
+
+    /// One round of giving disk back, for a store whose index entries point at bodies here:
+    /// moves the live bodies of mostly-dead segments (up to [`MOVE_PER_ROUND`]; `pointers` lists
+    /// every entry's key and pointer, `repoint` moves in one transaction each pointer that still
+    /// points where it did and says which it moved), then `flush`es the store and deletes the
+    /// segments nothing points into. Runs beside every other operation of the store, but not
+    /// beside another round. A crash at any point loses no body: a segment goes only once the
+    /// state without pointers into it is flushed, and a moved body's old copy stays until then.
+    pub fn compact<E, I>(
+        &self,
+        pointers: impl FnOnce() -> Result<I, E>,
+        repoint: impl FnOnce(&[Move]) -> Result<Vec<bool>, E>,
+        flush: impl FnOnce() -> Result<(), E>,
+    ) -> Result<Compaction, E>
+    where
+        E: From<SegmentError>,
+        I: Iterator<Item = Result<(sled::IVec, BodyAt), E>>,
+    {
+        let mut done = Compaction::default();
+        let sparse = self.plan().sparse;
+        if !sparse.is_empty() {
+            let mut moves = Vec::new();
+            let mut bytes = 0;
+            for pointer in pointers()? {
+                let (key, old) = pointer?;
+                if bytes >= MOVE_PER_ROUND {
+                    break;
+                }
+                if sparse.contains(&old.segment) {
+                    // Only a round deletes segments, so `old`'s is still there.
+                    let new = self.append(&self.read(&old)?)?;
+                    bytes += old.len;
+                    moves.push(Move { key, old, new });
+                }
+            }
+            if !moves.is_empty() {
+                let moved = self.sync().map_err(E::from).and_then(|()| repoint(&moves));
+                let moved = match moved {
+                    Ok(moved) => moved,
+                    Err(e) => {
+                        moves.iter().for_each(|m| self.release(&m.new));
+                        return Err(e);
+                    }
+                };
+                for (m, moved) in moves.iter().zip(moved) {
+                    self.release(if moved { &m.old } else { &m.new });
+                    done.moved += u64::from(moved);
+                }
+            }
+        }
+        let empty = self.plan().empty;
+        if empty.is_empty() {
+            return Ok(done);
+        }
+        flush()?;
+        for id in empty {
+            let freed = self.remove_empty(id)?;
+            if freed > 0 {
+                done.removed += 1;
+                done.freed += freed;
+            }
+        }
+        Ok(done)
     }
 
     /// Files, bytes and live bytes over all segments.

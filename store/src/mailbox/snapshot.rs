@@ -24,6 +24,7 @@ use super::{
     anchor_key, copy_keys, decode, encode, from_tx, hex, record_key, sg_key, stamp, Anchor,
     Applied, ContentDigest, MailboxError, MailboxStore, StoredMessage, Trees,
 };
+use crate::segments::Segments;
 use crate::txlog::{LogPosition, Millis};
 
 /// One applied record as a snapshot carries it.
@@ -237,6 +238,7 @@ fn decode_record(payload: &[u8]) -> Result<SnapshotRecord, SnapshotError> {
 /// The records of one storage group up to a position, read from the store in log order.
 pub struct SnapshotReader {
     trees: std::sync::Arc<Trees>,
+    bodies: std::sync::Arc<Segments>,
     iter: sled::Iter,
 }
 
@@ -250,7 +252,7 @@ impl Iterator for SnapshotReader {
             let body = if applied.added.is_empty() {
                 None
             } else {
-                let body = crate::pieces::read(&self.trees.bodies, &key)?;
+                let body = super::read_body(&self.trees, &self.bodies, &key)?;
                 Some(body.ok_or_else(|| MailboxError::Corrupt {
                     what: "body",
                     reason: format!("record {:?} of a snapshot has no body", applied.position),
@@ -288,7 +290,14 @@ impl MailboxStore {
         let last = record_key(&prefix, upto);
         let count = t.applied.range(first.clone()..=last.clone()).count() as u64;
         let iter = t.applied.range(first..=last);
-        Ok((count, SnapshotReader { trees: t, iter }))
+        Ok((
+            count,
+            SnapshotReader {
+                trees: t,
+                bodies: self.bodies.clone(),
+                iter,
+            },
+        ))
     }
 
     /// Installs one record of a snapshot of `sg` (in log order, into a storage group that was
@@ -337,25 +346,34 @@ impl MailboxStore {
             digest: rec.digest.clone(),
             stamp,
         });
-        let trees = (&t.messages, &t.ids, &t.applied, &t.bodies, &t.anchors);
-        trees
-            .transaction(|(messages, ids, applied_tree, bodies, anchors)| {
+        // Not synced here: the copy flushes the store before it counts on what it installed.
+        let at = match &rec.body {
+            Some(body) => Some(self.bodies.append(body)?),
+            None => None,
+        };
+        let trees = (&t.messages, &t.ids, &t.applied, &t.body_at, &t.anchors);
+        let installed = trees
+            .transaction(|(messages, ids, applied_tree, body_at, anchors)| {
                 if applied_tree.get(&key)?.is_some() {
-                    return Ok(());
+                    return Ok(false);
                 }
                 for (id, message, copy) in &copies {
                     ids.insert(id.as_slice(), entry.as_slice())?;
                     messages.insert(message.as_slice(), copy.as_slice())?;
                 }
-                if let Some(body) = &rec.body {
-                    crate::pieces::insert(bodies, &key, body)?;
+                if let Some(at) = &at {
+                    body_at.insert(key.as_slice(), &at.encode())?;
                 }
                 applied_tree.insert(key.as_slice(), applied.as_slice())?;
                 if let Some((k, v)) = &anchor {
                     anchors.insert(k.as_slice(), v.as_slice())?;
                 }
-                Ok::<_, ConflictableTransactionError<MailboxError>>(())
+                Ok::<_, ConflictableTransactionError<MailboxError>>(true)
             })
-            .map_err(from_tx)
+            .map_err(from_tx);
+        if !matches!(installed, Ok(true)) {
+            at.iter().for_each(|at| self.bodies.release(at));
+        }
+        installed.map(|_| ())
     }
 }
