@@ -466,16 +466,7 @@ pub(crate) fn replay_own(store: &MailboxStore, sg: &str, log: &TxLog) -> Result<
     let mut applied = 0;
     for generation in first..=log.current_generation() {
         let records = log.records(generation)?;
-        let batch: Vec<(LogPosition, &LogRecord)> = records
-            .iter()
-            .enumerate()
-            .map(|(index, rec)| {
-                let pos = LogPosition {
-                    generation,
-                    index: index as u32,
-                };
-                (pos, rec)
-            })
+        let batch: Vec<(LogPosition, &LogRecord)> = replication::positioned(generation, &records)
             .filter(|(pos, _)| checkpoint.is_none_or(|c| *pos > c))
             .collect();
         store.reapply_batch(sg, &batch)?;

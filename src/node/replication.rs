@@ -156,19 +156,20 @@ fn apply_generation(
     records: &[LogRecord],
     apply: Apply,
 ) -> Result<usize, NodeError> {
-    let batch: Vec<(LogPosition, &LogRecord)> = records
-        .iter()
-        .enumerate()
-        .map(|(index, rec)| {
-            let pos = LogPosition {
-                generation,
-                index: index as u32,
-            };
-            (pos, rec)
-        })
-        .collect();
+    let batch: Vec<(LogPosition, &LogRecord)> = positioned(generation, records).collect();
     apply(store, sg, &batch)?;
     Ok(batch.len())
+}
+
+/// The records of one generation with their positions, in log order.
+pub(crate) fn positioned(
+    generation: u64,
+    records: &[LogRecord],
+) -> impl Iterator<Item = (LogPosition, &LogRecord)> {
+    (0u32..).zip(records).map(move |(index, rec)| {
+        let pos = LogPosition { generation, index };
+        (pos, rec)
+    })
 }
 
 impl CopyState {
