@@ -701,6 +701,8 @@ impl Hub {
                         bytes = done.freed, "body segments given back"
                     ),
                     Ok(Ok(_)) => {}
+                    // Failed on a disk error: the store's recovery reports and reopens it.
+                    Ok(Err(store::hub::HubStoreError::Closed { .. })) => {}
                     Ok(Err(e)) => warn!(hub = %hub.name, error = %e, "body compaction failed"),
                     Err(e) => warn!(hub = %hub.name, error = %e, "body compaction task failed"),
                 }

@@ -108,6 +108,8 @@ impl MailboxNode {
                 bytes = done.freed, "body segments given back"
             ),
             Ok(Ok(_)) => {}
+            // Failed on a disk error: the store's recovery reports and reopens it.
+            Ok(Err(store::mailbox::MailboxError::Closed { .. })) => {}
             Ok(Err(e)) => warn!(node = %self.name, error = %e, "body compaction failed"),
             Err(e) => warn!(node = %self.name, error = %e, "body compaction task failed"),
         }

@@ -1005,15 +1005,14 @@ fn body_pointer(raw: &[u8]) -> Result<BodyAt, MailboxError> {
 
 /// The body of the record under `key`, wherever it is stored; `None` if it has none.
 fn read_body(t: &Trees, segments: &Segments, key: &[u8]) -> Result<Option<Vec<u8>>, MailboxError> {
-    loop {
-        let Some(raw) = t.body_at.get(key)? else {
-            return Ok(crate::pieces::read(&t.bodies, key)?);
-        };
-        match segments.read(&body_pointer(&raw)?) {
-            // Compacted between the two reads: the pointer has moved.
-            Err(SegmentError::Gone(_)) => continue,
-            other => return Ok(Some(other?)),
-        }
+    let in_segment = segments.read_current(|| match t.body_at.get(key)? {
+        Some(raw) => Ok::<_, MailboxError>(Some(body_pointer(&raw)?)),
+        None => Ok(None),
+    })?;
+    match in_segment {
+        Some(body) => Ok(Some(body)),
+        // Stored by an earlier release, or no body at all.
+        None => Ok(crate::pieces::read(&t.bodies, key)?),
     }
 }
 

@@ -377,6 +377,26 @@ impl Segments {
         Ok(body)
     }
 
+    /// The body the store's index points at now: `pointer` reads the pointer (`None`: the index
+    /// has none) and is read again when a compaction moved the body between the two reads. A
+    /// pointer into a deleted segment three times running is an error, not a wait.
+    pub fn read_current<E: From<SegmentError>>(
+        &self,
+        mut pointer: impl FnMut() -> Result<Option<BodyAt>, E>,
+    ) -> Result<Option<Vec<u8>>, E> {
+        let mut gone = 0;
+        for _ in 0..3 {
+            let Some(at) = pointer()? else {
+                return Ok(None);
+            };
+            match self.read(&at) {
+                Err(SegmentError::Gone(id)) => gone = id,
+                other => return Ok(Some(other?)),
+            }
+        }
+        Err(SegmentError::Gone(gone).into())
+    }
+
     /// An open handle of segment `id`.
     fn handle(&self, id: u64) -> Result<Arc<File>, SegmentError> {
         let mut state = self.lock();

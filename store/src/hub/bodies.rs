@@ -7,7 +7,7 @@ mod tests;
 use super::keys::{corrupt, id_key, parse_u64};
 use super::tx::REFS;
 use super::{HubStore, HubStoreError};
-use crate::segments::{BodyAt, Compaction, SegmentError};
+use crate::segments::{BodyAt, Compaction};
 
 /// A blob's entry in the reference tree: how many queue entries and dumpster entries use it,
 /// and where its body is (`None`: in sled pieces, as earlier releases stored it).
@@ -43,19 +43,15 @@ impl HubStore {
     /// The body stored as `blob`, while a queued message or dumpster entry references it.
     pub fn body(&self, blob: u64) -> Result<Option<Vec<u8>>, HubStoreError> {
         let key = id_key(blob);
-        loop {
-            let t = self.trees()?;
-            let Some(raw) = t.refs.get(key)? else {
-                return Ok(None);
-            };
-            let Some(at) = BlobRef::decode(&key, &raw)?.at else {
-                return Ok(crate::pieces::read(&t.blobs, &key)?);
-            };
-            match self.bodies.read(&at) {
-                // Compacted between the two reads: the pointer has moved.
-                Err(SegmentError::Gone(_)) => continue,
-                other => return Ok(Some(other?)),
-            }
+        let t = self.trees()?;
+        let in_segment = self.bodies.read_current(|| match t.refs.get(key)? {
+            Some(raw) => Ok::<_, HubStoreError>(BlobRef::decode(&key, &raw)?.at),
+            None => Ok(None),
+        })?;
+        match in_segment {
+            Some(body) => Ok(Some(body)),
+            // Stored by an earlier release, or no such blob (then there are no pieces either).
+            None => Ok(crate::pieces::read(&t.blobs, &key)?),
         }
     }
 

@@ -151,3 +151,25 @@ proptest! {
         prop_assert_eq!(usage.live, usage.bytes);
     }
 }
+
+#[test]
+fn a_pointer_is_read_again_after_a_move_and_a_dangling_one_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let segments = open(dir.path());
+    let old = segments.append(&[1; 600]).unwrap();
+    let new = segments.append(&[1; 600]).unwrap();
+    segments.release(&old);
+    segments.remove_empty(old.segment).unwrap();
+    // The first read finds the pointer before the move, the second after it.
+    let mut pointers = vec![Some(new), Some(old)];
+    let read = segments.read_current(|| Ok::<_, SegmentError>(pointers.pop().unwrap()));
+    assert_eq!(read.unwrap(), Some(vec![1; 600]));
+    let dangling = segments.read_current(|| Ok::<_, SegmentError>(Some(old)));
+    assert!(matches!(dangling, Err(SegmentError::Gone(id)) if id == old.segment));
+    assert_eq!(
+        segments
+            .read_current(|| Ok::<_, SegmentError>(None))
+            .unwrap(),
+        None
+    );
+}
