@@ -116,8 +116,8 @@ struct State {
     active: Option<Active>,
     /// Number of the next segment to create.
     next: u64,
-    /// Files written since the last sync (the active one, and any sealed meanwhile).
-    unsynced: Vec<(u64, Arc<File>)>,
+    /// Files that may hold records not synced yet (the active one, and any sealed meanwhile).
+    unsynced: Vec<Unsynced>,
     /// A segment was created since the last sync: the directory entry must be made durable too.
     dir_unsynced: bool,
     /// Open handles of sealed segments, for reads.
@@ -133,6 +133,14 @@ struct Usage {
 struct Active {
     id: u64,
     file: Arc<File>,
+}
+
+/// A segment file and how much of it the last sync covered: a sync skips a file that has not
+/// grown since (the hub's round syncs its bodies, then flushes the store, which syncs again).
+struct Unsynced {
+    id: u64,
+    file: Arc<File>,
+    synced: u64,
 }
 
 /// What [`Segments::plan`] found to give back.
@@ -280,7 +288,11 @@ impl Segments {
         let file = Arc::new(file);
         state.next += 1;
         state.usage.insert(id, Usage::default());
-        state.unsynced.push((id, file.clone()));
+        state.unsynced.push(Unsynced {
+            id,
+            file: file.clone(),
+            synced: 0,
+        });
         state.dir_unsynced = true;
         state.active = Some(Active {
             id,
@@ -299,7 +311,10 @@ impl Segments {
             let files: Vec<(u64, Arc<File>, u64)> = state
                 .unsynced
                 .iter()
-                .map(|(id, file)| (*id, file.clone(), state.usage.get(id).map_or(0, |u| u.size)))
+                .filter_map(|u| {
+                    let size = state.usage.get(&u.id).map_or(0, |usage| usage.size);
+                    (size != u.synced).then(|| (u.id, u.file.clone(), size))
+                })
                 .collect();
             (files, std::mem::take(&mut state.dir_unsynced))
         };
@@ -323,17 +338,20 @@ impl Segments {
             state.dir_unsynced |= dir;
             return synced;
         }
-        // A sealed segment is done once it was synced at its final size; the active one, and
-        // one sealed while this ran, is synced again next time.
+        // What was written before this sync began is durable; a sealed segment synced at its
+        // final size needs no sync again.
         let active = state.active.as_ref().map(|a| a.id);
-        let done: Vec<u64> = files
-            .iter()
-            .filter(|(id, _, size)| {
-                Some(*id) != active && state.usage.get(id).is_none_or(|u| u.size == *size)
-            })
-            .map(|(id, _, _)| *id)
-            .collect();
-        state.unsynced.retain(|(id, _)| !done.contains(id));
+        let State {
+            unsynced, usage, ..
+        } = &mut *state;
+        for (id, _, size) in &files {
+            if let Some(u) = unsynced.iter_mut().find(|u| u.id == *id) {
+                u.synced = u.synced.max(*size);
+            }
+        }
+        unsynced.retain(|u| {
+            Some(u.id) == active || usage.get(&u.id).is_some_and(|usage| usage.size != u.synced)
+        });
         Ok(())
     }
 
@@ -475,7 +493,7 @@ impl Segments {
         }
         state.usage.remove(&id);
         state.handles.remove(&id);
-        state.unsynced.retain(|(u, _)| *u != id);
+        state.unsynced.retain(|u| u.id != id);
         Ok(usage.size)
     }
 

@@ -173,3 +173,32 @@ fn a_pointer_is_read_again_after_a_move_and_a_dangling_one_is_an_error() {
         None
     );
 }
+
+#[test]
+fn a_sync_skips_what_the_last_one_covered_and_keeps_what_came_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let segments = open(dir.path());
+    let pending = |s: &Segments| {
+        let state = s.lock();
+        state
+            .unsynced
+            .iter()
+            .filter(|u| state.usage[&u.id].size != u.synced)
+            .map(|u| u.id)
+            .collect::<Vec<_>>()
+    };
+    let first = segments.append(&[1; 600]).unwrap();
+    assert_eq!(pending(&segments), vec![first.segment]);
+    segments.sync().unwrap();
+    assert_eq!(pending(&segments), Vec::<u64>::new(), "nothing new to sync");
+    // Records in a second segment (the first is sealed, and was synced whole): only it is pending.
+    let second = segments.append(&[2; 600]).unwrap();
+    segments.append(&[3; 10]).unwrap();
+    assert_ne!(first.segment, second.segment);
+    assert_eq!(pending(&segments), vec![second.segment]);
+    segments.sync().unwrap();
+    assert_eq!(pending(&segments), Vec::<u64>::new());
+    let state = segments.lock();
+    let kept: Vec<u64> = state.unsynced.iter().map(|u| u.id).collect();
+    assert_eq!(kept, vec![second.segment], "the sealed, synced one is done");
+}
